@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LISTEN_HTTP ?= 127.0.0.1:8900
+WORKER_LISTEN ?= 127.0.0.1:50051
+METRICS_LISTEN ?= 127.0.0.1:9464
+
+.PHONY: setup run test proto lint bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when the pinned requirements change.
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $(STAMP)
+
+# One worker with the mock model and the bridge on 127.0.0.1:8900; Ctrl-C stops both.
+run: setup
+	$(PY) -m tools.run_local --http $(LISTEN_HTTP) --worker $(WORKER_LISTEN) --metrics $(METRICS_LISTEN)
+
+test: setup
+	$(PY) -m pytest
+
+# Regenerates the committed gRPC stubs from proto/ (tests/test_proto_stubs.py fails when they are stale).
+proto: setup
+	$(PY) -m grpc_tools.protoc -I proto --python_out=. --pyi_out=. --grpc_python_out=. proto/contract/inference.proto
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,78 @@
+"""Logging set-up shared by every entry point, and the tagged logger of the original SDK.
+
+`configure_logging()` loads logging.yaml (dictConfig) before anything else logs. Tags live in a context
+variable, so every line logged while a request is handled carries its `input_hash` and `request_id`,
+including lines a model logs through its own loggers; `RequestTagFilter` (named in logging.yaml) puts
+them on each record. gRPC and WSGI servers run each request in its own thread, and every thread has
+its own context, so tags never leak between concurrent requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import logging.config
+import os
+from pathlib import Path
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "logging.yaml"
+TAG_NAMES = ("input_hash", "request_id")
+
+_tags: contextvars.ContextVar[dict] = contextvars.ContextVar("request_tags", default={})
+
+
+def configure_logging(path: str | os.PathLike | None = None, level: str | None = None) -> None:
+    """Applies logging.yaml (or $LOGGING_CONFIG); `level` (or $LOG_LEVEL) overrides the root level."""
+    config_path = Path(path or os.environ.get("LOGGING_CONFIG") or DEFAULT_CONFIG)
+    with open(config_path, encoding="utf-8") as handle:
+        logging.config.dictConfig(yaml.safe_load(handle))
+    level = level or os.environ.get("LOG_LEVEL")
+    if level:
+        logging.getLogger().setLevel(level.upper())
+
+
+class RequestTagFilter(logging.Filter):
+    """Adds the current request's tags to every record ('-' outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tags = _tags.get()
+        for name in TAG_NAMES:
+            if not hasattr(record, name):
+                setattr(record, name, tags.get(name, "-"))
+        return True
+
+
+def current_tags() -> dict:
+    return dict(_tags.get())
+
+
+def set_tags(**tags: str) -> None:
+    """Adds tags for the rest of the current request (e.g. the input hash once it is known)."""
+    _tags.set({**_tags.get(), **{k: v for k, v in tags.items() if v}})
+
+
+@contextlib.contextmanager
+def request_tags(**tags: str):
+    """Tags every line logged inside the block; restores the previous tags afterwards."""
+    token = _tags.set({**_tags.get(), **{k: v for k, v in tags.items() if v}})
+    try:
+        yield
+    finally:
+        _tags.reset(token)
+
+
+class TaggedLogger(logging.LoggerAdapter):
+    """The original SDK's `tagged_logger.TaggedLogger(logger)` with `add_tags({...})`, kept for ported models."""
+
+    def __init__(self, logger: logging.Logger, tags: dict | None = None) -> None:
+        super().__init__(logger, dict(tags or {}))
+
+    def add_tags(self, tags: dict) -> None:
+        self.extra.update(tags)
+
+    def process(self, msg, kwargs):
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        return msg, kwargs

@@ -1,0 +1,64 @@
+"""Two outputs of the mock model written as unchanged Arterys-style handlers (the original SDK's form).
+
+Run with `python -m worker --model mock_model.legacy:legacy_model`. The tests check that these answers
+reach the viewer byte for byte like the typed MockModel's.
+"""
+
+from __future__ import annotations
+
+import numpy
+import pydicom
+
+from mock_model import shapes
+from mock_model.conformance import conformance_checks
+from worker import LegacyHandlerModel
+
+
+def _series(dicom_instances):
+    """Headers grouped by series, each ordered by position along the slice normal (as MockModel)."""
+    groups = {}
+    for buffer in dicom_instances:
+        dcm = pydicom.dcmread(buffer, stop_before_pixels=True)
+        groups.setdefault(dcm.SeriesInstanceUID, []).append(dcm)
+    for uid, headers in groups.items():
+        normal = numpy.cross(headers[0].ImageOrientationPatient[:3], headers[0].ImageOrientationPatient[3:])
+        headers.sort(key=lambda d: float(numpy.dot(normal, d.ImagePositionPatient)))
+    return groups
+
+
+def handler(json_input, dicom_instances, input_hash):
+    command = json_input.get("inference_command", "get-bounding-box-2d")
+    groups = _series(dicom_instances)
+    if command == "get-bounding-box-2d":
+        boxes = []
+        for headers in groups.values():
+            frames = [(d, f) for d in headers for f in range(int(getattr(d, "NumberOfFrames", 1) or 1))]
+            dcm, frame = frames[len(frames) // 2]
+            top_left, bottom_right = shapes.box_corners(dcm.Rows, dcm.Columns)
+            box = {"label": "mock finding", "SOPInstanceUID": dcm.SOPInstanceUID,
+                   "top_left": top_left, "bottom_right": bottom_right}
+            if int(getattr(dcm, "NumberOfFrames", 1) or 1) > 1:
+                box["frame_number"] = frame + 1
+            boxes.append(box)
+        return {"protocol_version": "1.0", "parts": [], "bounding_boxes_2d": boxes}, []
+
+    parts, masks = [], []
+    for uid, headers in groups.items():
+        depth = sum(int(getattr(d, "NumberOfFrames", 1) or 1) for d in headers)
+        rows, cols = headers[0].Rows, headers[0].Columns
+        mask = shapes.volume(shapes.probability_slice, 1, depth, rows, cols)[0]
+        parts.append({
+            "label": "mock probability_mask", "binary_type": "probability_mask",
+            "binary_data_shape": {"timepoints": 1, "depth": depth, "width": cols, "height": rows},
+            "SeriesInstanceUID": uid,
+            "probability_threshold": 0.5,
+            "dicomConformance": {"recommended": conformance_checks(headers)},
+        })
+        masks.append(mask)
+    return {"protocol_version": "1.0", "parts": parts}, masks
+
+
+legacy_model = LegacyHandlerModel(
+    handler, name="mock_legacy", commands=("get-bounding-box-2d", "get-probability-mask"),
+    default_command="get-bounding-box-2d",
+)

@@ -1,0 +1,34 @@
+"""The model worker: host one model behind gRPC with health, limits and metrics.
+
+A model author needs only what this package exports:
+
+    from worker import Model, Result, Mask, BoundingBox
+
+    class MyModel(Model):
+        commands = ("get-probability-mask",)
+        def load(self): ...
+        def infer(self, study): return Result(parts=[Mask(...)])
+
+and runs it with `python -m worker --model my_package:MyModel --listen 0.0.0.0:50051`.
+"""
+
+from worker.api import (
+    BoundingBox,
+    ConformanceCheck,
+    DicomOutput,
+    InvalidInput,
+    LinearMeasurement,
+    Mask,
+    Model,
+    Palette,
+    Result,
+    UnsupportedStudy,
+)
+from worker.legacy import LegacyHandlerModel
+from worker.study import Attachment, Instance, Series, Study
+
+__all__ = [
+    "Attachment", "BoundingBox", "ConformanceCheck", "DicomOutput", "Instance", "InvalidInput",
+    "LegacyHandlerModel", "LinearMeasurement", "Mask", "Model", "Palette", "Result", "Series", "Study",
+    "UnsupportedStudy",
+]

@@ -1,0 +1,19 @@
+"""`python -m worker --model MODEL --listen HOST:PORT [--metrics-listen HOST:PORT]`."""
+
+import sys
+
+from contract.logs import configure_logging
+
+
+def main(argv=None) -> int:
+    configure_logging()  # before anything else logs
+    from worker.config import parse_config
+    from worker.loading import load_model_object
+    from worker.server import serve
+
+    config = parse_config(argv)
+    return serve(config, load_model_object(config.model))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

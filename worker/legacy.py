@@ -1,0 +1,59 @@
+"""Runs an unchanged Arterys-style handler: `handler(json_input, dicom_instances, input_hash) -> (json, buffers)`.
+
+The original gateway passed every part after the JSON part, attachments first, as `io.BytesIO` objects,
+and sent back `json` plus one buffer per entry of `json["parts"]`. The adapter does the same, so a
+handler ported from the original SDK runs as it was; its answer then goes through the same checks as
+a typed `Result`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+
+from worker.api import Model
+from worker.study import Study
+
+Handler = Callable[[dict, list, str], tuple]
+
+
+class LegacyHandlerModel(Model):
+    """Wraps a handler function as a Model.
+
+    Args:
+        handler: the Arterys-style handler.
+        name, commands, default_command: as on `Model`.
+        load: optional function called once before the worker reports SERVING (load weights here).
+        attachments_first: pass attachments before the instances in `dicom_instances`, as the original
+            gateway did (default). False passes only the DICOM instances.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        name: str = "",
+        commands: Sequence[str] = (),
+        default_command: str = "",
+        load: Callable[[], None] | None = None,
+        attachments_first: bool = True,
+    ) -> None:
+        self.handler = handler
+        self.name = name or getattr(handler, "__name__", "legacy-handler")
+        self.commands = tuple(commands)
+        self.default_command = default_command
+        self._load = load
+        self.attachments_first = attachments_first
+
+    def load(self) -> None:
+        if self._load is not None:
+            self._load()
+
+    def infer(self, study: Study):
+        parts = (list(study.attachments) if self.attachments_first else []) + list(study.instances)
+        dicom_instances = [io.BytesIO(part.read_bytes()) for part in parts]
+        json_input = dict(study.request)
+        if study.command and "inference_command" not in json_input:
+            # The worker resolved the default command; a ported handler reads it from the JSON.
+            json_input["inference_command"] = study.command
+        return self.handler(json_input, dicom_instances, study.input_hash)

@@ -1,0 +1,32 @@
+"""The worker's Prometheus metrics, defined in one place (names from DESIGN.md).
+
+Each WorkerMetrics owns its registry, so tests run several workers in one process without clashes.
+Labels never carry UIDs; unknown inference commands are folded into "unknown" to bound cardinality.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STAGES = ("receive", "queue", "infer", "send")
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.inferences = Counter(
+            "worker_inferences", "Inference calls by outcome.", ["model", "command", "outcome"], registry=r
+        )
+        self.duration = Histogram(
+            "worker_inference_duration_seconds", "Time spent per stage of an inference call.",
+            ["model", "stage"], buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.inflight = Gauge("worker_inflight_inferences", "Inferences running in the model now.", registry=r)
+        self.queue_depth = Gauge(
+            "worker_queue_depth", "Admitted calls waiting for an inference slot (receiving or queued).", registry=r
+        )
+        self.model_loaded = Gauge("worker_model_loaded", "1 once the model's load() has returned.", registry=r)
+        self.received_bytes = Counter("worker_received_bytes", "Study bytes received.", registry=r)
+        self.sent_bytes = Counter("worker_sent_bytes", "Binary result bytes sent.", registry=r)

@@ -1,0 +1,224 @@
+"""The study a model receives: instances with parsed headers, attachments, series in anatomical order.
+
+Instance bytes stay in files (the worker spools each part to disk as it arrives), so a 1 GiB study does
+not need 1 GiB of memory; headers are parsed once, without pixel data.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from contract.protocol import ImageInfo, StudyIndex
+from worker.api import InvalidInput
+
+
+@dataclass
+class Attachment:
+    """A non-DICOM part of the request (a licence, a configuration), in request order."""
+
+    index: int  # position among all parts after the JSON part
+    path: Path
+    content_type: str = ""
+    filename: str = ""
+    name: str = ""
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def read_bytes(self) -> bytes:
+        return self.path.read_bytes()
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+
+@dataclass
+class Instance(Attachment):
+    """One DICOM file of the study. `header` is parsed without pixel data; `dataset()` reads it all."""
+
+    header: pydicom.Dataset = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, index: int, path: Path, content_type: str = "", filename: str = "", name: str = "") -> Instance:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, EOFError, ValueError, OSError) as error:
+            label = filename or name or f"part {index + 1}"
+            raise InvalidInput(f"{label} is sent as application/dicom but is not a DICOM file: {error}") from error
+        if "SOPInstanceUID" not in header:
+            raise InvalidInput(f"{filename or path.name} has no SOPInstanceUID; every instance needs one")
+        return cls(index, path, content_type, filename, name, header)
+
+    def dataset(self) -> pydicom.Dataset:
+        """The whole dataset, pixel data included (decoding needs the matching pylibjpeg plugin)."""
+        return pydicom.dcmread(self.path)
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.header.SOPInstanceUID)
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.header.get("SeriesInstanceUID", ""))
+
+    @property
+    def rows(self) -> int:
+        return int(self.header.get("Rows", 0))
+
+    @property
+    def columns(self) -> int:
+        return int(self.header.get("Columns", 0))
+
+    @property
+    def frames(self) -> int:
+        return int(self.header.get("NumberOfFrames", 1) or 1)
+
+    @property
+    def position(self) -> tuple[float, float, float] | None:
+        value = self.header.get("ImagePositionPatient")
+        return tuple(float(v) for v in value) if value and len(value) == 3 else None
+
+    @property
+    def normal(self) -> np.ndarray | None:
+        value = self.header.get("ImageOrientationPatient")
+        if not value or len(value) != 6:
+            return None
+        return np.cross([float(v) for v in value[:3]], [float(v) for v in value[3:]])
+
+    def info(self) -> ImageInfo:
+        return ImageInfo(self.sop_instance_uid, self.series_instance_uid, self.rows, self.columns, self.frames)
+
+
+@dataclass
+class Series:
+    """The instances of one series, ordered as the protocol's 3D masks expect.
+
+    Order: by position along the slice normal, then InstanceNumber; with repeated positions the series
+    has several time points and is ordered time point first (the mask layout's slowest axis).
+    """
+
+    uid: str
+    instances: list[Instance]
+    timepoints: int = 1
+
+    @classmethod
+    def ordered(cls, uid: str, instances: list[Instance]) -> Series:
+        def number(instance: Instance) -> int:
+            return int(instance.header.get("InstanceNumber", 0) or 0)
+
+        normal = next((i.normal for i in instances if i.normal is not None), None)
+        if normal is None or any(i.position is None for i in instances):
+            return cls(uid, sorted(instances, key=lambda i: (number(i), i.index)))
+        def along_normal(instance: Instance) -> float:
+            return round(float(np.dot(normal, instance.position)), 4)
+
+        positions = sorted({along_normal(i) for i in instances})
+        timepoints = len(instances) // len(positions) if len(instances) % len(positions) == 0 else 1
+        if timepoints > 1:
+            # Same slice seen several times: the n-th instance at a position (by number) is time point n.
+            by_position: dict[float, list[Instance]] = {}
+            for instance in sorted(instances, key=lambda i: (number(i), i.index)):
+                by_position.setdefault(along_normal(instance), []).append(instance)
+            if all(len(group) == timepoints for group in by_position.values()):
+                ordered = [by_position[p][t] for t in range(timepoints) for p in positions]
+                return cls(uid, ordered, timepoints)
+        return cls(uid, sorted(instances, key=lambda i: (along_normal(i), number(i), i.index)))
+
+    @property
+    def rows(self) -> int:
+        return self.instances[0].rows
+
+    @property
+    def columns(self) -> int:
+        return self.instances[0].columns
+
+    @property
+    def frame_count(self) -> int:
+        return sum(i.frames for i in self.instances)
+
+    @property
+    def depth(self) -> int:
+        """Slices per time point: the `depth` of a 3D mask over this series."""
+        return self.frame_count // self.timepoints
+
+    def mask_shape(self) -> tuple[int, int, int, int]:
+        """(timepoints, depth, height, width): the numpy shape of a 3D mask over this series."""
+        return (self.timepoints, self.depth, self.rows, self.columns)
+
+
+@dataclass
+class Study:
+    """One inference request as the model sees it.
+
+    Attributes:
+        request: the request's JSON part (inference_command, studyUID, free options), untouched.
+        command: the inference_command to run (the model's default when the request names none).
+        input_hash: SHA-256 of the request parts, as the protocol defines it; logs carry it.
+        instances: DICOM instances in request order. attachments: the other parts, in request order.
+        route: the HTTP route the request came in on.
+    """
+
+    request: dict
+    command: str
+    input_hash: str
+    instances: list[Instance]
+    attachments: list[Attachment] = field(default_factory=list)
+    route: str = "/"
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    _deadline: Callable[[], float | None] = field(default=lambda: None, repr=False)
+
+    @cached_property
+    def series(self) -> list[Series]:
+        """Series in order of first appearance, each ordered along its slice normal."""
+        groups: dict[str, list[Instance]] = {}
+        for instance in self.instances:
+            groups.setdefault(instance.series_instance_uid, []).append(instance)
+        return [Series.ordered(uid, members) for uid, members in groups.items()]
+
+    def series_by_uid(self, uid: str) -> Series:
+        return next(s for s in self.series if s.uid == uid)
+
+    def index(self) -> StudyIndex:
+        return StudyIndex.of(i.info() for i in self.instances)
+
+    def is_cancelled(self) -> bool:
+        """True once the caller went away or its deadline passed: long models may stop early."""
+        return self._cancelled.is_set()
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the caller's deadline (None: no deadline)."""
+        return self._deadline()
+
+
+def parse_request_json(raw: bytes) -> dict:
+    """The request's JSON part as a dict; an absent part is `{}`."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidInput(f"the request's JSON part is not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise InvalidInput(f"the request's JSON part must be an object, got {type(value).__name__}")
+    return value
+
+
+def monotonic_deadline(seconds_remaining: Callable[[], float | None]) -> Callable[[], float | None]:
+    """Adapts gRPC's time_remaining() (None without deadline) for Study."""
+    started = time.monotonic()
+    initial = seconds_remaining()
+    if initial is None:
+        return lambda: None
+    return lambda: initial - (time.monotonic() - started)
