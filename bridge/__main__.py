@@ -1,0 +1,17 @@
+"""`python -m bridge --worker TARGET --listen HOST:PORT`."""
+
+import sys
+
+from contract.logs import configure_logging
+
+
+def main(argv=None) -> int:
+    configure_logging()  # before anything else logs
+    from bridge.config import parse_config
+    from bridge.server import serve
+
+    return serve(parse_config(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

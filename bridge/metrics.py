@@ -1,0 +1,23 @@
+"""The bridge's Prometheus metrics, in one place (names from DESIGN.md); each app owns its registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class BridgeMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        # `route` is the matched rule (e.g. "/", "/healthcheck"), never the raw path: bounded cardinality.
+        self.requests = Counter("bridge_http_requests", "HTTP requests by route and status.", ["route", "code"],
+                                registry=r)
+        self.duration = Histogram("bridge_http_request_duration_seconds", "Time to the last response byte.",
+                                  ["route"], buckets=DURATION_BUCKETS, registry=r)
+        self.request_bytes = Counter("bridge_request_bytes", "Request body bytes read.", registry=r)
+        self.response_bytes = Counter("bridge_response_bytes", "Response body bytes written.", registry=r)
+        self.inflight = Gauge("bridge_inflight_requests", "Inference requests in progress.", registry=r)
+        self.worker_ready = Gauge("bridge_worker_ready", "1 when the route's worker target has a SERVING worker.",
+                                  ["route"], registry=r)
