@@ -79,11 +79,12 @@ def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None,
     def make_inference_view(route: str, pool: WorkerPool):
         def infer():
             metrics.inflight.inc()
+            inference = InferenceRequest(request.environ, route, pool, config.limits, metrics.request_bytes.inc)
             try:
-                answer = InferenceRequest(request.environ, route, pool, config.limits,
-                                          metrics.request_bytes.inc).run()
+                answer = inference.run()
             except BaseException:
                 metrics.inflight.dec()
+                request.environ["bridge.input_hash"] = inference.input_hash
                 raise
             request.environ["bridge.input_hash"] = answer.input_hash
             set_tags(input_hash=answer.input_hash)

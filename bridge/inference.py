@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 
 from bridge import errors
+from bridge.disconnect import DisconnectWatcher
 from bridge.multipart import (
     LimitExceeded,
     MultipartError,
@@ -134,9 +135,15 @@ class InferenceRequest:
             messages = self._multipart_messages(params)
         call = self.pool.stub.Infer(messages, timeout=self.limits.deadline_seconds,
                                     metadata=(("x-request-id", self.request_id),))
+        watcher = DisconnectWatcher(
+            self.environ.get("bridge.client_socket"), lambda: self.reader.exhausted, call.cancel
+        )
         try:
-            first = next(call)
+            with watcher:
+                first = next(call)
         except grpc.RpcError as error:
+            if watcher.disconnected:
+                raise errors.ApiError(499, "client_closed_request", "the client closed the connection") from error
             raise self._failure_error(error) from error
         except StopIteration:
             raise errors.bad_worker_answer(["the worker ended the call without a result"]) from None

@@ -18,6 +18,16 @@ from bridge.config import BridgeConfig
 log = logging.getLogger("bridge")
 
 
+class SocketGateway(wsgi.Gateway_10):
+    """cheroot's WSGI gateway, also exposing the client socket so that a hang-up during a long
+    inference cancels the worker's call (bridge.disconnect)."""
+
+    def get_environ(self):
+        environ = super().get_environ()
+        environ["bridge.client_socket"] = self.req.conn.socket
+        return environ
+
+
 class BridgeServer:
     def __init__(self, config: BridgeConfig, app=None) -> None:
         self.app = app or create_app(config)
@@ -26,6 +36,7 @@ class BridgeServer:
             (host or "0.0.0.0", int(port)), self.app, numthreads=config.threads, server_name="arterys-bridge",
             timeout=int(config.socket_timeout_seconds), shutdown_timeout=5,
         )
+        self.server.gateway = SocketGateway
         self.server.prepare()  # binds now, so the port is known before serving
         self.port = self.server.bind_addr[1]
         self._thread: threading.Thread | None = None

@@ -159,6 +159,8 @@ class _Call:
         if first is None or first.WhichOneof("message") != "header":
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "the request stream must start with a header", "invalid_input")
         header = first.header
+        if header.request_id:
+            set_tags(request_id=header.request_id)  # the bridge's id: one id across both logs
         self.command = header.inference_command or self.s.default_command
         if self.s.commands and self.command not in self.s.commands:
             raise Abort(
