@@ -1,0 +1,35 @@
+"""Small models used only by tests, loaded by real worker processes with --model tests.models:Name."""
+
+from __future__ import annotations
+
+import hashlib
+
+from worker import Model, Result, Study, UnsupportedStudy
+
+
+class RequestProbe(Model):
+    """Reports what reached the model: the request JSON, attachments and instances in order."""
+
+    name = "request_probe"
+
+    def infer(self, study: Study) -> Result:
+        return Result(study_ml_json={
+            "request": study.request,
+            "command": study.command,
+            "input_hash": study.input_hash,
+            "route": study.route,
+            "attachments": [
+                {"index": a.index, "name": a.name, "filename": a.filename, "content_type": a.content_type,
+                 "sha256": hashlib.sha256(a.read_bytes()).hexdigest()}
+                for a in study.attachments
+            ],
+            "instances": [{"index": i.index, "sop_instance_uid": i.sop_instance_uid, "filename": i.filename}
+                          for i in study.instances],
+        })
+
+
+class UnprocessableModel(Model):
+    name = "unprocessable"
+
+    def infer(self, study: Study) -> Result:
+        raise UnsupportedStudy("this model reads chest X-rays; the study holds CT and MR series")

@@ -1,0 +1,114 @@
+"""Starts the real services as processes (`python -m worker`, `python -m bridge`) on free loopback ports.
+
+Tests talk to them exactly as users do: gRPC to the worker, HTTP to the bridge.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import requests
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _spawn(args: list[str], env: dict | None, log_path: Path) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    handle = open(log_path, "wb")
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def start_worker(tmp: Path, model: str = "mock_model", *extra: str, env: dict | None = None,
+                 wait_serving: bool = True, timeout: float = 60) -> Service:
+    port = free_port()
+    log_path = tmp / f"worker-{port}.log"
+    process = _spawn(["-m", "worker", "--model", model, "--listen", f"127.0.0.1:{port}", *extra], env, log_path)
+    service = Service(process, port, log_path)
+    if wait_serving:
+        wait_for_health(service, timeout)
+    return service
+
+
+def health_status(port: int, timeout: float = 1.0) -> str:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        except grpc.RpcError as error:
+            return error.code().name
+
+
+def wait_for_health(service: Service, timeout: float = 60, want: str = "SERVING") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"the process exited with {service.process.returncode}:\n{service.log()}")
+        if health_status(service.port) == want:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"not {want} after {timeout} s:\n{service.log()}")
+
+
+def start_bridge(tmp: Path, worker_target: str, *extra: str, env: dict | None = None,
+                 wait_ready: bool = True, timeout: float = 60) -> Service:
+    port = free_port()
+    log_path = tmp / f"bridge-{port}.log"
+    process = _spawn(["-m", "bridge", "--worker", worker_target, "--listen", f"127.0.0.1:{port}", *extra],
+                     env, log_path)
+    service = Service(process, port, log_path)
+    wait_for_http(service, "/healthcheck" if wait_ready else "/ping", "READY" if wait_ready else None, timeout)
+    return service
+
+
+def wait_for_http(service: Service, path: str, body: str | None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"the process exited with {service.process.returncode}:\n{service.log()}")
+        try:
+            response = requests.get(f"http://{service.address}{path}", timeout=2)
+            if response.status_code == 200 and (body is None or response.text == body):
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{path} not ready after {timeout} s:\n{service.log()}")
