@@ -12,7 +12,7 @@ METRICS_LISTEN ?= 127.0.0.1:9464
 setup: $(STAMP)
 
 # Re-installs only when the pinned requirements change.
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-bridge.txt requirements-worker.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 	touch $(STAMP)
