@@ -57,12 +57,17 @@ def _spawn(args: list[str], env: dict | None, log_path: Path) -> subprocess.Pope
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=handle, stderr=subprocess.STDOUT)
 
 
+def spawn(tmp: Path, name: str, args: list[str], port: int, env: dict | None = None) -> Service:
+    """Starts `python ARGS` with its output in TMP/NAME-PORT.log; does not wait."""
+    log_path = tmp / f"{name}-{port}.log"
+    return Service(_spawn(args, env, log_path), port, log_path)
+
+
 def start_worker(tmp: Path, model: str = "mock_model", *extra: str, env: dict | None = None,
                  wait_serving: bool = True, timeout: float = 60) -> Service:
     port = free_port()
-    log_path = tmp / f"worker-{port}.log"
-    process = _spawn(["-m", "worker", "--model", model, "--listen", f"127.0.0.1:{port}", *extra], env, log_path)
-    service = Service(process, port, log_path)
+    service = spawn(tmp, "worker", ["-m", "worker", "--model", model, "--listen", f"127.0.0.1:{port}", *extra], port,
+                    env)
     if wait_serving:
         wait_for_health(service, timeout)
     return service
@@ -91,10 +96,8 @@ def wait_for_health(service: Service, timeout: float = 60, want: str = "SERVING"
 def start_bridge(tmp: Path, worker_target: str, *extra: str, env: dict | None = None,
                  wait_ready: bool = True, timeout: float = 60) -> Service:
     port = free_port()
-    log_path = tmp / f"bridge-{port}.log"
-    process = _spawn(["-m", "bridge", "--worker", worker_target, "--listen", f"127.0.0.1:{port}", *extra],
-                     env, log_path)
-    service = Service(process, port, log_path)
+    service = spawn(tmp, "bridge", ["-m", "bridge", "--worker", worker_target, "--listen", f"127.0.0.1:{port}", *extra],
+                    port, env)
     wait_for_http(service, "/healthcheck" if wait_ready else "/ping", "READY" if wait_ready else None, timeout)
     return service
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from tests.services import ROOT, Service, _spawn, free_port, wait_for_health, wait_for_http
+from tests.services import ROOT, free_port, spawn, wait_for_health, wait_for_http
 
 DOCKERFILES = {"worker": ROOT / "docker/worker.Dockerfile", "bridge": ROOT / "docker/bridge.Dockerfile"}
 CONFIG_MODULES = {"worker": ROOT / "worker/config.py", "bridge": ROOT / "bridge/config.py"}
@@ -126,8 +126,8 @@ def test_services_start_with_the_container_environment(compose, tmp_path):
     bridge_env.update(BRIDGE_LISTEN=f"127.0.0.1:{bridge_port}",
                       BRIDGE_WORKER=bridge_env["BRIDGE_WORKER"].replace("worker:", "localhost:").replace(
                           ":50051", f":{worker_port}"))
-    worker = Service(_spawn(["-m", "worker"], worker_env, tmp_path / "worker.log"), worker_port, tmp_path / "worker.log")
-    bridge = Service(_spawn(["-m", "bridge"], bridge_env, tmp_path / "bridge.log"), bridge_port, tmp_path / "bridge.log")
+    worker = spawn(tmp_path, "worker", ["-m", "worker"], worker_port, worker_env)
+    bridge = spawn(tmp_path, "bridge", ["-m", "bridge"], bridge_port, bridge_env)
     try:
         wait_for_health(worker)
         probe = subprocess.run([sys.executable, "-m", "worker.probe"], cwd=ROOT, capture_output=True, text=True,
