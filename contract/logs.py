@@ -21,7 +21,8 @@ import yaml
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "logging.yaml"
 TAG_NAMES = ("input_hash", "request_id")
 
-_tags: contextvars.ContextVar[dict] = contextvars.ContextVar("request_tags", default={})
+_NO_TAGS: dict = {}  # never mutated: tags are replaced, not updated in place
+_tags: contextvars.ContextVar[dict] = contextvars.ContextVar("request_tags", default=_NO_TAGS)  # noqa: B039
 
 
 def configure_logging(path: str | os.PathLike | None = None, level: str | None = None) -> None:

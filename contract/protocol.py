@@ -11,6 +11,7 @@ Pure standard library: the bridge imports it and must stay free of numpy and pyd
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -357,7 +358,7 @@ def _check_palettes(report: _Report, palettes) -> None:
         if len(thresholds) == len(data):
             if thresholds[0] != 0 or thresholds[-1] != 1:
                 report.add(f"{path}.data", "the first threshold must be 0.0 and the last 1.0")
-            if any(b < a for a, b in zip(thresholds, thresholds[1:])):
+            if any(b < a for a, b in itertools.pairwise(thresholds)):
                 report.add(f"{path}.data", "thresholds must be in ascending order")
 
 
@@ -433,7 +434,7 @@ def _check_measurements(report: _Report, items, study: StudyIndex | None) -> Non
         if kind not in COORDINATE_TYPES:
             report.add(f"{path}.coordinates_type", f"must be \"pixel\" or \"world\", got {kind!r}")
         points = [item.get("start"), item.get("end")]
-        for key, point in zip(("start", "end"), points):
+        for key, point in zip(("start", "end"), points, strict=True):
             if not _is_point(point):
                 report.add(f"{path}.{key}", f"must be [x, y], got {point!r}")
         if info is not None and kind == "pixel" and all(_is_point(p) for p in points):

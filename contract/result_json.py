@@ -82,7 +82,7 @@ def to_proto(result: Mapping, binary_sizes: Sequence[int]) -> pb.InferResult:
     parts = result.get("parts") or []
     if len(parts) != len(binary_sizes):
         raise ValueError(f"{len(parts)} parts but {len(binary_sizes)} binaries")
-    message.parts.extend(_part(part, size) for part, size in zip(parts, binary_sizes))
+    message.parts.extend(_part(part, size) for part, size in zip(parts, binary_sizes, strict=True))
     if "bounding_boxes_2d" in result:
         message.bounding_boxes_2d.SetInParent()
         message.bounding_boxes_2d.items.extend(_box(b) for b in result["bounding_boxes_2d"])

@@ -20,7 +20,7 @@ def _series(dicom_instances):
     for buffer in dicom_instances:
         dcm = pydicom.dcmread(buffer, stop_before_pixels=True)
         groups.setdefault(dcm.SeriesInstanceUID, []).append(dcm)
-    for uid, headers in groups.items():
+    for headers in groups.values():
         normal = numpy.cross(headers[0].ImageOrientationPatient[:3], headers[0].ImageOrientationPatient[3:])
         headers.sort(key=lambda d: float(numpy.dot(normal, d.ImagePositionPatient)))
     return groups

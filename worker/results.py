@@ -157,7 +157,8 @@ def from_legacy(response_json, buffers) -> tuple[dict, list]:
         elif isinstance(buffer, (bytes, bytearray, memoryview)):
             out.append(memoryview(buffer).cast("B"))
         else:
-            raise InvalidResult([f"{where}: expected a numpy array, bytes or a file object, got {type(buffer).__name__}"])
+            kind = type(buffer).__name__
+            raise InvalidResult([f"{where}: expected a numpy array, bytes or a file object, got {kind}"])
     result = dict(response_json)
     # The original SDK's mocks always set these two; a handler that left them out meant the defaults.
     result.setdefault("protocol_version", PROTOCOL_VERSION)

@@ -93,7 +93,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 call.outcome = call.outcome or "ok"
             except Abort as abort:
                 call.outcome = abort.outcome
-                level = logging.ERROR if abort.code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL) else logging.INFO
+                serious = abort.code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+                level = logging.ERROR if serious else logging.INFO
                 log.log(level, "inference failed (%s): %s", abort.code.name, abort.message)
                 context.abort(abort.code, abort.message)
             finally:
@@ -157,7 +158,8 @@ class _Call:
     def _header(self, messages) -> pb.RequestHeader:
         first = next(messages, None)
         if first is None or first.WhichOneof("message") != "header":
-            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "the request stream must start with a header", "invalid_input")
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "the request stream must start with a header",
+                        "invalid_input")
         header = first.header
         if header.request_id:
             set_tags(request_id=header.request_id)  # the bridge's id: one id across both logs
@@ -214,14 +216,17 @@ class _Call:
             raise Abort(grpc.StatusCode.FAILED_PRECONDITION, str(error), "unprocessable") from error
         except Exception as error:  # the model's bug must not take the worker down
             log.exception("the model raised")
-            raise Abort(grpc.StatusCode.UNKNOWN, f"the model raised {type(error).__name__}: {error}", "model_error") from error
+            message = f"the model raised {type(error).__name__}: {error}"
+            raise Abort(grpc.StatusCode.UNKNOWN, message, "model_error") from error
         try:
             if isinstance(answer, Result):
                 result_json, binaries = from_result(answer)
             elif isinstance(answer, tuple) and len(answer) == 2:
                 result_json, binaries = from_legacy(*answer)
             else:
-                raise InvalidResult([f"infer() must return a Result or a (json, buffers) pair, got {type(answer).__name__}"])
+                raise InvalidResult(
+                    [f"infer() must return a Result or a (json, buffers) pair, got {type(answer).__name__}"]
+                )
             return checked(result_json, binaries, study.index())
         except InvalidResult as error:
             raise Abort(grpc.StatusCode.INTERNAL, str(error), "invalid_result") from error
