@@ -48,7 +48,8 @@ def main() -> None:
     print(f"{args.study_mib} MiB through the worker, best of {args.repeat}:")
     print("message size | seconds | MiB/s  | time vs 1 MiB")
     for size, seconds in timings.items():
-        print(f"{size >> 10:9d} KiB | {seconds:7.3f} | {args.study_mib / seconds:6.0f} | {seconds / timings[1 << 20]:6.2f}x")
+        ratio = seconds / timings[1 << 20]
+        print(f"{size >> 10:9d} KiB | {seconds:7.3f} | {args.study_mib / seconds:6.0f} | {ratio:6.2f}x")
 
 
 if __name__ == "__main__":
