@@ -16,6 +16,7 @@ class BridgeConfig:
     threads: int = 16
     health_poll_seconds: float = 0.5
     socket_timeout_seconds: float = 60.0
+    grace_seconds: float = 30.0
     limits: Limits = field(default_factory=Limits)
 
 
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HTTP worker threads = concurrent requests [BRIDGE_THREADS]")
     parser.add_argument("--deadline-seconds", type=float, default=float(env("BRIDGE_DEADLINE_SECONDS", "600")),
                         help="deadline of every worker call [BRIDGE_DEADLINE_SECONDS]")
+    parser.add_argument("--grace-seconds", type=float, default=float(env("BRIDGE_GRACE_SECONDS", "30")),
+                        help="on SIGTERM, how long in-flight requests may take to finish [BRIDGE_GRACE_SECONDS]")
     parser.add_argument("--max-body-bytes", type=int, default=int(env("BRIDGE_MAX_BODY_BYTES", str(4 << 30))),
                         help="largest request body accepted (413 beyond) [BRIDGE_MAX_BODY_BYTES]")
     parser.add_argument("--max-parts", type=int, default=int(env("BRIDGE_MAX_PARTS", "20000")),
@@ -70,4 +73,5 @@ def parse_config(argv: list[str] | None = None) -> BridgeConfig:
         parser.error("name the worker: --worker TARGET (or BRIDGE_WORKER)")
     limits = Limits(max_body_bytes=args.max_body_bytes, max_parts=args.max_parts,
                     max_part_bytes=args.max_part_bytes, deadline_seconds=args.deadline_seconds)
-    return BridgeConfig(routes=routes, listen=args.listen, threads=args.threads, limits=limits)
+    return BridgeConfig(routes=routes, listen=args.listen, threads=args.threads, grace_seconds=args.grace_seconds,
+                        limits=limits)

@@ -34,7 +34,7 @@ class BridgeServer:
         host, _, port = config.listen.rpartition(":")
         self.server = wsgi.Server(
             (host or "0.0.0.0", int(port)), self.app, numthreads=config.threads, server_name="arterys-bridge",
-            timeout=int(config.socket_timeout_seconds), shutdown_timeout=5,
+            timeout=int(config.socket_timeout_seconds), shutdown_timeout=int(config.grace_seconds),
         )
         self.server.gateway = SocketGateway
         self.server.prepare()  # binds now, so the port is known before serving
