@@ -1,0 +1,59 @@
+"""logging.yaml and the request tags: every line about a request carries its input hash, no leaks."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+
+from contract.logs import TaggedLogger, configure_logging, request_tags, set_tags
+
+
+def capture() -> io.StringIO:
+    configure_logging()
+    stream = io.StringIO()
+    handler = logging.getLogger().handlers[0]
+    handler.setStream(stream)
+    return stream
+
+
+def test_lines_inside_a_request_carry_its_tags_and_others_do_not():
+    stream = capture()
+    log = logging.getLogger("any.library")
+    with request_tags(request_id="r1"):
+        log.info("receiving")
+        set_tags(input_hash="a" * 64)
+        log.info("inferring")
+    log.info("idle")
+    lines = stream.getvalue().splitlines()
+    assert "[input_hash=- request_id=r1] receiving" in lines[0]
+    assert f"[input_hash={'a' * 64} request_id=r1] inferring" in lines[1]
+    assert "[input_hash=- request_id=-] idle" in lines[2]
+
+
+def test_tags_do_not_leak_between_concurrent_requests():
+    stream = capture()
+    log = logging.getLogger("worker.inference")
+    barrier = threading.Barrier(2)
+
+    def request(name: str) -> None:
+        with request_tags(input_hash=name * 64, request_id=name):
+            barrier.wait()
+            log.info("from %s", name)
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in "bc"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for line in stream.getvalue().splitlines():
+        name = line.rsplit(" ", 1)[1]
+        assert f"input_hash={name * 64} request_id={name}]" in line
+
+
+def test_the_original_sdks_tagged_logger_still_works():
+    stream = capture()
+    tagged = TaggedLogger(logging.getLogger("inference"))
+    tagged.add_tags({"input_hash": "f" * 64})
+    tagged.info("start processing")
+    assert f"[input_hash={'f' * 64} request_id=-] start processing" in stream.getvalue()
