@@ -544,7 +544,8 @@ def _slices_3d(study: LoadedStudy, part: dict, shape: dict, data):
 
 
 def _as_mask(data, shape) -> np.ndarray:
-    return np.frombuffer(bytes(data), dtype=np.uint8).reshape(shape)
+    # No copy: the tool hands over masks mapped from their files, which can be hundreds of MiB.
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def _check_plane(image: InputImage, height: int, width: int) -> None:
@@ -582,7 +583,7 @@ def _mask_maker(part, binary_type, index, palettes, notes, name, data):
     if not isinstance(label_map, dict) or not label_map or not all(str(k).isdigit() for k in label_map):
         notes.append(f"{name}: label_map {label_map!r} is not an object with digit keys; class numbers shown")
         label_map = {}
-    present = np.flatnonzero(np.bincount(np.frombuffer(bytes(data), dtype=np.uint8), minlength=256))
+    present = np.flatnonzero(np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256))
     missing = [int(v) for v in present if v and str(int(v)) not in label_map]
     if missing and label_map:
         notes.append(f"{name}: value(s) {missing} have no label_map entry; those pixels are not drawn")

@@ -1,0 +1,265 @@
+"""`python -m testtool` end to end: real worker and bridge processes, the tool run as users run it.
+
+The tool's files are checked against an independent reading of the same answer (tests.http_helpers,
+built on requests_toolbelt's decoder), the PNGs against renderings of the same images with nothing on
+them, and its verdicts against a hand-made server that breaks the protocol on purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from mock_model import MockModel
+from tests import http_helpers as http
+from tests.dicom_factory import write_standard_study
+from tests.services import ROOT, free_port, start_bridge, start_worker
+from testtool.render import write_pngs
+from testtool.study import load_study
+
+SCRIPT = ROOT / "testtool" / "send-inference-request.sh"
+DICOM_COMMANDS = ("get-secondary-capture", "get-structured-report")
+MASK_COMMANDS = ("get-probability-mask", "get-probability-mask-2d", "get-boolean-mask", "get-heatmap",
+                 "get-label-mask")
+
+
+@pytest.fixture(scope="module")
+def study_root(tmp_path_factory):
+    """A study under a folder the worker may read with studyPath requests."""
+    root = tmp_path_factory.mktemp("root")
+    record = write_standard_study(root / "cases" / "case1")
+    return root, record
+
+
+@pytest.fixture(scope="module")
+def study(study_root):
+    return study_root[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, study_root):
+    tmp = tmp_path_factory.mktemp("stack")
+    worker = start_worker(tmp, "mock_model", "--study-root", str(study_root[0]))
+    probe = start_worker(tmp, "tests.models:RequestProbe")
+    bridge = start_bridge(tmp, worker.address, "--route", f"/probe={probe.address}")
+    yield {"port": bridge.port, "url": f"http://{bridge.address}"}
+    for service in (bridge, worker, probe):
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def blank_pngs(tmp_path_factory, study) -> Path:
+    """Every input image rendered with no finding, under the names the tool gives its PNGs."""
+    folder = tmp_path_factory.mktemp("blank")
+    write_pngs(load_study(study.folder), {}, folder)
+    return folder
+
+
+def run_tool(port: int, *args: str, cwd: Path = ROOT, command: list[str] | None = None) -> subprocess.CompletedProcess:
+    argv = (command or [sys.executable, "-m", "testtool"]) + ["--host", "127.0.0.1", "-p", str(port), *args]
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def frame_count(study) -> int:
+    return sum(instance.frames for instance in study.instances)
+
+
+# ------------------------------------------------------------------------------------ every command
+
+
+@pytest.mark.parametrize("command", MockModel.commands)
+def test_every_mock_command(stack, study, blank_pngs, tmp_path, command):
+    out = tmp_path / "out"
+    run = run_tool(stack["port"], "-i", str(study.folder), "-o", str(out), "-c", command)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 protocol violations" in run.stdout
+    assert "Binary parts" in run.stdout and "Series (findings drawn on the PNGs)" in run.stdout
+
+    # response.json is the JSON that came back: compare with an independent request (same files, same
+    # order: the worker lists series in the order they arrive) read by an independent decoder
+    paths = [image.path for image in load_study(study.folder).images]
+    direct = http.parse_answer(http.post_like_original_tool(stack["url"] + "/", {"inference_command": command}, paths))
+    saved = json.loads((out / "response.json").read_text())
+    assert saved == direct.json
+    hashes_line = (out / "hashes.txt").read_text()
+    assert len(hashes_line) == 129 and hashes_line[64] == ":"
+
+    parts = saved["parts"]
+    masks = sorted(out.glob("output_masks_*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    dicoms = sorted(out.glob("sc_*.dcm"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if command in DICOM_COMMANDS:
+        assert not masks and len(dicoms) == len(parts) >= 1
+        for path in dicoms:
+            assert pydicom.dcmread(path).SOPInstanceUID
+    else:
+        assert not dicoms and len(masks) == len(parts)
+        for path, part, binary in zip(masks, parts, direct.binaries, strict=True):
+            shape = part["binary_data_shape"]
+            expected = shape.get("timepoints", 1) * shape.get("depth", 1) * shape["height"] * shape["width"]
+            assert path.stat().st_size == expected
+            assert path.read_bytes() == binary  # raw bytes, no .npy header, as the original tool wrote them
+    if command in ("get-probability-mask", "get-boolean-mask", "get-heatmap", "get-label-mask"):
+        # one 3D mask per series, depth x rows x columns of that series
+        expected_sizes = sorted(spec.count * spec.frames * spec.rows * spec.cols for spec in study.series)
+        assert sorted(p.stat().st_size for p in masks) == expected_sizes
+
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == frame_count(study) == 18
+    assert pngs == sorted(p.name for p in blank_pngs.glob("*.png"))
+    changed = [name for name in pngs if not np.array_equal(pixels(out / name), pixels(blank_pngs / name))]
+    if command in MASK_COMMANDS:
+        assert len(changed) >= 1, "no mask drawn on any PNG"
+    if command == "get-probability-mask-2d":
+        assert len(masks) == 18
+
+
+def test_the_shell_script_from_another_directory(stack, study, tmp_path):
+    shutil.copytree(study.folder, tmp_path / "my study")
+    run = run_tool(stack["port"], "-i", "my study", "-b", command=[str(SCRIPT)], cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert '"inference_command": "get-bounding-box-2d"' in run.stdout
+    saved = json.loads((tmp_path / "output" / "response.json").read_text())  # -o defaults to ./output
+    assert len(saved["bounding_boxes_2d"]) == len(study.series)
+    assert len(list((tmp_path / "output").glob("*.png"))) == 18
+
+
+def test_help_explains_every_flag():
+    run = subprocess.run([sys.executable, "-m", "testtool", "-h"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0
+    for flag in ("-i", "--host", "-p", "-o", "-a", "-c", "-S", "-r", "--request_options", "-l",
+                 "--request_study_path", "--timeout", "-s", "-b", "-cl"):
+        assert f"{flag} " in run.stdout or f"{flag}," in run.stdout, flag
+    assert "without a .npy header" in run.stdout.replace("\n", " ").replace("WITHOUT", "without")
+
+
+# ------------------------------------------------------------------------------------ request options
+
+
+def test_attachments_options_and_study_size_reach_the_model(stack, study, tmp_path):
+    licence = tmp_path / "licence.txt"
+    licence.write_bytes(b"licence: test-only\n")
+    out = tmp_path / "out"
+    run = run_tool(stack["port"], "-i", str(study.folder), "-o", str(out), "-r", "/probe", "-a", str(licence), "-S",
+                   "--request_options", "threshold=0.7", "count=3", "-c", "probe-it")
+    assert run.returncode == 0, run.stdout + run.stderr
+    seen = json.loads((out / "response.json").read_text())["study_ml_json"]
+    assert seen["route"] == "/probe"
+    assert seen["command"] == "probe-it"
+    first = min(study.series, key=lambda s: s.series_uid)  # the tool sends series in SeriesNumber, then UID order
+    assert seen["request"] == {"inference_command": "probe-it", "threshold": "0.7", "count": "3",
+                               "depth": len(study.instances), "height": first.rows, "width": first.cols}
+    assert seen["attachments"] == [{
+        "index": seen["attachments"][0]["index"], "name": "1", "filename": "licence.txt",
+        "content_type": "application/octet-stream", "sha256": hashlib.sha256(licence.read_bytes()).hexdigest(),
+    }]
+    assert sorted(i["sop_instance_uid"] for i in seen["instances"]) == sorted(
+        i.sop_instance_uid for i in study.instances)
+    # the model saw the input hash the tool computed over what it sent (the tool checked hashes.txt too)
+    assert (out / "hashes.txt").read_text().split(":")[0] == seen["input_hash"]
+
+
+def test_request_study_path(stack, study_root, tmp_path):
+    root, study = study_root
+    out = tmp_path / "out"
+    run = run_tool(stack["port"], "-i", str(study.folder), "-o", str(out), "-c", "get-probability-mask",
+                   "--request_study_path", "cases/case1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "studyPath 'cases/case1'" in run.stdout
+    assert len(list(out.glob("output_masks_*.npy"))) == len(study.series)
+    assert len(list(out.glob("*.png"))) == 18
+
+
+def test_an_unknown_command_exits_2_with_the_bridge_message(stack, study, tmp_path):
+    run = run_tool(stack["port"], "-i", str(study.folder), "-o", str(tmp_path / "out"), "-c", "get-nothing")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "HTTP 400" in run.stderr
+    assert "unknown inference_command 'get-nothing'" in run.stderr
+
+
+def test_no_server_exits_2_with_a_clear_message(study, tmp_path):
+    run = run_tool(free_port(), "-i", str(study.folder), "-o", str(tmp_path / "out"), "--timeout", "5")
+    assert run.returncode == 2
+    assert "cannot reach http://127.0.0.1:" in run.stderr and "Is the bridge running" in run.stderr
+
+
+def test_unreadable_files_are_reported_and_skipped(stack, study, tmp_path):
+    folder = tmp_path / "study"
+    shutil.copytree(study.folder, folder)
+    (folder / "README.txt").write_text("notes about this study\n")
+    run = run_tool(stack["port"], "-i", str(folder), "-o", str(tmp_path / "out"), "-c", "get-bounding-box-2d")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"skipped {folder / 'README.txt'}: a text file, not DICOM or a PNG/JPEG picture" in run.stdout
+    assert "Sending 14 instance(s)" in run.stdout
+
+
+# ------------------------------------------------------------------------------------ a server that breaks the rules
+
+
+class _BrokenServer(BaseHTTPRequestHandler):
+    answer: tuple[str, bytes] = ("", b"")
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        content_type, body = self.answer
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def broken_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BrokenServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_protocol_violation_is_caught_and_explained(broken_server, study, tmp_path):
+    image = study.sorted_series(study.series[0].series_uid)[0]  # 32 rows x 48 columns
+    spec = study.series[0]
+    result = {"protocol_version": "1.0", "parts": [
+        {"label": "short", "binary_type": "probability_mask", "binary_data_shape": {"width": 48, "height": 32},
+         "dicom_image": {"SOPInstanceUID": image.sop_instance_uid}},
+        {"label": "swapped", "binary_type": "boolean_mask", "SeriesInstanceUID": spec.series_uid,
+         "binary_data_shape": {"timepoints": 1, "depth": spec.count, "width": spec.rows, "height": spec.cols}},
+    ]}
+    boundary = "canned"
+    parts = [("application/json", json.dumps(result).encode()), ("application/binary", b"\x80" * 100),
+             ("application/binary", b"\x01" * (spec.count * spec.rows * spec.cols)),
+             ("text/plain", f"{'0' * 64}:{'1' * 64}".encode())]
+    _BrokenServer.answer = (f"multipart/related; boundary={boundary}", http.hand_built_body(parts, boundary))
+    out = tmp_path / "out"
+    run = run_tool(broken_server.server_port, "-i", str(study.folder), "-o", str(out))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "4 protocol violation(s)" in run.stdout
+    assert "needs 1536 bytes (one uint8 per voxel) but the binary has 100" in run.stdout
+    assert "width x height is 32 x 48 but the series' images are 48 x 32" in run.stdout
+    assert f"the input hash is {'0' * 64} but the parts this tool sent hash to" in run.stdout
+    assert f"the output hash is {'1' * 64}" in run.stdout
+    # the files are still written, and the drawing notes say why those masks are not drawn
+    assert (out / "output_masks_1.npy").stat().st_size == 100
+    assert "part 2 (swapped): height x width = 48x32, but the image has 32 rows x 48 columns (width and height " \
+           "look swapped); not drawn" in run.stdout
