@@ -119,9 +119,13 @@ def read_study_path(study_path: str, root: str | os.PathLike | None) -> list[Ins
         raise StudyPathNotFound(f"studyPath {study_path!r} is not a folder under the study root")
 
     instances: list[Instance] = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(folder.rglob("*")):
+        # Every entry, folders too: rglob does not descend into a linked folder, which would otherwise
+        # drop its files silently instead of refusing the link out of the root.
         if not path.resolve().is_relative_to(root_path):
             raise StudyPathRefused(f"{path.relative_to(folder)} links outside the study root")
+        if not path.is_file():
+            continue
         try:
             instances.append(Instance.parse(len(instances), path, "application/dicom", path.name))
         except InvalidInput:

@@ -9,6 +9,7 @@ answer; the model author gets every problem in one message.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,7 +52,10 @@ def mask_bytes(array, binary_type: str, where: str) -> memoryview:
 def dicom_bytes(data, where: str) -> memoryview:
     if isinstance(data, pydicom.Dataset):
         buffer = io.BytesIO()
-        data.save_as(buffer, enforce_file_format=True)
+        try:
+            data.save_as(buffer, enforce_file_format=True)
+        except Exception as error:  # pydicom raises ValueError, AttributeError, ... on an incomplete dataset
+            raise InvalidResult([f"{where}: the pydicom Dataset cannot be written as a DICOM file: {error}"]) from error
         return buffer.getbuffer()
     if isinstance(data, (bytes, bytearray, memoryview)):
         return memoryview(data).cast("B")
@@ -170,4 +174,12 @@ def checked(result_json: dict, binaries: list, study: StudyIndex | None) -> Wire
     problems = check_result(result_json, binaries, study)
     if problems:
         raise InvalidResult(problems)
+    try:
+        # The viewer parses strict JSON: numpy scalars cannot be written at all, NaN/Infinity are not JSON.
+        json.dumps(result_json, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidResult([
+            f"the result cannot be sent as JSON: {error} (convert numpy values with int()/float(); "
+            "NaN and Infinity are not JSON)"
+        ]) from error
     return WireResult(result_json, binaries)
