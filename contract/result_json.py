@@ -2,9 +2,13 @@
 
 The worker turns what a model returned into the message (`to_proto`); the bridge turns the message back
 into the JSON the viewer reads (`from_proto`). Keys the contract does not know travel as JSON text
-(`extra_json`) and come back in their place, so that `from_proto(to_proto(x)) == x` for every valid
-result, key order included, apart from canonical forms documented on the fields (integral pixel
-coordinates are integers, probability thresholds are floats).
+(`extra_json`) and come back, so that `from_proto(to_proto(x)) == x` for every valid result without empty
+UID strings (last point below). The JSON text is the same too, apart from these canonical forms:
+
+- known keys come in the protocol's order and unknown keys after them, each in its own order;
+- integral pixel coordinates are integers; probability and palette thresholds are floats (`0.5`, `1.0`);
+- an empty string where the protocol expects a UID or palette name (`"SeriesInstanceUID": ""`,
+  `"palette": ""`) is the same as leaving the key out, and is left out.
 
 `to_proto` expects a result that `contract.protocol.check_result` accepted; it raises ValueError on
 anything it cannot represent rather than guessing.

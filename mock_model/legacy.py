@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy
 import pydicom
+from pydicom.errors import InvalidDicomError
 
 from mock_model import shapes
 from mock_model.conformance import conformance_checks
@@ -15,10 +16,17 @@ from worker import LegacyHandlerModel
 
 
 def _series(dicom_instances):
-    """Headers grouped by series, each ordered by position along the slice normal (as MockModel)."""
+    """Headers grouped by series, each ordered by position along the slice normal (as MockModel).
+
+    The original gateway passes attachments (reports, JSON, images) ahead of the instances in the same
+    list, so buffers that are not DICOM are skipped, as a real handler must.
+    """
     groups = {}
     for buffer in dicom_instances:
-        dcm = pydicom.dcmread(buffer, stop_before_pixels=True)
+        try:
+            dcm = pydicom.dcmread(buffer, stop_before_pixels=True)
+        except InvalidDicomError:
+            continue
         groups.setdefault(dcm.SeriesInstanceUID, []).append(dcm)
     for headers in groups.values():
         normal = numpy.cross(headers[0].ImageOrientationPatient[:3], headers[0].ImageOrientationPatient[3:])

@@ -1,7 +1,8 @@
 """The worker's Prometheus metrics, defined in one place (names from DESIGN.md).
 
 Each WorkerMetrics owns its registry, so tests run several workers in one process without clashes.
-Labels never carry UIDs; unknown inference commands are folded into "unknown" to bound cardinality.
+Labels never carry UIDs; unknown inference commands are folded into "unknown" to bound cardinality, and
+calls refused before their header was read (model loading, worker busy) are labelled "unread".
 """
 
 from __future__ import annotations

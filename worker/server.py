@@ -119,15 +119,16 @@ def start_metrics_server(address: str, metrics: WorkerMetrics):
 
 def serve(config: WorkerConfig, model: Model) -> int:
     """Runs until SIGTERM/SIGINT; returns the exit code (1 when the model failed to load)."""
+    # Handlers first: a SIGTERM while the server starts (an orchestrator scaling down) is a clean stop.
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+
     worker = create_server(model, config)
     worker.start()
     metrics_server = start_metrics_server(config.metrics_listen, worker.metrics) if config.metrics_listen else None
     log.info("worker listening on %s (port %d)%s", config.listen, worker.port,
              f", metrics on {config.metrics_listen}" if metrics_server else "")
-
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
 
     failed = threading.Event()
 

@@ -29,6 +29,7 @@ from worker.api import InvalidInput, Model, Result, UnsupportedStudy
 from worker.metrics import WorkerMetrics
 from worker.receive import (
     HashMismatch,
+    StreamError,
     StudyPathNotFound,
     StudyPathRefused,
     read_study_path,
@@ -97,10 +98,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 level = logging.ERROR if serious else logging.INFO
                 log.log(level, "inference failed (%s): %s", abort.code.name, abort.message)
                 context.abort(abort.code, abort.message)
+            except Exception:
+                call.outcome = "worker_error"  # not "cancelled": the worker itself failed (gRPC sends UNKNOWN)
+                log.exception("inference failed: unexpected error in the worker")
+                raise
             finally:
                 call.finish()
 
-    def metric_command(self, command: str) -> str:
+    def metric_command(self, command: str | None) -> str:
+        """The `command` label, from a bounded set: a request cannot mint label values."""
+        if command is None:
+            return "unread"  # refused (loading, busy) before its header was read
         if not self.commands or command in self.commands or command == self.default_command:
             return command or "none"
         return "unknown"
@@ -113,7 +121,7 @@ class _Call:
         self.s = servicer
         self.context = context
         self.cancelled = cancelled
-        self.command = ""
+        self.command: str | None = None  # None until the header has been read
         self.outcome = ""
         self.ticket = None
         self.folder: str | None = None
@@ -176,15 +184,17 @@ class _Call:
         try:
             request = parse_request_json(bytes(header.request_json))
             self.folder = tempfile.mkdtemp(prefix="infer-", dir=self.s.config.spool_dir)
+            # The same stream rules for both forms: an end message whose count and hash match what came
+            # (for studyPath: no parts, and the hash of the JSON alone, as PROTOCOL.md defines it).
+            parts = receive_parts(messages, bytes(header.request_json), Path(self.folder),
+                                  self.s.metrics.received_bytes.inc)
+            input_hash = parts.input_hash
             if header.study_path:
-                instances = read_study_path(header.study_path, self.s.config.study_root)
-                end = next(messages, None)
-                input_hash = end.end.input_hash if end is not None and end.WhichOneof("message") == "end" else ""
-                attachments = []
+                if parts.instances or parts.attachments:
+                    raise StreamError("a studyPath request names its study by path and carries no parts")
+                instances, attachments = read_study_path(header.study_path, self.s.config.study_root), []
             else:
-                parts = receive_parts(messages, bytes(header.request_json), Path(self.folder),
-                                      self.s.metrics.received_bytes.inc)
-                instances, attachments, input_hash = parts.instances, parts.attachments, parts.input_hash
+                instances, attachments = parts.instances, parts.attachments
         except InvalidInput as error:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(error), "invalid_input") from error
         except HashMismatch as error:
