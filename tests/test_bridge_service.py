@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -146,6 +148,35 @@ def test_a_client_that_hangs_up_cancels_the_worker_call(tmp_path, study, monkeyp
         while model.stopped_early == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert model.stopped_early == 1 and model.completed == 0
+    finally:
+        bridge.stop()
+        worker.stop(0)
+
+
+def test_sigterm_lets_the_inflight_request_finish(tmp_path, study, monkeypatch):
+    monkeypatch.setenv("MOCK_INFER_SECONDS", "2")
+    worker = create_server(SlowModel(), WorkerConfig(model="slow", listen="127.0.0.1:0"))
+    worker.start()
+    worker.load_model()
+    bridge = start_bridge(tmp_path, f"127.0.0.1:{worker.port}", "--grace-seconds", "30")
+    url = f"http://{bridge.address}/"
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            paths = [i.path for i in study.instances[:3]]
+            request = {"inference_command": "get-bounding-box-2d"}
+            pending = pool.submit(http.post_like_original_tool, url, request, paths)
+            deadline = time.monotonic() + 10
+            while worker.metrics.inflight._value.get() == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert worker.metrics.inflight._value.get() == 1  # the model is inferring
+            bridge.process.send_signal(signal.SIGTERM)
+            response = pending.result(timeout=60)
+        assert response.status_code == 200
+        answer = http.parse_answer(response)
+        assert len(answer.json["bounding_boxes_2d"]) >= 1
+        assert bridge.process.wait(30) == 0
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url + "ping", timeout=5)
     finally:
         bridge.stop()
         worker.stop(0)
