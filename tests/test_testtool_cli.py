@@ -7,12 +7,19 @@ them, and its verdicts against a hand-made server that breaks the protocol on pu
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import pty
+import select
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,7 +30,7 @@ from PIL import Image
 
 from mock_model import MockModel
 from tests import http_helpers as http
-from tests.dicom_factory import write_standard_study
+from tests.dicom_factory import write_big_study, write_standard_study
 from tests.services import ROOT, free_port, start_bridge, start_worker
 from testtool.render import write_pngs
 from testtool.study import load_study
@@ -263,3 +270,52 @@ def test_a_protocol_violation_is_caught_and_explained(broken_server, study, tmp_
     assert (out / "output_masks_1.npy").stat().st_size == 100
     assert "part 2 (swapped): height x width = 48x32, but the image has 32 rows x 48 columns (width and height " \
            "look swapped); not drawn" in run.stdout
+
+
+# ---------------------------------------------------------------------------------- progress bars
+
+
+def run_on_a_terminal(argv: list[str], timeout: float = 180) -> tuple[int, str]:
+    """Runs argv with stdout and stderr on a pseudo-terminal, as a user at a shell sees it."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 x 0
+    process = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    output = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed its end
+                    data = b""
+                if not data:
+                    break
+                output += data
+            elif process.poll() is not None:
+                break
+        return process.wait(timeout=30), output.decode(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(master)
+
+
+def test_progress_bars_on_a_terminal_and_none_in_a_pipe(stack, tmp_path):
+    big = write_big_study(tmp_path / "big", 12 << 20, rows=512, cols=512)  # answer mask > 4 MiB: a download bar
+    args = ["--host", "127.0.0.1", "-p", str(stack["port"]), "-i", str(big.folder), "-c", "get-probability-mask",
+            "-o", str(tmp_path / "out")]
+    code, screen = run_on_a_terminal([sys.executable, "-m", "testtool", *args])
+    assert code == 0, screen
+    assert "upload:" in screen and "download:" in screen, screen
+    assert "B/s" in screen, screen  # sizes in bytes, not items
+
+    piped = run_tool(stack["port"], "-i", str(big.folder), "-c", "get-probability-mask", "-o", str(tmp_path / "p"))
+    assert piped.returncode == 0, piped.stdout + piped.stderr
+    assert "upload:" not in piped.stderr + piped.stdout and "download:" not in piped.stderr + piped.stdout
+
+    quiet, screen = run_on_a_terminal([sys.executable, "-m", "testtool", *args, "-q"])
+    assert quiet == 0, screen
+    assert "upload:" not in screen and "download:" not in screen
