@@ -65,6 +65,7 @@ def serve(config: BridgeConfig) -> int:
     log.info("bridge listening on %s (port %d), routes %s", config.listen, server.port,
              ", ".join(f"{r} -> {t}" for r, t in config.routes.items()))
     stopping.wait()
-    log.info("bridge stopping")
+    log.info("bridge stopping: finishing in-flight requests (up to %.0f s)", config.grace_seconds)
     server.stop()
+    log.info("bridge stopped")
     return 0

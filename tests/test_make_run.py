@@ -1,0 +1,61 @@
+"""`make run`, the first command of the README: worker and bridge start together, the bridge says READY
+once the model is loaded, a request is answered, and Ctrl-C stops both cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+from tests import http_helpers as http
+from tests.dicom_factory import write_standard_study
+from tests.services import ROOT, free_port
+
+
+def test_make_run_serves_and_stops_on_ctrl_c(tmp_path):
+    study = write_standard_study(tmp_path / "study")
+    http_port, worker_port, metrics_port = free_port(), free_port(), free_port()
+    log_path = tmp_path / "make-run.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            ["make", "--no-print-directory", "run", f"LISTEN_HTTP=127.0.0.1:{http_port}",
+             f"WORKER_LISTEN=127.0.0.1:{worker_port}", f"METRICS_LISTEN=127.0.0.1:{metrics_port}"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own group, like a shell job
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 120
+        status = ""
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                status = requests.get(url + "/healthcheck", timeout=2).text
+            except requests.ConnectionError:
+                status = ""
+            if status == "READY":
+                break
+            time.sleep(0.2)
+        assert status == "READY", log_path.read_text(errors="replace")
+
+        response = http.post_like_original_tool(url + "/", {}, [i.path for i in study.instances])
+        answer = http.parse_answer(response)
+        assert len(answer.json["bounding_boxes_2d"]) == len(study.series)  # the mock model's default command
+        metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert "worker_model_loaded 1.0" in metrics
+
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the whole job
+        process.wait(timeout=60)  # make itself reports the interrupt (exit -2); its children must stop cleanly
+        log = log_path.read_text(errors="replace")
+        assert "worker stopped" in log and "bridge stopped" in log, log
+        for port in (http_port, worker_port, metrics_port):
+            with pytest.raises(ConnectionError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
