@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,3 +117,18 @@ def wait_for_http(service: Service, path: str, body: str | None, timeout: float 
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{path} not ready after {timeout} s:\n{service.log()}")
+
+
+@contextmanager
+def mock_stack(tmp: Path, study_root: Path) -> Iterator[dict]:
+    """What most end-to-end tests talk to: the mock model's worker (reading studyPath under study_root),
+    a RequestProbe worker on the route /probe, and one bridge in front of both."""
+    worker = start_worker(tmp, "mock_model", "--study-root", str(study_root))
+    probe = start_worker(tmp, "tests.models:RequestProbe")
+    bridge = start_bridge(tmp, worker.address, "--route", f"/probe={probe.address}")
+    try:
+        yield {"worker": worker, "probe": probe, "bridge": bridge, "port": bridge.port,
+               "url": f"http://{bridge.address}"}
+    finally:
+        for service in (bridge, worker, probe):
+            service.stop()

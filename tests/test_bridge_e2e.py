@@ -15,7 +15,7 @@ import requests
 from mock_model import MockModel
 from tests import http_helpers as http
 from tests.dicom_factory import write_big_study, write_standard_study
-from tests.services import start_bridge, start_worker
+from tests.services import mock_stack
 from worker.results import from_result
 from worker.study import Instance, Study
 
@@ -42,13 +42,8 @@ def study_root(tmp_path_factory, study):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, study_root):
-    tmp = tmp_path_factory.mktemp("stack")
-    worker = start_worker(tmp, "mock_model", "--study-root", str(study_root[0]))
-    probe = start_worker(tmp, "tests.models:RequestProbe")
-    bridge = start_bridge(tmp, worker.address, "--route", f"/probe={probe.address}")
-    yield {"worker": worker, "probe": probe, "bridge": bridge, "url": f"http://{bridge.address}"}
-    for service in (bridge, worker, probe):
-        service.stop()
+    with mock_stack(tmp_path_factory.mktemp("stack"), study_root[0]) as services:
+        yield services
 
 
 def model_answer(paths: list[Path], command: str) -> tuple[dict, list[bytes]]:

@@ -31,7 +31,7 @@ from PIL import Image
 from mock_model import MockModel
 from tests import http_helpers as http
 from tests.dicom_factory import write_big_study, write_standard_study
-from tests.services import ROOT, free_port, start_bridge, start_worker
+from tests.services import ROOT, free_port, mock_stack
 from testtool.render import write_pngs
 from testtool.study import load_study
 
@@ -56,13 +56,8 @@ def study(study_root):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, study_root):
-    tmp = tmp_path_factory.mktemp("stack")
-    worker = start_worker(tmp, "mock_model", "--study-root", str(study_root[0]))
-    probe = start_worker(tmp, "tests.models:RequestProbe")
-    bridge = start_bridge(tmp, worker.address, "--route", f"/probe={probe.address}")
-    yield {"port": bridge.port, "url": f"http://{bridge.address}"}
-    for service in (bridge, worker, probe):
-        service.stop()
+    with mock_stack(tmp_path_factory.mktemp("stack"), study_root[0]) as services:
+        yield services
 
 
 @pytest.fixture(scope="module")
