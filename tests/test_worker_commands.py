@@ -16,11 +16,13 @@ import grpc
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
 from contract.protocol import ImageInfo, StudyIndex, check_result
 from tests.conftest import start_worker
+from tests.dicom_factory import SeriesSpec, make_dataset
 from tests.worker_client import CHANNEL_OPTIONS, collect, dicom_parts, infer, request_messages
 from worker import Model, Result
 
@@ -526,3 +528,50 @@ def test_malformed_streams_are_invalid_argument(worker_stub, standard_parts, cas
 def test_worker_still_serves_after_bad_requests(worker_stub, standard_parts):
     rpc_error(worker_stub, [])
     assert run(worker_stub, standard_parts[:1], "get-bounding-box-2d").json["bounding_boxes_2d"]
+
+
+# ------------------------------------------------------------------------- pixels of every encoding
+
+
+class PixelDigestModel(Model):
+    """Decodes every instance's pixels in the worker, as a real model does, and reports their digests."""
+
+    name = "pixel_digest"
+
+    def infer(self, study):
+        digests = {}
+        for instance in study.instances:
+            pixels = instance.dataset().pixel_array
+            digests[instance.sop_instance_uid] = {
+                "sha256": hashlib.sha256(np.ascontiguousarray(pixels, dtype="<u2").tobytes()).hexdigest(),
+                "shape": list(pixels.shape),
+                "transfer_syntax": str(instance.header.file_meta.TransferSyntaxUID),
+            }
+        return Result(study_ml_json=digests)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, JPEG2000Lossless],
+                         ids=lambda uid: uid.name)
+@pytest.mark.parametrize("frames", [1, 3])
+def test_the_model_decodes_the_pixels_of_every_transfer_syntax(tmp_path, syntax, frames):
+    # The expected pixels come from the uncompressed dataset, before it is encoded for sending.
+    def dataset(transfer_syntax):
+        spec = SeriesSpec("pixels", rows=40, cols=36, count=1, frames=frames, transfer_syntax=transfer_syntax)
+        return make_dataset(study_uid="1.2.3.4", spec=spec, number=1, position=(0.0, 0.0, 0.0), pixel_seed=5)
+
+    raw = dataset(ExplicitVRLittleEndian).pixel_array
+    path = tmp_path / "encoded.dcm"
+    dataset(syntax).save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
+
+    server = start_worker(PixelDigestModel())
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS)
+    try:
+        answer = infer(pb_grpc.InferenceStub(channel), {}, dicom_parts([path]))
+    finally:
+        channel.close()
+        server.stop(0)
+    (digest,) = answer.json["study_ml_json"].values()
+    assert digest["transfer_syntax"] == syntax
+    assert digest["shape"] == list(raw.shape)
+    assert digest["sha256"] == hashlib.sha256(np.ascontiguousarray(raw, dtype="<u2").tobytes()).hexdigest()
