@@ -24,6 +24,10 @@ from mock_model import MockModel
 from mock_model.faults import FailingModel, SlowLoadingModel, SlowModel
 from tests.conftest import NOT_SERVING, SERVING, free_port, health_status, start_worker
 from tests.worker_client import CHANNEL_OPTIONS, collect, infer, request_messages
+from worker import Model, Result
+from worker.admission import Admission
+from worker.metrics import WorkerMetrics
+from worker.servicer import MAX_OPEN_COMMAND_LABELS, InferenceServicer, ServicerConfig
 
 SERVICE = "arterys.inference.v1.Inference"
 
@@ -331,3 +335,19 @@ def test_an_unknown_model_exits_non_zero(worker_process):
     worker = worker_process("--model", "no_such_package_3b1c:Model", wait=False)
     assert worker.wait_exit(60) != 0
     assert "no_such_package_3b1c" in worker.log()
+
+
+def test_command_labels_stay_bounded_for_a_model_that_takes_any_command():
+    class AnyCommand(Model):
+        name = "any"
+
+        def infer(self, study):
+            return Result()
+
+    metrics = WorkerMetrics()
+    servicer = InferenceServicer(AnyCommand(), Admission(1, 0, metrics), metrics, ServicerConfig())
+    labels = [servicer.metric_command(f"command-{n}") for n in range(MAX_OPEN_COMMAND_LABELS + 5)]
+    assert labels[:MAX_OPEN_COMMAND_LABELS] == [f"command-{n}" for n in range(MAX_OPEN_COMMAND_LABELS)]
+    assert labels[MAX_OPEN_COMMAND_LABELS:] == ["other"] * 5
+    assert servicer.metric_command("command-3") == "command-3"  # seen before: keeps its label
+    assert servicer.metric_command("") == "none" and servicer.metric_command(None) == "unread"

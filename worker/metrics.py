@@ -2,7 +2,8 @@
 
 Each WorkerMetrics owns its registry, so tests run several workers in one process without clashes.
 Labels never carry UIDs; unknown inference commands are folded into "unknown" to bound cardinality, and
-calls refused before their header was read (model loading, worker busy) are labelled "unread".
+calls refused before their header was read (model loading, worker busy) are labelled "unread"; a model
+that declares no commands gets labels for the first 20 commands it sees and "other" after.
 """
 
 from __future__ import annotations

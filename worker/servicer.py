@@ -59,6 +59,9 @@ class Abort(Exception):
         self.code, self.message, self.outcome = code, message, outcome
 
 
+MAX_OPEN_COMMAND_LABELS = 20  # label values for a model without a command list; others become "other"
+
+
 class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, model: Model, admission: Admission, metrics: WorkerMetrics, config: ServicerConfig) -> None:
         self.model = model
@@ -69,6 +72,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.loaded = threading.Event()
         self.commands = tuple(model.commands)
         self.default_command = config.default_command or model.default_command
+        self._open_labels: set[str] = set()
+        self._label_lock = threading.Lock()
 
     # --------------------------------------------------------------------------------------- Describe
 
@@ -109,8 +114,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         """The `command` label, from a bounded set: a request cannot mint label values."""
         if command is None:
             return "unread"  # refused (loading, busy) before its header was read
-        if not self.commands or command in self.commands or command == self.default_command:
+        if command in self.commands or command == self.default_command:
             return command or "none"
+        if not self.commands:
+            # A model that declares no commands takes any: label the first few seen, fold the rest.
+            with self._label_lock:
+                if command in self._open_labels or len(self._open_labels) < MAX_OPEN_COMMAND_LABELS:
+                    self._open_labels.add(command)
+                    return command
+            return "other"
         return "unknown"
 
 
