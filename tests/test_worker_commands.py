@@ -26,6 +26,7 @@ from tests.dicom_factory import SeriesSpec, make_dataset
 from tests.worker_client import CHANNEL_OPTIONS, collect, dicom_parts, infer, request_messages
 from worker import Model, Result
 
+# Spelled out, not imported from MockModel: these names are a contract users and scripts rely on.
 MOCK_COMMANDS = [
     "get-bounding-box-2d",
     "get-probability-mask",
