@@ -9,12 +9,10 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import pytest
@@ -23,9 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from contract import inference_pb2_grpc as pb_grpc
 from contract.logs import configure_logging
 from tests.dicom_factory import StudyRecord, write_standard_study
+from tests.services import Service, free_port, spawn_process
 from tests.worker_client import CHANNEL_OPTIONS, dicom_parts
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -78,6 +76,18 @@ def start_worker(model_object, load: bool = True, **config):
     return server
 
 
+@contextmanager
+def serving(model_object, load: bool = True, **config):
+    """An in-process worker with a channel and stub to it: `with serving(model) as (server, channel, stub)`."""
+    server = start_worker(model_object, load=load, **config)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS)
+    try:
+        yield server, channel, pb_grpc.InferenceStub(channel)
+    finally:
+        channel.close()
+        server.stop(0)
+
+
 @pytest.fixture(scope="session")
 def mock_worker():
     from mock_model import MockModel
@@ -102,12 +112,6 @@ def worker_stub(worker_channel) -> pb_grpc.InferenceStub:
 # ------------------------------------------------------------------------------------ worker processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def health_status(channel: grpc.Channel, service: str = "", timeout: float = 2.0):
     """The health status, or None while nothing answers."""
     try:
@@ -120,27 +124,19 @@ def health_status(channel: grpc.Channel, service: str = "", timeout: float = 2.0
 
 
 @dataclass
-class WorkerProcess:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
+class WorkerProcess(Service):
+    """A `python -m worker` process with gRPC helpers; killed (not stopped gracefully) at teardown."""
+
     metrics_port: int | None = None
     channels: list = field(default_factory=list)
 
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
     def channel(self) -> grpc.Channel:
-        channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self.channels.append(channel)
         return channel
 
     def stub(self) -> pb_grpc.InferenceStub:
         return pb_grpc.InferenceStub(self.channel())
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def wait_serving(self, timeout: float = 60.0) -> None:
         channel = self.channel()
@@ -181,7 +177,7 @@ def worker_process(tmp_path):
 
     def start(*args: str, env: dict | None = None, listen: bool = True, metrics: bool = False,
               wait: bool = True, port: int | None = None, metrics_port: int | None = None) -> WorkerProcess:
-        argv = [sys.executable, "-m", "worker", *args]
+        argv = ["-m", "worker", *args]
         port = port or free_port()
         if listen:
             argv += ["--listen", f"127.0.0.1:{port}"]
@@ -189,11 +185,9 @@ def worker_process(tmp_path):
             metrics_port = metrics_port or free_port()
             argv += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
         environment = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
-        environment.update(env or {})
         log_path = tmp_path / f"worker-{len(started)}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(argv, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
-        worker = WorkerProcess(process, port, log_path, metrics_port)
+        worker = WorkerProcess(spawn_process(argv, env, log_path, base_env=environment), port, log_path,
+                               metrics_port)
         started.append(worker)
         if wait:
             worker.wait_serving()

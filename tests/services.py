@@ -53,16 +53,18 @@ class Service:
         return self.process.returncode
 
 
-def _spawn(args: list[str], env: dict | None, log_path: Path) -> subprocess.Popen:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    handle = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=handle, stderr=subprocess.STDOUT)
+def spawn_process(args: list[str], env: dict | None, log_path: Path, base_env: dict | None = None) -> subprocess.Popen:
+    """`python ARGS` in the repository, output to log_path; environment: base_env (default: ours) + env."""
+    full_env = {**(os.environ if base_env is None else base_env), "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(log_path, "wb") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=handle,
+                                stderr=subprocess.STDOUT)
 
 
 def spawn(tmp: Path, name: str, args: list[str], port: int, env: dict | None = None) -> Service:
     """Starts `python ARGS` with its output in TMP/NAME-PORT.log; does not wait."""
     log_path = tmp / f"{name}-{port}.log"
-    return Service(_spawn(args, env, log_path), port, log_path)
+    return Service(spawn_process(args, env, log_path), port, log_path)
 
 
 def start_worker(tmp: Path, model: str = "mock_model", *extra: str, env: dict | None = None,

@@ -7,11 +7,10 @@ import os
 import grpc
 import pytest
 
-from contract import inference_pb2_grpc as pb_grpc
 from mock_model import MockModel
-from tests.conftest import start_worker
+from tests.conftest import serving
 from tests.dicom_factory import write_standard_study
-from tests.worker_client import CHANNEL_OPTIONS, collect, dicom_parts, infer, request_messages
+from tests.worker_client import collect, dicom_parts, infer, request_messages
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +37,8 @@ def tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rooted_stub(tree):
-    server = start_worker(MockModel(), model="mock_model", study_root=str(tree["root"]))
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS)
-    yield pb_grpc.InferenceStub(channel)
-    channel.close()
-    server.stop(0)
+    with serving(MockModel(), model="mock_model", study_root=str(tree["root"])) as (_, _, stub):
+        yield stub
 
 
 def by_path(stub, study_path: str, command: str = "get-classification"):
@@ -102,15 +98,10 @@ def test_a_file_instead_of_a_folder_is_not_found(rooted_stub, tree):
 
 
 def test_without_a_study_root_study_paths_are_refused(tree):
-    server = start_worker(MockModel(), model="mock_model")
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS)
-    try:
-        error = refused(pb_grpc.InferenceStub(channel), str(tree["root"] / "study"))
-        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "--study-root" in error.details() and "WORKER_STUDY_ROOT" in error.details()
-    finally:
-        channel.close()
-        server.stop(0)
+    with serving(MockModel(), model="mock_model") as (_, _, stub):
+        error = refused(stub, str(tree["root"] / "study"))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "--study-root" in error.details() and "WORKER_STUDY_ROOT" in error.details()
 
 
 # ------------------------------------------------------------------------ the stream around the path

@@ -19,11 +19,10 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from contract import inference_pb2 as pb
-from contract import inference_pb2_grpc as pb_grpc
 from contract.protocol import ImageInfo, StudyIndex, check_result
-from tests.conftest import start_worker
+from tests.conftest import serving
 from tests.dicom_factory import SeriesSpec, make_dataset
-from tests.worker_client import CHANNEL_OPTIONS, collect, dicom_parts, infer, request_messages
+from tests.worker_client import collect, dicom_parts, infer, request_messages
 from worker import Model, Result
 
 # Spelled out, not imported from MockModel: these names are a contract users and scripts rely on.
@@ -374,19 +373,13 @@ def test_unknown_command_lists_the_valid_ones(worker_stub, standard_parts):
 def test_configured_default_command_overrides_the_models(standard_study, standard_parts):
     from mock_model import MockModel
 
-    server = start_worker(MockModel(), default_command="get-classification")
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS)
-    try:
-        stub = pb_grpc.InferenceStub(channel)
+    with serving(MockModel(), default_command="get-classification") as (_, _, stub):
         assert stub.Describe(pb.DescribeRequest(), timeout=10).default_command == "get-classification"
         answer = run(stub, standard_parts, None)
         assert answer.json["study_ml_json"]["command"] == "get-classification"
         assert "bounding_boxes_2d" not in answer.json
         # An explicit command still wins.
         assert "bounding_boxes_2d" in run(stub, standard_parts, "get-bounding-box-2d").json
-    finally:
-        channel.close()
-        server.stop(0)
 
 
 # ------------------------------------------------------------------------- what reaches the model
@@ -416,11 +409,8 @@ class RecordingModel(Model):
 @pytest.fixture(scope="module")
 def recording_worker():
     model = RecordingModel()
-    server = start_worker(model)
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS)
-    yield model, pb_grpc.InferenceStub(channel)
-    channel.close()
-    server.stop(0)
+    with serving(model) as (_, _, stub):
+        yield model, stub
 
 
 def messages(request_json: bytes, parts, command: str = "", input_hash: str | None = None, route: str = ""):
@@ -565,13 +555,8 @@ def test_the_model_decodes_the_pixels_of_every_transfer_syntax(tmp_path, syntax,
     dataset(syntax).save_as(path, enforce_file_format=True)
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
 
-    server = start_worker(PixelDigestModel())
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS)
-    try:
-        answer = infer(pb_grpc.InferenceStub(channel), {}, dicom_parts([path]))
-    finally:
-        channel.close()
-        server.stop(0)
+    with serving(PixelDigestModel()) as (_, _, stub):
+        answer = infer(stub, {}, dicom_parts([path]))
     (digest,) = answer.json["study_ml_json"].values()
     assert digest["transfer_syntax"] == syntax
     assert digest["shape"] == list(raw.shape)

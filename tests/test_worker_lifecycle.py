@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import grpc
 import pytest
@@ -19,11 +20,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract import inference_pb2 as pb
-from contract import inference_pb2_grpc as pb_grpc
 from mock_model import MockModel
 from mock_model.faults import FailingModel, SlowLoadingModel, SlowModel
-from tests.conftest import NOT_SERVING, SERVING, free_port, health_status, start_worker
-from tests.worker_client import CHANNEL_OPTIONS, collect, infer, request_messages
+from tests.conftest import NOT_SERVING, SERVING, health_status, serving
+from tests.services import free_port
+from tests.worker_client import collect, infer, request_messages
 from worker import Model, Result
 from worker.admission import Admission
 from worker.metrics import WorkerMetrics
@@ -76,18 +77,8 @@ def calls():
 @pytest.fixture
 def local_worker():
     """Factory for in-process workers (with their stub), stopped at teardown."""
-    started = []
-
-    def start(model, load: bool = True, **config):
-        server = start_worker(model, load=load, **config)
-        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS)
-        started.append((server, channel))
-        return server, channel, pb_grpc.InferenceStub(channel)
-
-    yield start
-    for server, channel in started:
-        channel.close()
-        server.stop(0)
+    with ExitStack() as stack:
+        yield lambda model, load=True, **config: stack.enter_context(serving(model, load=load, **config))
 
 
 def sample(server, name: str, **labels) -> float | None:

@@ -12,11 +12,10 @@ import pydicom
 import pytest
 
 from contract import inference_pb2 as pb
-from contract import inference_pb2_grpc as pb_grpc
 from contract.result_json import encode_result
 from mock_model.legacy import legacy_model
-from tests.conftest import start_worker
-from tests.worker_client import CHANNEL_OPTIONS, infer
+from tests.conftest import serving
+from tests.worker_client import infer
 from worker import BoundingBox, DicomOutput, LinearMeasurement, Mask, Model, Palette, Result
 
 BROKEN = "the model's result breaks the Arterys protocol"
@@ -27,11 +26,8 @@ BROKEN = "the model's result breaks the Arterys protocol"
 
 @pytest.fixture(scope="module")
 def legacy_stub():
-    server = start_worker(legacy_model, model="mock_model.legacy:legacy_model")
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS)
-    yield pb_grpc.InferenceStub(channel)
-    channel.close()
-    server.stop(0)
+    with serving(legacy_model, model="mock_model.legacy:legacy_model") as (_, _, stub):
+        yield stub
 
 
 @pytest.mark.parametrize("with_attachment", [False, True], ids=["instances", "attachment-first"])
@@ -73,11 +69,8 @@ class ScriptedModel(Model):
 @pytest.fixture(scope="module")
 def scripted():
     model = ScriptedModel()
-    server = start_worker(model)
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS)
-    yield model, pb_grpc.InferenceStub(channel), server
-    channel.close()
-    server.stop(0)
+    with serving(model) as (server, _, stub):
+        yield model, stub, server
 
 
 def axial(study):
