@@ -9,7 +9,7 @@ import argparse
 import random
 import time
 
-from bridge.multipart import MultipartParser
+from arterys_http.multipart import MultipartParser
 
 
 def parse_seconds(total_mib: int, chunk: int, part_mib: int) -> float:

@@ -18,9 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from bridge import errors
-from bridge.disconnect import DisconnectWatcher
-from bridge.multipart import (
+from arterys_http.multipart import (
     LimitExceeded,
     MultipartError,
     MultipartParser,
@@ -30,6 +28,9 @@ from bridge.multipart import (
     boundary_from_content_type,
     parse_content_type,
 )
+from arterys_http.protocol import sha256_hex
+from bridge import errors
+from bridge.disconnect import DisconnectWatcher
 from bridge.translate import (
     JSON_CONTENT_TYPES,
     BadWorkerAnswer,
@@ -42,7 +43,6 @@ from bridge.translate import (
 from bridge.workers import WorkerPool
 from contract import inference_pb2 as pb
 from contract.logs import set_tags
-from contract.protocol import sha256_hex
 
 log = logging.getLogger("bridge.inference")
 

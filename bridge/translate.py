@@ -14,9 +14,9 @@ import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from bridge.multipart import Epilogue, MultipartError, PartData, PartEnd, PartStart
+from arterys_http.multipart import Epilogue, MultipartError, PartData, PartEnd, PartStart
+from arterys_http.protocol import DICOM_TYPES, check_result, hashes_line
 from contract import inference_pb2 as pb
-from contract.protocol import DICOM_TYPES, check_result, hashes_line
 from contract.result_json import binary_type_name, encode_result, from_proto
 
 DICOM_CONTENT_TYPE = "application/dicom"

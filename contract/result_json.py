@@ -10,7 +10,7 @@ UID strings (last point below). The JSON text is the same too, apart from these 
 - an empty string where the protocol expects a UID or palette name (`"SeriesInstanceUID": ""`,
   `"palette": ""`) is the same as leaving the key out, and is left out.
 
-`to_proto` expects a result that `contract.protocol.check_result` accepted; it raises ValueError on
+`to_proto` expects a result that `arterys_http.protocol.check_result` accepted; it raises ValueError on
 anything it cannot represent rather than guessing.
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+from arterys_http.protocol import PROTOCOL_VERSION, SHAPE_2D, SHAPE_3D
 from contract import inference_pb2 as pb
-from contract.protocol import PROTOCOL_VERSION, SHAPE_2D, SHAPE_3D
 
 BINARY_TYPE_BY_NAME = {
     "probability_mask": pb.PROBABILITY_MASK,

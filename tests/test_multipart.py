@@ -1,4 +1,4 @@
-"""Tests for bridge.multipart, the sans-IO multipart parser.
+"""Tests for arterys_http.multipart, the sans-IO multipart parser.
 
 Every body is parsed at many chunk sizes (the ``chunk_size`` fixture): a parser bug around a boundary
 split across two reads shows up only for some splits.
@@ -16,7 +16,7 @@ import pytest
 from requests_toolbelt import MultipartEncoder
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
-from bridge.multipart import (
+from arterys_http.multipart import (
     MAX_PREAMBLE_SIZE,
     Epilogue,
     LimitExceeded,

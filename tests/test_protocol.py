@@ -1,4 +1,4 @@
-"""contract.protocol.check_result: a valid rich result passes; each rule, broken alone, is reported."""
+"""arterys_http.protocol.check_result: a valid rich result passes; each rule, broken alone, is reported."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from contract.protocol import (
+from arterys_http.protocol import (
     BINARY_TYPES,
     ImageInfo,
     StudyIndex,

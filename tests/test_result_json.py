@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from arterys_http.protocol import check_result
 from contract import inference_pb2 as pb
-from contract.protocol import check_result
 from contract.result_json import BINARY_TYPE_BY_NAME, binary_type_name, encode_result, from_proto, to_proto
 
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from contract.protocol import ImageInfo, StudyIndex
+from arterys_http.protocol import ImageInfo, StudyIndex
 from testtool.answer import read_answer
 from testtool.check import check_answer
 

@@ -18,8 +18,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
+from arterys_http.protocol import ImageInfo, StudyIndex, check_result
 from contract import inference_pb2 as pb
-from contract.protocol import ImageInfo, StudyIndex, check_result
 from tests.conftest import serving
 from tests.dicom_factory import SeriesSpec, make_dataset
 from tests.worker_client import collect, dicom_parts, infer, request_messages

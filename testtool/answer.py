@@ -1,7 +1,7 @@
 """Reads an inference answer as it streams in, writing each binary part to its file as its bytes arrive.
 
 Why streaming: an answer can hold masks of hundreds of MiB. The body goes through the bridge's own
-sans-IO parser (`bridge.multipart`, which imports nothing heavy), so the tool splits the answer exactly
+sans-IO parser (`arterys_http.multipart`, which imports nothing heavy), so the tool splits the answer exactly
 as a careful server would, and a malformed body becomes a sentence instead of a crash.
 
 File names (kept from the original Arterys test tool, which users' scripts already read):
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from bridge.multipart import (
+from arterys_http.multipart import (
     Epilogue,
     MultipartError,
     MultipartParser,
@@ -37,7 +37,7 @@ from bridge.multipart import (
     boundary_from_content_type,
     parse_content_type,
 )
-from contract.protocol import DICOM_TYPES, MASK_TYPES
+from arterys_http.protocol import DICOM_TYPES, MASK_TYPES
 
 HASHES_CONTENT_TYPE = "text/plain"
 MASK_FILE = "output_masks_{}.npy"

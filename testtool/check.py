@@ -1,6 +1,6 @@
 """Judges a received answer against PROTOCOL.md, in sentences a model author can act on.
 
-Why on top of `contract.protocol.check_result`: that checker sees the result JSON and its binaries, as
+Why on top of `arterys_http.protocol.check_result`: that checker sees the result JSON and its binaries, as
 the worker and bridge do. The tool sees the wire too, so it also checks what only a client can: the
 response and part Content-Types, the order of the parts, and the hashes line, recomputed from the bytes
 that were really sent and received rather than merely checked for shape. A server that hashes
@@ -9,8 +9,8 @@ something else than what it received (or loses a part) is caught here.
 
 from __future__ import annotations
 
-from bridge.multipart import MultipartError, parse_content_type
-from contract.protocol import (
+from arterys_http.multipart import MultipartError, parse_content_type
+from arterys_http.protocol import (
     DICOM_TYPES,
     MASK_TYPES,
     ImageInfo,

@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from contract.protocol import sha256_hex
+from arterys_http.protocol import sha256_hex
 from testtool.answer import DICOM_FILE, MASK_FILE, ReceivedAnswer, read_answer
 from testtool.check import check_answer, study_index
 from testtool.render import findings_for_study, write_pngs

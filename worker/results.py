@@ -1,7 +1,7 @@
 """Turns what a model returned into the protocol's form, and refuses it if it breaks the protocol.
 
 Both model styles end here: the typed `Result` and the Arterys-style `(json, buffers)` pair of a ported
-handler. Each becomes a result JSON plus one byte buffer per part, then `contract.protocol.check_result`
+handler. Each becomes a result JSON plus one byte buffer per part, then `arterys_http.protocol.check_result`
 judges it against the input study. Nothing is sent before that, so the viewer never gets a malformed
 answer; the model author gets every problem in one message.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 
-from contract.protocol import PROTOCOL_VERSION, StudyIndex, check_result
+from arterys_http.protocol import PROTOCOL_VERSION, StudyIndex, check_result
 from worker.api import BoundingBox, ConformanceCheck, DicomOutput, LinearMeasurement, Mask, Palette, Result
 
 

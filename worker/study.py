@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from contract.protocol import ImageInfo, StudyIndex
+from arterys_http.protocol import ImageInfo, StudyIndex
 from worker.api import InvalidInput
 
 

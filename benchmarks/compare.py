@@ -1,0 +1,431 @@
+"""`make bench`: our bridge + worker against the original single-process architecture, and against the floor.
+
+Three systems answer the same requests from the same load client (benchmarks/loadgen.py, its own process):
+
+- reference: the original SDK's architecture rebuilt (benchmarks/reference_gateway.py): Flask's threaded
+  development server, the body read whole, parsed and answered in memory, the model in-process;
+- ours: real `python -m worker` and `python -m bridge` processes with default settings;
+- floor: the same request and answer bytes moved over a plain loopback socket (benchmarks/floor_server.py).
+
+Both reference and ours run the same model code: the original SDK's mock handlers
+(benchmarks/original_handlers.py), hosted unchanged in our worker. Rounds are interleaved (every system
+and workload once per round, in a rotating order, fresh servers each round); figures are medians over
+rounds with min..max. Results are printed with a legend and written to BENCHMARKS.md.
+
+    .venv/bin/python -m benchmarks.compare [--rounds 3] [--only 3d-256,bbox-8] [--quick] [--output BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import requests
+
+from tests.dicom_factory import SeriesSpec, write_study
+from tests.services import ROOT, free_port
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LEGEND = """\
+- **p50 / p90**: latency of one request as the client saw it (send start to last answer byte), ms.
+- **req/s**: answered requests per second of wall time over the measured requests.
+- **errors**: answers that were not 200, plus broken connections.
+- **CPU/req**: user + system CPU of the serving processes (bridge + worker for ours) from /proc, divided
+  by the requests answered, ms. The load client's own CPU is not counted.
+- **RSS**: peak resident memory (VmHWM, reset before each workload) of each serving process, MB.
+- **vs ref**: ours divided by the reference in the same round (latency and CPU: lower is better;
+  req/s: higher is better). Medians over rounds, min..max in brackets.
+"""
+
+
+@dataclass
+class Workload:
+    name: str
+    description: str
+    slices: int
+    command: str
+    clients: int
+    requests: int
+    size: int = 512  # rows = columns
+    systems: tuple = ("reference", "ours", "floor")
+    study: Path | None = None
+    body: Path | None = None
+    content_type: str = ""
+    study_bytes: int = 0
+
+
+def workloads(quick: bool) -> list[Workload]:
+    scale = (lambda n: max(2, n // 20)) if quick else (lambda n: n)
+    size = 64 if quick else 512
+    return [
+        Workload("3d-256", "3D mask, 256 slices 512x512 16-bit, 1 client", 256, "get-probability-mask", 1,
+                 scale(6), size),
+        Workload("3d-512", "3D mask, 512 slices, 1 client", 512, "get-probability-mask", 1, scale(4), size),
+        Workload("3d-64", "3D mask, 64 slices, 1 client", 64, "get-probability-mask", 1, scale(20), size),
+        Workload("bbox-8", "bounding box on 1 image, 8 clients", 1, "get-bounding-box-2d", 8, scale(800), size),
+        Workload("bbox-32", "bounding box on 1 image, 32 clients", 1, "get-bounding-box-2d", 32, scale(800), size),
+        Workload("2d-16", "16 images, one 2D mask each, 1 client", 16, "get-probability-mask-2d", 1, scale(60), size),
+        Workload("scale-1w", "model sleeping 100 ms, 1 worker, 12 clients", 1, "sleep", 12, scale(120), size,
+                 systems=("ours",)),
+        Workload("scale-3w", "model sleeping 100 ms, 3 workers behind one bridge, 12 clients", 1, "sleep", 12,
+                 scale(240), size, systems=("ours-3w",)),
+    ]
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+def write_body(workload: Workload, folder: Path) -> None:
+    """The request as the Arterys app sends it: JSON part, then one application/dicom part per file."""
+    record = write_study(folder / "study", [SeriesSpec("ct", rows=workload.size, cols=workload.size,
+                                                       count=workload.slices)])
+    boundary = "bench-boundary-7d1f"
+    body_path = folder / "request.bin"
+    with open(body_path, "wb") as body:
+        body.write(f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode())
+        body.write(json.dumps({"inference_command": workload.command}).encode())
+        for instance in record.instances:
+            data = instance.path.read_bytes()
+            workload.study_bytes += len(data)
+            body.write(f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+            body.write(data)
+        body.write(f"\r\n--{boundary}--\r\n".encode())
+    workload.body = body_path
+    workload.content_type = f"multipart/related; boundary={boundary}"
+
+
+# ------------------------------------------------------------------------------------------- processes
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1000
+    return float("nan")
+
+
+def reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
+
+
+@dataclass
+class System:
+    """The serving processes of one system, by role."""
+
+    name: str
+    port: int
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def pids(self) -> dict[str, int]:
+        return {role: p.pid for role, p in self.processes.items()}
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def spawn(args: list[str], log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WORKER_", "BRIDGE_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(log, "ab") as handle:
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def spawn_reporting_port(args: list[str], log: Path) -> tuple[subprocess.Popen, int]:
+    """Starts a process that prints 'listening on PORT' first; returns it and the port."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=open(log, "ab"))
+    line = process.stdout.readline().decode()
+    if not line.startswith("listening on "):
+        raise RuntimeError(f"{args} did not start: {line!r}\n{log.read_text()}")
+    return process, int(line.split()[-1])
+
+
+def wait_ready(port: int, processes: dict[str, subprocess.Popen], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for role, process in processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{role} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2).text == "READY":
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"not READY after {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def start_ours(workers: int, model: str, log: Path) -> System:
+    processes, addresses = {}, []
+    for index in range(workers):
+        port = free_port()
+        addresses.append(f"127.0.0.1:{port}")
+        processes[f"worker{index + 1}" if workers > 1 else "worker"] = spawn(
+            ["-m", "worker", "--model", model, "--listen", addresses[-1]], log)
+    target = addresses[0] if workers == 1 else "ipv4:" + ",".join(addresses)
+    port = free_port()
+    processes["bridge"] = spawn(["-m", "bridge", "--worker", target, "--listen", f"127.0.0.1:{port}"], log)
+    system = System("ours", port, processes)
+    wait_ready(port, processes, log)
+    return system
+
+
+def start_system(name: str, workload: Workload, answers: dict[str, Path], log: Path) -> System:
+    if name == "reference":
+        process, port = spawn_reporting_port(["-m", "benchmarks.reference_gateway"], log)
+        system = System(name, port, {"reference": process})
+        wait_ready(port, system.processes, log)
+        return system
+    if name == "floor":
+        process, port = spawn_reporting_port(["-m", "benchmarks.floor_server", "--answer",
+                                              str(answers[workload.name])], log)
+        return System(name, port, {"floor": process})
+    if name == "ours-typed":
+        return start_ours(1, "mock_model", log)
+    return start_ours(3 if name == "ours-3w" else 1, "benchmarks.original_handlers:model", log)
+
+
+# ----------------------------------------------------------------------------------------------- load
+
+
+def load(port: int, workload: Workload, requests_: int, clients: int, save_answer: Path | None = None) -> dict:
+    config = {"port": port, "body": str(workload.body), "content_type": workload.content_type,
+              "clients": clients, "requests": requests_}
+    if save_answer:
+        config["save_answer"] = str(save_answer)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.loadgen", json.dumps(config)], cwd=ROOT,
+                         capture_output=True, check=True)
+    return json.loads(out.stdout)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def measure(system: System, workload: Workload) -> dict:
+    pids = system.pids()
+    warmup = max(2, workload.clients) if workload.slices < 64 else 1
+    load(system.port, workload, warmup, workload.clients)
+    for pid in pids.values():
+        reset_peak_rss(pid)
+    cpu_before = {role: proc_cpu_seconds(pid) for role, pid in pids.items()}
+    result = load(system.port, workload, workload.requests, workload.clients)
+    cpu = sum(proc_cpu_seconds(pid) - cpu_before[role] for role, pid in pids.items())
+    ok = result["statuses"].get("200", 0)
+    return {
+        "p50": percentile(result["latencies"], 0.5) * 1000,
+        "p90": percentile(result["latencies"], 0.9) * 1000,
+        "rps": len(result["latencies"]) / result["wall"],
+        "errors": sum(n for status, n in result["statuses"].items() if status != "200"),
+        "statuses": result["statuses"],
+        "cpu_ms": cpu * 1000 / max(ok, 1),
+        "rss": {role: peak_rss_mb(pid) for role, pid in pids.items()},
+    }
+
+
+# -------------------------------------------------------------------------------------------- reports
+
+
+def spread(values: list[float], digits: int = 0) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "-"
+    fmt = f"{{:,.{digits}f}}"
+    median = fmt.format(statistics.median(values))
+    return median if len(values) == 1 else f"{median} ({fmt.format(min(values))}..{fmt.format(max(values))})"
+
+
+def ratios(results: dict, workload: str, system: str, key: str) -> list[float]:
+    ours, ref = results.get((workload, system), []), results.get((workload, "reference"), [])
+    return [o[key] / r[key] for o, r in zip(ours, ref, strict=False) if r[key]]
+
+
+def report(results: dict, work: list[Workload]) -> str:
+    lines = ["| workload | system | p50 ms | p90 ms | req/s | errors | CPU/req ms | peak RSS MB | vs ref: p50 | "
+             "vs ref: req/s | vs ref: CPU |", "|" + " --- |" * 11]
+    for workload in work:
+        for system in sorted({s for (w, s) in results if w == workload.name},
+                             key=lambda s: ["reference", "ours", "ours-typed", "ours-3w", "floor"].index(s)):
+            rows = results[(workload.name, system)]
+            roles = rows[0]["rss"].keys()
+            rss = ", ".join(f"{role} {spread([r['rss'][role] for r in rows])}" for role in roles)
+            compare = system != "reference" and (workload.name, "reference") in results
+            lines.append("| " + " | ".join([
+                workload.name, system,
+                spread([r["p50"] for r in rows]), spread([r["p90"] for r in rows]),
+                spread([r["rps"] for r in rows], 1), spread([r["errors"] for r in rows]),
+                spread([r["cpu_ms"] for r in rows], 1), rss,
+                spread(ratios(results, workload.name, system, "p50"), 2) if compare else "",
+                spread(ratios(results, workload.name, system, "rps"), 2) if compare else "",
+                spread(ratios(results, workload.name, system, "cpu_ms"), 2) if compare else "",
+            ]) + " |")
+    return "\n".join(lines)
+
+
+def targets(results: dict, work: dict[str, Workload]) -> list[str]:
+    """The issue's targets, each with its measured figure."""
+    out = []
+
+    def median(values):
+        values = [v for v in values if v == v]
+        return statistics.median(values) if values else float("nan")
+
+    def line(ok: bool, text: str) -> None:
+        out.append(f"- [{'x' if ok else ' '}] {text}")
+
+    if ("3d-256", "ours") in results and ("3d-256", "reference") in results:
+        latency = median(ratios(results, "3d-256", "ours", "p50"))
+        cpu = median(ratios(results, "3d-256", "ours", "cpu_ms"))
+        line(latency <= 0.6, f"3D-256 latency at most 0.6x the reference: {latency:.2f}x")
+        line(cpu <= 0.8, f"3D-256 server CPU per request at most 0.8x: {cpu:.2f}x")
+    if ("bbox-8", "ours") in results and ("bbox-8", "reference") in results:
+        rps = median(ratios(results, "bbox-8", "ours", "rps"))
+        errors = sum(r["errors"] for r in results[("bbox-8", "ours")])
+        line(rps >= 1.2 and errors == 0, f"bounding box at 8 clients at least 1.2x the req/s, no error: {rps:.2f}x, "
+             f"{errors} errors")
+    if ("bbox-32", "ours") in results:
+        errors = sum(r["errors"] for r in results[("bbox-32", "ours")])
+        line(errors == 0, f"bounding box at 32 clients without error: {errors} errors")
+    if ("2d-16", "ours") in results and ("2d-16", "reference") in results:
+        latency = median(ratios(results, "2d-16", "ours", "p50"))
+        line(latency <= 0.8, f"2D-16 latency at most 0.8x: {latency:.2f}x")
+    if ("3d-256", "ours") in results and ("3d-512", "ours") in results:
+        small = median([r["rss"]["bridge"] for r in results[("3d-256", "ours")]])
+        big = median([r["rss"]["bridge"] for r in results[("3d-512", "ours")]])
+        line(max(small, big) < 100 and abs(big - small) <= 0.1 * small,
+             f"bridge peak RSS under 100 MB and within 10% between 3D-256 and 3D-512: {small:.0f} / {big:.0f} MB")
+    for name in ("3d-256", "3d-512"):
+        for system, limit in (("ours-typed", 1.5), ("ours", 2.5)):
+            if (name, system) in results:
+                peak = median([r["rss"]["worker"] for r in results[(name, system)]])
+                study_mb = work[name].study_bytes / 1e6
+                model = "typed mock model" if system == "ours-typed" else "legacy handler"
+                line(peak <= limit * study_mb, f"{name} worker peak RSS at most {limit}x the study ({model}): "
+                     f"{peak:.0f} MB for {study_mb:.0f} MB = {peak / study_mb:.2f}x")
+    if ("scale-1w", "ours") in results and ("scale-3w", "ours-3w") in results:
+        one = median([r["rps"] for r in results[("scale-1w", "ours")]])
+        three = median([r["rps"] for r in results[("scale-3w", "ours-3w")]])
+        line(three >= 2.7 * one, f"3 workers at least 2.7x the req/s of one: {three:.1f} / {one:.1f} = "
+             f"{three / one:.2f}x")
+    return out
+
+
+def environment() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = next(line.split(":", 1)[1].strip() for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+    packages = ", ".join(f"{name} {metadata.version(name)}" for name in
+                         ("grpcio", "protobuf", "flask", "werkzeug", "httptools", "uvloop", "pydicom", "numpy",
+                          "requests-toolbelt") if _installed(name))
+    return (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {cpu}, {os.cpu_count()} cores, {memory} "
+            f"memory; Linux {platform.release()}; Python {platform.python_version()}; {packages}")
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated workload names")
+    parser.add_argument("--quick", action="store_true", help="tiny studies, few requests (the smoke test)")
+    parser.add_argument("--no-typed", action="store_true", help="skip the typed mock model's memory rows")
+    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="report file (empty: none)")
+    args = parser.parse_args(argv)
+
+    work = workloads(args.quick)
+    if args.only:
+        names = set(args.only.split(","))
+        work = [w for w in work if w.name in names]
+    if not args.no_typed:
+        for w in work:
+            if w.name in ("3d-256", "3d-512"):
+                w.systems = (*w.systems, "ours-typed")
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        log = tmp / "servers.log"
+        print(f"building {len(work)} studies ...", flush=True)
+        for w in work:
+            (tmp / w.name).mkdir()
+            write_body(w, tmp / w.name)
+
+        answers = {}  # the floor sends what ours answered
+        floor_work = [w for w in work if "floor" in w.systems]
+        if floor_work:
+            system = start_ours(1, "benchmarks.original_handlers:model", log)
+            try:
+                for w in floor_work:
+                    answers[w.name] = tmp / w.name / "answer.bin"
+                    load(system.port, w, 1, 1, save_answer=answers[w.name])
+            finally:
+                system.stop()
+
+        results: dict[tuple[str, str], list[dict]] = {}
+        for round_index in range(args.rounds):
+            order = work[round_index % len(work):] + work[:round_index % len(work)]
+            for w in order:
+                systems = list(w.systems)
+                systems = systems[round_index % len(systems):] + systems[:round_index % len(systems)]
+                for name in systems:
+                    system = start_system(name, w, answers, log)
+                    try:
+                        figures = measure(system, w)
+                    finally:
+                        system.stop()
+                    results.setdefault((w.name, name), []).append(figures)
+                    print(f"round {round_index + 1}/{args.rounds} {w.name:9} {name:10} p50 {figures['p50']:8.1f} ms "
+                          f"{figures['rps']:7.1f} req/s CPU {figures['cpu_ms']:7.1f} ms/req errors {figures['errors']} "
+                          f"RSS {figures['rss']}", flush=True)
+
+    table = report(results, work)
+    goals = targets(results, {w.name: w for w in work})
+    described = "\n".join(f"- **{w.name}**: {w.description}; {w.requests} requests, study "
+                          f"{w.study_bytes / 1e6:.1f} MB" for w in work)
+    text = (f"# Benchmarks\n\n`make bench` (`python -m benchmarks.compare`), {args.rounds} round(s)"
+            f"{' (quick)' if args.quick else ''}.\n\nMachine: {environment()}.\n\n## Workloads\n\n{described}\n\n"
+            f"## Results\n\n{table}\n\n## Legend\n\n{LEGEND}\n## Targets\n\n" + "\n".join(goals) + "\n")
+    print("\n" + table + "\n\n" + LEGEND + "\n" + "\n".join(goals))
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"\nwritten to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
