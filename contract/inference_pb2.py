@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ontract/inference.proto\x12\x14\x61rterys.inference.v1\"\xc4\x01\n\x0cInferRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.arterys.inference.v1.RequestHeaderH\x00\x12\x30\n\x04part\x18\x02 \x01(\x0b\x32 .arterys.inference.v1.PartHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x12/\n\x03\x65nd\x18\x04 \x01(\x0b\x32 .arterys.inference.v1.RequestEndH\x00\x42\t\n\x07message\"w\n\rRequestHeader\x12\x14\n\x0crequest_json\x18\x01 \x01(\x0c\x12\x19\n\x11inference_command\x18\x02 \x01(\t\x12\x12\n\nstudy_path\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x01(\t\"\x83\x01\n\nPartHeader\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.arterys.inference.v1.PartKind\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x11\n\tsize_hint\x18\x05 \x01(\x04\"4\n\nRequestEnd\x12\x12\n\ninput_hash\x18\x01 \x01(\t\x12\x12\n\npart_count\x18\x02 \x01(\r\"\x84\x01\n\rInferResponse\x12\x33\n\x06result\x18\x01 \x01(\x0b\x32!.arterys.inference.v1.InferResultH\x00\x12\x33\n\x06\x62inary\x18\x02 \x01(\x0b\x32!.arterys.inference.v1.BinaryChunkH\x00\x42\t\n\x07message\"/\n\x0b\x42inaryChunk\x12\x12\n\npart_index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xfb\x03\n\x0bInferResult\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12)\n\x05parts\x18\x02 \x03(\x0b\x32\x1a.arterys.inference.v1.Part\x12\x45\n\x11\x62ounding_boxes_2d\x18\x03 \x01(\x0b\x32%.arterys.inference.v1.BoundingBoxListH\x00\x88\x01\x01\x12P\n\x16linear_measurements_2d\x18\x04 \x01(\x0b\x32+.arterys.inference.v1.LinearMeasurementListH\x01\x88\x01\x01\x12\x1a\n\rstudy_ml_json\x18\x05 \x01(\tH\x02\x88\x01\x01\x12\x41\n\x0eseries_ml_json\x18\x06 \x01(\x0b\x32$.arterys.inference.v1.SeriesJsonListH\x03\x88\x01\x01\x12\x38\n\x08palettes\x18\x07 \x01(\x0b\x32!.arterys.inference.v1.PaletteListH\x04\x88\x01\x01\x12\x12\n\nextra_json\x18\x08 \x01(\tB\x14\n\x12_bounding_boxes_2dB\x19\n\x17_linear_measurements_2dB\x10\n\x0e_study_ml_jsonB\x11\n\x0f_series_ml_jsonB\x0b\n\t_palettes\"\x1f\n\x07Point2D\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\"E\n\x0f\x42oundingBoxList\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.arterys.inference.v1.BoundingBox2D\"\xed\x01\n\rBoundingBox2D\x12\x12\n\x05label\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x10sop_instance_uid\x18\x02 \x01(\t\x12/\n\x08top_left\x18\x03 \x01(\x0b\x32\x1d.arterys.inference.v1.Point2D\x12\x33\n\x0c\x62ottom_right\x18\x04 \x01(\x0b\x32\x1d.arterys.inference.v1.Point2D\x12\x19\n\x0c\x66rame_number\x18\x05 \x01(\rH\x01\x88\x01\x01\x12\x12\n\nextra_json\x18\x06 \x01(\tB\x08\n\x06_labelB\x0f\n\r_frame_number\"Q\n\x15LinearMeasurementList\x12\x38\n\x05items\x18\x01 \x03(\x0b\x32).arterys.inference.v1.LinearMeasurement2D\"\x81\x02\n\x13LinearMeasurement2D\x12\x12\n\x05label\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x10sop_instance_uid\x18\x02 \x01(\t\x12\x19\n\x0c\x66rame_number\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x10\x63oordinates_type\x18\x04 \x01(\t\x12,\n\x05start\x18\x05 \x01(\x0b\x32\x1d.arterys.inference.v1.Point2D\x12*\n\x03\x65nd\x18\x06 \x01(\x0b\x32\x1d.arterys.inference.v1.Point2D\x12\x12\n\nextra_json\x18\x07 \x01(\tB\x08\n\x06_labelB\x0f\n\r_frame_number\"A\n\x0eSeriesJsonList\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .arterys.inference.v1.SeriesJson\"7\n\nSeriesJson\x12\x1b\n\x13series_instance_uid\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t\"\xa9\x04\n\x04Part\x12\r\n\x05label\x18\x01 \x01(\t\x12\x35\n\x0b\x62inary_type\x18\x02 \x01(\x0e\x32 .arterys.inference.v1.BinaryType\x12\x45\n\x11\x62inary_data_shape\x18\x03 \x01(\x0b\x32%.arterys.inference.v1.BinaryDataShapeH\x00\x88\x01\x01\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\x12:\n\x0b\x64icom_image\x18\x05 \x01(\x0b\x32 .arterys.inference.v1.DicomImageH\x01\x88\x01\x01\x12\"\n\x15probability_threshold\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0f\n\x07palette\x18\x07 \x01(\t\x12\x36\n\tlabel_map\x18\x08 \x01(\x0b\x32\x1e.arterys.inference.v1.LabelMapH\x03\x88\x01\x01\x12\x41\n\x11\x64icom_conformance\x18\t \x01(\x0b\x32!.arterys.inference.v1.ConformanceH\x04\x88\x01\x01\x12\x12\n\nextra_json\x18\n \x01(\t\x12\x13\n\x0b\x62inary_size\x18\x0b \x01(\x04\x42\x14\n\x12_binary_data_shapeB\x0e\n\x0c_dicom_imageB\x18\n\x16_probability_thresholdB\x0c\n\n_label_mapB\x14\n\x12_dicom_conformance\"S\n\x0f\x42inaryDataShape\x12\x12\n\ntimepoints\x18\x01 \x01(\r\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"R\n\nDicomImage\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x19\n\x0c\x66rame_number\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x0f\n\r_frame_number\"=\n\x08LabelMap\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .arterys.inference.v1.LabelEntry\")\n\nLabelEntry\x12\r\n\x05value\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"]\n\x0b\x43onformance\x12:\n\x0brecommended\x18\x01 \x03(\x0b\x32%.arterys.inference.v1.ConformanceItem\x12\x12\n\nextra_json\x18\x02 \x01(\t\"M\n\x0f\x43onformanceItem\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x11\n\tcompliant\x18\x02 \x01(\x08\x12\x12\n\nextra_json\x18\x03 \x01(\t\";\n\x0bPaletteList\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.arterys.inference.v1.Palette\"j\n\x07Palette\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32!.arterys.inference.v1.AnchorPoint\x12\x12\n\nextra_json\x18\x04 \x01(\t\"/\n\x0b\x41nchorPoint\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\r\n\x05\x63olor\x18\x02 \x03(\r\"\x11\n\x0f\x44\x65scribeRequest\"\\\n\x10ModelDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x63ommands\x18\x03 \x03(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_command\x18\x04 \x01(\t*T\n\x08PartKind\x12\x19\n\x15PART_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PART_KIND_ATTACHMENT\x10\x01\x12\x13\n\x0fPART_KIND_DICOM\x10\x02*\xcb\x01\n\nBinaryType\x12\x1b\n\x17\x42INARY_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10PROBABILITY_MASK\x10\x01\x12\x10\n\x0c\x42OOLEAN_MASK\x10\x02\x12\x0b\n\x07HEATMAP\x10\x03\x12\x16\n\x12NUMERIC_LABEL_MASK\x10\x04\x12\x1b\n\x17\x44ICOM_SECONDARY_CAPTURE\x10\x05\x12\t\n\x05\x44ICOM\x10\x06\x12\x1b\n\x17\x44ICOM_STRUCTURED_REPORT\x10\x07\x12\x0e\n\nDICOM_GSPS\x10\x08\x32\xbc\x01\n\tInference\x12T\n\x05Infer\x12\".arterys.inference.v1.InferRequest\x1a#.arterys.inference.v1.InferResponse(\x01\x30\x01\x12Y\n\x08\x44\x65scribe\x12%.arterys.inference.v1.DescribeRequest\x1a&.arterys.inference.v1.ModelDescriptionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ontract/inference.proto\x12\x14\x61rterys.inference.v1\"\xc4\x01\n\x0cInferRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.arterys.inference.v1.RequestHeaderH\x00\x12\x30\n\x04part\x18\x02 \x01(\x0b\x32 .arterys.inference.v1.PartHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x12/\n\x03\x65nd\x18\x04 \x01(\x0b\x32 .arterys.inference.v1.RequestEndH\x00\x42\t\n\x07message\"w\n\rRequestHeader\x12\x14\n\x0crequest_json\x18\x01 \x01(\x0c\x12\x19\n\x11inference_command\x18\x02 \x01(\t\x12\x12\n\nstudy_path\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x01(\t\"\x83\x01\n\nPartHeader\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.arterys.inference.v1.PartKind\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x11\n\tsize_hint\x18\x05 \x01(\x04\"4\n\nRequestEnd\x12\x12\n\ninput_hash\x18\x01 \x01(\t\x12\x12\n\npart_count\x18\x02 \x01(\r\"\x84\x01\n\rInferResponse\x12\x33\n\x06result\x18\x01 \x01(\x0b\x32!.arterys.inference.v1.InferResultH\x00\x12\x33\n\x06\x62inary\x18\x02 \x01(\x0b\x32!.arterys.inference.v1.BinaryChunkH\x00\x42\t\n\x07message\"/\n\x0b\x42inaryChunk\x12\x12\n\npart_index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x8f\x04\n\x0bInferResult\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12)\n\x05parts\x18\x02 \x03(\x0b\x32\x1a.arterys.inference.v1.Part\x12\x45\n\x11\x62ounding_boxes_2d\x18\x03 \x01(\x0b\x32%.arterys.inference.v1.BoundingBoxListH\x00\x88\x01\x01\x12P\n\x16linear_measurements_2d\x18\x04 \x01(\x0b\x32+.arterys.inference.v1.LinearMeasurementListH\x01\x88\x01\x01\x12\x1a\n\rstudy_ml_json\x18\x05 \x01(\tH\x02\x88\x01\x01\x12\x41\n\x0eseries_ml_json\x18\x06 \x01(\x0b\x32$.arterys.inference.v1.SeriesJsonListH\x03\x88\x01\x01\x12\x38\n\x08palettes\x18\x07 \x01(\x0b\x32!.arterys.inference.v1.PaletteListH\x04\x88\x01\x01\x12\x12\n\nextra_json\x18\x08 \x01(\t\x12\x12\n\ninput_hash\x18\t \x01(\tB\x14\n\x12_bounding_boxes_2dB\x19\n\x17_linear_measurements_2dB\x10\n\x0e_study_ml_jsonB\x11\n\x0f_series_ml_jsonB\x0b\n\t_palettes\"\x1f\n\x07Point2D\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\"E\n\x0f\x42oundingBoxList\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.arterys.inference.v1.BoundingBox2D\"\xed\x01\n\rBoundingBox2D\x12\x12\n\x05label\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x10sop_instance_uid\x18\x02 \x01(\t\x12/\n\x08top_left\x18\x03 \x01(\x0b\x32\x1d.arterys.inference.v1.Point2D\x12\x33\n\x0c\x62ottom_right\x18\x04 \x01(\x0b\x32\x1d.arterys.inference.v1.Point2D\x12\x19\n\x0c\x66rame_number\x18\x05 \x01(\rH\x01\x88\x01\x01\x12\x12\n\nextra_json\x18\x06 \x01(\tB\x08\n\x06_labelB\x0f\n\r_frame_number\"Q\n\x15LinearMeasurementList\x12\x38\n\x05items\x18\x01 \x03(\x0b\x32).arterys.inference.v1.LinearMeasurement2D\"\x81\x02\n\x13LinearMeasurement2D\x12\x12\n\x05label\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x10sop_instance_uid\x18\x02 \x01(\t\x12\x19\n\x0c\x66rame_number\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x10\x63oordinates_type\x18\x04 \x01(\t\x12,\n\x05start\x18\x05 \x01(\x0b\x32\x1d.arterys.inference.v1.Point2D\x12*\n\x03\x65nd\x18\x06 \x01(\x0b\x32\x1d.arterys.inference.v1.Point2D\x12\x12\n\nextra_json\x18\x07 \x01(\tB\x08\n\x06_labelB\x0f\n\r_frame_number\"A\n\x0eSeriesJsonList\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .arterys.inference.v1.SeriesJson\"7\n\nSeriesJson\x12\x1b\n\x13series_instance_uid\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t\"\xa9\x04\n\x04Part\x12\r\n\x05label\x18\x01 \x01(\t\x12\x35\n\x0b\x62inary_type\x18\x02 \x01(\x0e\x32 .arterys.inference.v1.BinaryType\x12\x45\n\x11\x62inary_data_shape\x18\x03 \x01(\x0b\x32%.arterys.inference.v1.BinaryDataShapeH\x00\x88\x01\x01\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\x12:\n\x0b\x64icom_image\x18\x05 \x01(\x0b\x32 .arterys.inference.v1.DicomImageH\x01\x88\x01\x01\x12\"\n\x15probability_threshold\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0f\n\x07palette\x18\x07 \x01(\t\x12\x36\n\tlabel_map\x18\x08 \x01(\x0b\x32\x1e.arterys.inference.v1.LabelMapH\x03\x88\x01\x01\x12\x41\n\x11\x64icom_conformance\x18\t \x01(\x0b\x32!.arterys.inference.v1.ConformanceH\x04\x88\x01\x01\x12\x12\n\nextra_json\x18\n \x01(\t\x12\x13\n\x0b\x62inary_size\x18\x0b \x01(\x04\x42\x14\n\x12_binary_data_shapeB\x0e\n\x0c_dicom_imageB\x18\n\x16_probability_thresholdB\x0c\n\n_label_mapB\x14\n\x12_dicom_conformance\"S\n\x0f\x42inaryDataShape\x12\x12\n\ntimepoints\x18\x01 \x01(\r\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"R\n\nDicomImage\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x19\n\x0c\x66rame_number\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x0f\n\r_frame_number\"=\n\x08LabelMap\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .arterys.inference.v1.LabelEntry\")\n\nLabelEntry\x12\r\n\x05value\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"]\n\x0b\x43onformance\x12:\n\x0brecommended\x18\x01 \x03(\x0b\x32%.arterys.inference.v1.ConformanceItem\x12\x12\n\nextra_json\x18\x02 \x01(\t\"M\n\x0f\x43onformanceItem\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x11\n\tcompliant\x18\x02 \x01(\x08\x12\x12\n\nextra_json\x18\x03 \x01(\t\";\n\x0bPaletteList\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.arterys.inference.v1.Palette\"j\n\x07Palette\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32!.arterys.inference.v1.AnchorPoint\x12\x12\n\nextra_json\x18\x04 \x01(\t\"/\n\x0b\x41nchorPoint\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\r\n\x05\x63olor\x18\x02 \x03(\r\"\x11\n\x0f\x44\x65scribeRequest\"\\\n\x10ModelDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x63ommands\x18\x03 \x03(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_command\x18\x04 \x01(\t*T\n\x08PartKind\x12\x19\n\x15PART_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PART_KIND_ATTACHMENT\x10\x01\x12\x13\n\x0fPART_KIND_DICOM\x10\x02*\xcb\x01\n\nBinaryType\x12\x1b\n\x17\x42INARY_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10PROBABILITY_MASK\x10\x01\x12\x10\n\x0c\x42OOLEAN_MASK\x10\x02\x12\x0b\n\x07HEATMAP\x10\x03\x12\x16\n\x12NUMERIC_LABEL_MASK\x10\x04\x12\x1b\n\x17\x44ICOM_SECONDARY_CAPTURE\x10\x05\x12\t\n\x05\x44ICOM\x10\x06\x12\x1b\n\x17\x44ICOM_STRUCTURED_REPORT\x10\x07\x12\x0e\n\nDICOM_GSPS\x10\x08\x32\xbc\x01\n\tInference\x12T\n\x05Infer\x12\".arterys.inference.v1.InferRequest\x1a#.arterys.inference.v1.InferResponse(\x01\x30\x01\x12Y\n\x08\x44\x65scribe\x12%.arterys.inference.v1.DescribeRequest\x1a&.arterys.inference.v1.ModelDescriptionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'contract.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PARTKIND']._serialized_start=3399
-  _globals['_PARTKIND']._serialized_end=3483
-  _globals['_BINARYTYPE']._serialized_start=3486
-  _globals['_BINARYTYPE']._serialized_end=3689
+  _globals['_PARTKIND']._serialized_start=3419
+  _globals['_PARTKIND']._serialized_end=3503
+  _globals['_BINARYTYPE']._serialized_start=3506
+  _globals['_BINARYTYPE']._serialized_end=3709
   _globals['_INFERREQUEST']._serialized_start=51
   _globals['_INFERREQUEST']._serialized_end=247
   _globals['_REQUESTHEADER']._serialized_start=249
@@ -48,45 +48,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BINARYCHUNK']._serialized_start=693
   _globals['_BINARYCHUNK']._serialized_end=740
   _globals['_INFERRESULT']._serialized_start=743
-  _globals['_INFERRESULT']._serialized_end=1250
-  _globals['_POINT2D']._serialized_start=1252
-  _globals['_POINT2D']._serialized_end=1283
-  _globals['_BOUNDINGBOXLIST']._serialized_start=1285
-  _globals['_BOUNDINGBOXLIST']._serialized_end=1354
-  _globals['_BOUNDINGBOX2D']._serialized_start=1357
-  _globals['_BOUNDINGBOX2D']._serialized_end=1594
-  _globals['_LINEARMEASUREMENTLIST']._serialized_start=1596
-  _globals['_LINEARMEASUREMENTLIST']._serialized_end=1677
-  _globals['_LINEARMEASUREMENT2D']._serialized_start=1680
-  _globals['_LINEARMEASUREMENT2D']._serialized_end=1937
-  _globals['_SERIESJSONLIST']._serialized_start=1939
-  _globals['_SERIESJSONLIST']._serialized_end=2004
-  _globals['_SERIESJSON']._serialized_start=2006
-  _globals['_SERIESJSON']._serialized_end=2061
-  _globals['_PART']._serialized_start=2064
-  _globals['_PART']._serialized_end=2617
-  _globals['_BINARYDATASHAPE']._serialized_start=2619
-  _globals['_BINARYDATASHAPE']._serialized_end=2702
-  _globals['_DICOMIMAGE']._serialized_start=2704
-  _globals['_DICOMIMAGE']._serialized_end=2786
-  _globals['_LABELMAP']._serialized_start=2788
-  _globals['_LABELMAP']._serialized_end=2849
-  _globals['_LABELENTRY']._serialized_start=2851
-  _globals['_LABELENTRY']._serialized_end=2892
-  _globals['_CONFORMANCE']._serialized_start=2894
-  _globals['_CONFORMANCE']._serialized_end=2987
-  _globals['_CONFORMANCEITEM']._serialized_start=2989
-  _globals['_CONFORMANCEITEM']._serialized_end=3066
-  _globals['_PALETTELIST']._serialized_start=3068
-  _globals['_PALETTELIST']._serialized_end=3127
-  _globals['_PALETTE']._serialized_start=3129
-  _globals['_PALETTE']._serialized_end=3235
-  _globals['_ANCHORPOINT']._serialized_start=3237
-  _globals['_ANCHORPOINT']._serialized_end=3284
-  _globals['_DESCRIBEREQUEST']._serialized_start=3286
-  _globals['_DESCRIBEREQUEST']._serialized_end=3303
-  _globals['_MODELDESCRIPTION']._serialized_start=3305
-  _globals['_MODELDESCRIPTION']._serialized_end=3397
-  _globals['_INFERENCE']._serialized_start=3692
-  _globals['_INFERENCE']._serialized_end=3880
+  _globals['_INFERRESULT']._serialized_end=1270
+  _globals['_POINT2D']._serialized_start=1272
+  _globals['_POINT2D']._serialized_end=1303
+  _globals['_BOUNDINGBOXLIST']._serialized_start=1305
+  _globals['_BOUNDINGBOXLIST']._serialized_end=1374
+  _globals['_BOUNDINGBOX2D']._serialized_start=1377
+  _globals['_BOUNDINGBOX2D']._serialized_end=1614
+  _globals['_LINEARMEASUREMENTLIST']._serialized_start=1616
+  _globals['_LINEARMEASUREMENTLIST']._serialized_end=1697
+  _globals['_LINEARMEASUREMENT2D']._serialized_start=1700
+  _globals['_LINEARMEASUREMENT2D']._serialized_end=1957
+  _globals['_SERIESJSONLIST']._serialized_start=1959
+  _globals['_SERIESJSONLIST']._serialized_end=2024
+  _globals['_SERIESJSON']._serialized_start=2026
+  _globals['_SERIESJSON']._serialized_end=2081
+  _globals['_PART']._serialized_start=2084
+  _globals['_PART']._serialized_end=2637
+  _globals['_BINARYDATASHAPE']._serialized_start=2639
+  _globals['_BINARYDATASHAPE']._serialized_end=2722
+  _globals['_DICOMIMAGE']._serialized_start=2724
+  _globals['_DICOMIMAGE']._serialized_end=2806
+  _globals['_LABELMAP']._serialized_start=2808
+  _globals['_LABELMAP']._serialized_end=2869
+  _globals['_LABELENTRY']._serialized_start=2871
+  _globals['_LABELENTRY']._serialized_end=2912
+  _globals['_CONFORMANCE']._serialized_start=2914
+  _globals['_CONFORMANCE']._serialized_end=3007
+  _globals['_CONFORMANCEITEM']._serialized_start=3009
+  _globals['_CONFORMANCEITEM']._serialized_end=3086
+  _globals['_PALETTELIST']._serialized_start=3088
+  _globals['_PALETTELIST']._serialized_end=3147
+  _globals['_PALETTE']._serialized_start=3149
+  _globals['_PALETTE']._serialized_end=3255
+  _globals['_ANCHORPOINT']._serialized_start=3257
+  _globals['_ANCHORPOINT']._serialized_end=3304
+  _globals['_DESCRIBEREQUEST']._serialized_start=3306
+  _globals['_DESCRIBEREQUEST']._serialized_end=3323
+  _globals['_MODELDESCRIPTION']._serialized_start=3325
+  _globals['_MODELDESCRIPTION']._serialized_end=3417
+  _globals['_INFERENCE']._serialized_start=3712
+  _globals['_INFERENCE']._serialized_end=3900
 # @@protoc_insertion_point(module_scope)

@@ -102,7 +102,7 @@ class BinaryChunk(_message.Message):
     def __init__(self, part_index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class InferResult(_message.Message):
-    __slots__ = ("protocol_version", "parts", "bounding_boxes_2d", "linear_measurements_2d", "study_ml_json", "series_ml_json", "palettes", "extra_json")
+    __slots__ = ("protocol_version", "parts", "bounding_boxes_2d", "linear_measurements_2d", "study_ml_json", "series_ml_json", "palettes", "extra_json", "input_hash")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     BOUNDING_BOXES_2D_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class InferResult(_message.Message):
     SERIES_ML_JSON_FIELD_NUMBER: _ClassVar[int]
     PALETTES_FIELD_NUMBER: _ClassVar[int]
     EXTRA_JSON_FIELD_NUMBER: _ClassVar[int]
+    INPUT_HASH_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     parts: _containers.RepeatedCompositeFieldContainer[Part]
     bounding_boxes_2d: BoundingBoxList
@@ -119,7 +120,8 @@ class InferResult(_message.Message):
     series_ml_json: SeriesJsonList
     palettes: PaletteList
     extra_json: str
-    def __init__(self, protocol_version: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[Part, _Mapping]]] = ..., bounding_boxes_2d: _Optional[_Union[BoundingBoxList, _Mapping]] = ..., linear_measurements_2d: _Optional[_Union[LinearMeasurementList, _Mapping]] = ..., study_ml_json: _Optional[str] = ..., series_ml_json: _Optional[_Union[SeriesJsonList, _Mapping]] = ..., palettes: _Optional[_Union[PaletteList, _Mapping]] = ..., extra_json: _Optional[str] = ...) -> None: ...
+    input_hash: str
+    def __init__(self, protocol_version: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[Part, _Mapping]]] = ..., bounding_boxes_2d: _Optional[_Union[BoundingBoxList, _Mapping]] = ..., linear_measurements_2d: _Optional[_Union[LinearMeasurementList, _Mapping]] = ..., study_ml_json: _Optional[str] = ..., series_ml_json: _Optional[_Union[SeriesJsonList, _Mapping]] = ..., palettes: _Optional[_Union[PaletteList, _Mapping]] = ..., extra_json: _Optional[str] = ..., input_hash: _Optional[str] = ...) -> None: ...
 
 class Point2D(_message.Message):
     __slots__ = ("x", "y")

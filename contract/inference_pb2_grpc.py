@@ -79,6 +79,11 @@ class InferenceServicer:
         INTERNAL            the model's answer broke the protocol (parts vs binaries, mask length vs
         shape, dtype, unknown binary type, label map, palette); never sent as OK.
         DATA_LOSS           the bytes received do not hash to `end.input_hash`.
+
+        The worker sends its initial metadata (`admitted: 1`) as soon as it has admitted the call, before it
+        reads any part: a sender may wait for it and, when the call fails before it (RESOURCE_EXHAUSTED,
+        UNAVAILABLE), retry on another worker having sent no study byte. Failed calls carry their stable
+        error code in the trailing metadata `error-code`, and `input-hash` once the study has arrived.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -98,7 +98,7 @@ def test_invalid_json_in_the_study_path_form(stack):
 def test_a_part_that_is_not_dicom(stack):
     body = http.hand_built_body([("application/json", b"{}"), ("application/dicom", b"not a dicom file")], "b")
     message = error_of(post_raw(stack["url"], body, "multipart/related; boundary=b"), 400, "invalid_input")
-    assert "not a DICOM file" in message
+    assert "not a readable DICOM file" in message
 
 
 def test_unknown_command_names_the_valid_ones(stack, study):

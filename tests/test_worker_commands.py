@@ -474,7 +474,7 @@ def test_a_part_that_is_not_dicom_is_named(worker_stub, standard_sent, filename,
     error = rpc_error(worker_stub, messages(b"{}", [*good, bad]))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert expected in error.details()
-    assert "not a DICOM file" in error.details()
+    assert "not a readable DICOM file" in error.details()
 
 
 def test_wrong_input_hash_is_data_loss(worker_stub, standard_parts):

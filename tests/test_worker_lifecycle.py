@@ -336,7 +336,7 @@ def test_command_labels_stay_bounded_for_a_model_that_takes_any_command():
             return Result()
 
     metrics = WorkerMetrics()
-    servicer = InferenceServicer(AnyCommand(), Admission(1, 0, metrics), metrics, ServicerConfig())
+    servicer = InferenceServicer(AnyCommand(), Admission(1, 0, metrics), metrics, ServicerConfig(), None, None)
     labels = [servicer.metric_command(f"command-{n}") for n in range(MAX_OPEN_COMMAND_LABELS + 5)]
     assert labels[:MAX_OPEN_COMMAND_LABELS] == [f"command-{n}" for n in range(MAX_OPEN_COMMAND_LABELS)]
     assert labels[MAX_OPEN_COMMAND_LABELS:] == ["other"] * 5

@@ -8,11 +8,15 @@ from contract.logs import configure_logging
 def main(argv=None) -> int:
     configure_logging()  # before anything else logs
     from worker.config import parse_config
-    from worker.loading import load_model_object
-    from worker.server import serve
+    from worker.loading import ModelNotFound, load_model_object
+    from worker.server import PortInUse, serve
 
     config = parse_config(argv)
-    return serve(config, load_model_object(config.model))
+    try:
+        return serve(config, load_model_object(config.model))
+    except (ModelNotFound, PortInUse) as error:
+        print(f"worker: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
-"""A bounded number of inferences at once, behind a bounded FIFO queue that fails fast when full.
+"""Who may send a study, and who may run the model: two limits, decided at two moments.
 
-Models are rarely thread-safe and GPUs are finite, so the worker runs `concurrency` inferences at once
-(default 1). Up to `queue_size` more calls may wait; a call beyond that is refused at once
-(RESOURCE_EXHAUSTED) instead of piling up until every deadline has passed. A call holds its place from
-the moment it is admitted, while its study is still arriving, so that the study is not received only
-to be refused.
+A call is *admitted* when its header arrives, before any study byte: at most `concurrency + queue_size`
+calls are admitted at once, and a call beyond that is refused at once (RESOURCE_EXHAUSTED) so that the
+bridge can take it to another worker while it has sent nothing. An admitted call then receives its study;
+only when the whole study has arrived does it queue for one of the `concurrency` model *slots* (default 1:
+models are rarely thread-safe), in the order studies completed. A slow upload therefore holds a place in
+the queue, never the model, and the slot is given back as soon as `infer()` returns, before the answer is
+sent, so that a caller that reads slowly does not hold the model either.
+
+Everything here runs on the worker's event loop, so no lock is needed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import threading
-from collections.abc import Callable
 
 from worker.metrics import WorkerMetrics
 
@@ -23,64 +26,72 @@ class Admission:
         self.concurrency = concurrency
         self.queue_size = queue_size
         self._metrics = metrics
-        self._condition = threading.Condition()
-        self._waiting: collections.deque[Ticket] = collections.deque()
-        self._running = 0
+        self.admitted = 0
+        self.running = 0
+        self._waiting: collections.deque[asyncio.Future] = collections.deque()
 
     def admit(self) -> Ticket | None:
-        """A place in the queue, or None when running + waiting calls already fill slots and queue."""
-        with self._condition:
-            if self._running + len(self._waiting) >= self.concurrency + self.queue_size:
-                return None
-            ticket = Ticket(self)
-            self._waiting.append(ticket)
-            self._metrics.queue_depth.set(len(self._waiting))
-            return ticket
+        """A place for a new call, or None when `concurrency + queue_size` calls are already admitted."""
+        if self.admitted >= self.concurrency + self.queue_size:
+            return None
+        self.admitted += 1
+        self._publish()
+        return Ticket(self)
 
-    def _acquire(self, ticket: Ticket, should_stop: Callable[[], bool], poll: float) -> bool:
-        with self._condition:
-            while not (self._waiting[0] is ticket and self._running < self.concurrency):
-                if should_stop():
-                    self._leave(ticket)
-                    return False
-                self._condition.wait(poll)
-            self._waiting.popleft()
-            self._running += 1
-            self._metrics.queue_depth.set(len(self._waiting))
-            self._metrics.inflight.set(self._running)
-            return True
+    def _publish(self) -> None:
+        self._metrics.queue_depth.set(self.admitted - self.running)
+        self._metrics.inflight.set(self.running)
 
-    def _leave(self, ticket: Ticket) -> None:
-        self._waiting.remove(ticket)
-        self._metrics.queue_depth.set(len(self._waiting))
-        self._condition.notify_all()
+    async def _acquire(self) -> None:
+        if self.running < self.concurrency and not self._waiting:
+            self.running += 1
+            self._publish()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter  # _release hands the slot over: running was already counted for us
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the slot arrived as we were cancelled: pass it on
+            else:
+                self._waiting.remove(waiter)
+            raise
 
-    def _release(self, ticket: Ticket, running: bool) -> None:
-        with self._condition:
-            if running:
-                self._running -= 1
-                self._metrics.inflight.set(self._running)
-            elif ticket in self._waiting:
-                self._leave(ticket)
-            self._condition.notify_all()
+    def _release(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return  # the slot passes straight to the next waiter
+        self.running -= 1
+        self._publish()
+
+    def _leave(self) -> None:
+        self.admitted -= 1
+        self._publish()
 
 
 class Ticket:
-    """One admitted call. Use `acquire()` to wait for a slot, `release()` when done (always)."""
+    """One admitted call: `await slot()` for the model, `release_slot()` after infer(), `leave()` at the end."""
 
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
-        self._running = False
-        self._released = False
+        self._has_slot = False
+        self._left = False
 
-    def acquire(self, should_stop: Callable[[], bool], poll: float = 0.05) -> bool:
-        """Waits in FIFO order for a free slot; False if `should_stop()` turned true first."""
-        self._running = self._admission._acquire(self, should_stop, poll)
-        if not self._running:
-            self._released = True
-        return self._running
+    async def slot(self) -> None:
+        await self._admission._acquire()
+        self._has_slot = True
 
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._admission._release(self, self._running)
+    def release_slot(self) -> None:
+        if self._has_slot:
+            self._has_slot = False
+            self._admission._release()
+
+    def leave(self) -> None:
+        """Ends the call's place. A slot stays taken until `release_slot()`: the model may still be running
+        on its thread after its call has ended. Safe to call twice."""
+        if not self._left:
+            self._left = True
+            self._admission._leave()

@@ -38,12 +38,15 @@ class Model:
             refused with INVALID_ARGUMENT listing these. Empty means any command is passed through.
         default_command: the command used when a request names none (the worker's --default-command
             overrides it).
+        study_in_memory: keep the whole study in memory instead of writing what exceeds the worker's
+            --spool-memory-mib to disk; right for a model that reads every instance anyway.
     """
 
     name: str = ""
     version: str = ""
     commands: Sequence[str] = ()
     default_command: str = ""
+    study_in_memory: bool = False
 
     def load(self) -> None:
         """Loads weights once. The worker reports NOT_SERVING until this returns."""

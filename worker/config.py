@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class StudyLimits:
+    """What one request may hold; the same limits as the bridge's, enforced again for direct gRPC callers."""
+
+    max_study_bytes: int = 4 << 30
+    max_parts: int = 20_000
+    max_part_bytes: int = 1 << 30
+    max_json_bytes: int = 1 << 20
+    # Decoded size one instance may declare (rows x columns x frames x samples x bits): checked against the
+    # pixel data that came, so that a few bytes cannot make a model allocate gigabytes.
+    max_image_bytes: int = 1 << 30
+    max_result_bytes: int = 4 << 30
+    max_command_length: int = 256
 
 
 @dataclass
@@ -13,47 +30,75 @@ class WorkerConfig:
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = ""
     concurrency: int = 1
-    queue_size: int = 4
+    queue_size: int = 32
     default_command: str = ""
     study_root: str = ""
     spool_dir: str = ""
+    spool_memory_bytes: int = 16 * MIB
+    idle_timeout_seconds: float = 30.0
     grace_seconds: float = 30.0
     max_connection_age_seconds: float = 300.0
-    max_message_bytes: int = 64 << 20
+    max_message_bytes: int = 16 * MIB
+    limits: StudyLimits = field(default_factory=StudyLimits)
+
+
+def _env(name: str, default):
+    return os.environ.get(name, default)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     parser = argparse.ArgumentParser(
         prog="python -m worker",
-        description="Hosts one model behind the Inference gRPC service, with health, reflection and metrics.",
+        description="Hosts one model behind the Inference gRPC service, with health, reflection and metrics. "
+                    "Every flag can also be set by the environment variable named in brackets.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", default=env("WORKER_MODEL"), required=env("WORKER_MODEL") is None,
-                        help="package.module:Name, or a package exposing one Model [WORKER_MODEL]")
-    parser.add_argument("--listen", default=env("WORKER_LISTEN", "127.0.0.1:50051"),
-                        help="gRPC address HOST:PORT (port 0 picks a free one) [WORKER_LISTEN]")
-    parser.add_argument("--metrics-listen", default=env("WORKER_METRICS_LISTEN", ""),
-                        help="Prometheus /metrics address HOST:PORT; empty disables [WORKER_METRICS_LISTEN]")
-    parser.add_argument("--concurrency", type=int, default=int(env("WORKER_CONCURRENCY", "1")),
-                        help="inferences run at once (models are rarely thread-safe) [WORKER_CONCURRENCY]")
-    parser.add_argument("--queue-size", type=int, default=int(env("WORKER_QUEUE_SIZE", "4")),
-                        help="calls that may wait for a slot; more are refused at once [WORKER_QUEUE_SIZE]")
-    parser.add_argument("--default-command", default=env("WORKER_DEFAULT_COMMAND", ""),
-                        help="inference_command used when a request names none (overrides the model's) "
-                             "[WORKER_DEFAULT_COMMAND]")
-    parser.add_argument("--study-root", default=env("WORKER_STUDY_ROOT", ""),
-                        help="folder under which studyPath requests may read; empty refuses them [WORKER_STUDY_ROOT]")
-    parser.add_argument("--spool-dir", default=env("WORKER_SPOOL_DIR", ""),
-                        help="where incoming studies are written while they are processed [WORKER_SPOOL_DIR]")
-    parser.add_argument("--grace-seconds", type=float, default=float(env("WORKER_GRACE_SECONDS", "30")),
-                        help="on SIGTERM, how long in-flight inferences may take to finish [WORKER_GRACE_SECONDS]")
-    parser.add_argument("--max-connection-age-seconds", type=float,
-                        default=float(env("WORKER_MAX_CONNECTION_AGE_SECONDS", "300")),
-                        help="connections are recycled after this, so bridges find new replicas "
-                             "[WORKER_MAX_CONNECTION_AGE_SECONDS]")
+    add = parser.add_argument
+    add("--model", default=_env("WORKER_MODEL", None), required="WORKER_MODEL" not in os.environ,
+        help="package.module:Name, or a package exposing one Model [WORKER_MODEL]")
+    add("--listen", default=_env("WORKER_LISTEN", "127.0.0.1:50051"),
+        help="gRPC address HOST:PORT (port 0 picks a free one) [WORKER_LISTEN]")
+    add("--metrics-listen", default=_env("WORKER_METRICS_LISTEN", ""),
+        help="Prometheus /metrics address HOST:PORT; empty disables [WORKER_METRICS_LISTEN]")
+    add("--concurrency", type=int, default=int(_env("WORKER_CONCURRENCY", 1)),
+        help="inferences run at once (models are rarely thread-safe) [WORKER_CONCURRENCY]")
+    add("--queue-size", type=int, default=int(_env("WORKER_QUEUE_SIZE", 32)),
+        help="calls admitted beyond the running ones (receiving their study or waiting for the model); "
+             "more are refused at once so the bridge can try another worker [WORKER_QUEUE_SIZE]")
+    add("--default-command", default=_env("WORKER_DEFAULT_COMMAND", ""),
+        help="inference_command used when a request names none (overrides the model's) [WORKER_DEFAULT_COMMAND]")
+    add("--study-root", default=_env("WORKER_STUDY_ROOT", ""),
+        help="folder under which studyPath requests may read; empty refuses them [WORKER_STUDY_ROOT]")
+    add("--spool-dir", default=_env("WORKER_SPOOL_DIR", ""),
+        help="where incoming studies beyond --spool-memory-mib are written; empty: the system's temporary "
+             "folder [WORKER_SPOOL_DIR]")
+    add("--spool-memory-mib", type=float, default=float(_env("WORKER_SPOOL_MEMORY_MIB", 16)),
+        help="study bytes per call kept in memory before the rest goes to --spool-dir (a ported Arterys handler "
+             "reads every instance into memory anyway, so its studies stay in memory) [WORKER_SPOOL_MEMORY_MIB]")
+    add("--idle-timeout-seconds", type=float, default=float(_env("WORKER_IDLE_TIMEOUT_SECONDS", 30)),
+        help="a request stream that sends nothing for this long is ended [WORKER_IDLE_TIMEOUT_SECONDS]")
+    add("--grace-seconds", type=float, default=float(_env("WORKER_GRACE_SECONDS", 30)),
+        help="on SIGTERM, how long in-flight inferences may take to finish [WORKER_GRACE_SECONDS]")
+    add("--max-connection-age-seconds", type=float, default=float(_env("WORKER_MAX_CONNECTION_AGE_SECONDS", 300)),
+        help="connections are recycled after this, so bridges find new replicas [WORKER_MAX_CONNECTION_AGE_SECONDS]")
+    defaults = StudyLimits()
+    add("--max-study-bytes", type=int, default=int(_env("WORKER_MAX_STUDY_BYTES", defaults.max_study_bytes)),
+        help="largest study (all parts) [WORKER_MAX_STUDY_BYTES]")
+    add("--max-parts", type=int, default=int(_env("WORKER_MAX_PARTS", defaults.max_parts)),
+        help="most parts in one request [WORKER_MAX_PARTS]")
+    add("--max-part-bytes", type=int, default=int(_env("WORKER_MAX_PART_BYTES", defaults.max_part_bytes)),
+        help="largest single part [WORKER_MAX_PART_BYTES]")
+    add("--max-image-bytes", type=int, default=int(_env("WORKER_MAX_IMAGE_BYTES", defaults.max_image_bytes)),
+        help="largest decoded image one instance may declare (rows x columns x frames x samples x bytes) "
+             "[WORKER_MAX_IMAGE_BYTES]")
+    add("--max-result-bytes", type=int, default=int(_env("WORKER_MAX_RESULT_BYTES", defaults.max_result_bytes)),
+        help="largest answer (all binary parts) a model may return [WORKER_MAX_RESULT_BYTES]")
     return parser
 
 
 def parse_config(argv: list[str] | None = None) -> WorkerConfig:
-    args = build_parser().parse_args(argv)
-    return WorkerConfig(**vars(args))
+    args = vars(build_parser().parse_args(argv))
+    limits = StudyLimits(**{name: args.pop(name) for name in (
+        "max_study_bytes", "max_parts", "max_part_bytes", "max_image_bytes", "max_result_bytes")})
+    spool_memory_bytes = int(args.pop("spool_memory_mib") * MIB)
+    return WorkerConfig(**args, spool_memory_bytes=spool_memory_bytes, limits=limits)

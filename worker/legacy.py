@@ -28,6 +28,9 @@ class LegacyHandlerModel(Model):
             gateway did (default). False passes only the DICOM instances.
     """
 
+    # The handler gets every instance as an in-memory buffer: spooling to disk would only add a copy.
+    study_in_memory = True
+
     def __init__(
         self,
         handler: Handler,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-STAGES = ("receive", "queue", "infer", "send")
+STAGES = ("receive", "queue", "infer", "check", "send")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -32,3 +32,7 @@ class WorkerMetrics:
         self.model_loaded = Gauge("worker_model_loaded", "1 once the model's load() has returned.", registry=r)
         self.received_bytes = Counter("worker_received_bytes", "Study bytes received.", registry=r)
         self.sent_bytes = Counter("worker_sent_bytes", "Binary result bytes sent.", registry=r)
+        self.overruns = Counter(
+            "worker_model_overruns", "Inferences that returned after their call had ended (cancelled or past its "
+            "deadline): the model kept its slot meanwhile.", ["model"], registry=r,
+        )

@@ -1,135 +1,159 @@
-"""Receives a study from the request stream, part by part, into files; or reads a studyPath folder.
+"""Receives a study from the request stream, part by part, into memory or files; or finds a studyPath folder.
 
-Parts are written to a per-call temporary folder as their chunks arrive, and hashed on the way, so
-memory stays at one chunk whatever the study size. Stream-order mistakes are the sender's: they raise
-`StreamError`, which the servicer answers with INVALID_ARGUMENT.
+Parts are kept in memory while the call's total stays under its memory budget, and written to the call's
+spool folder beyond it, so memory stays bounded whatever the study size while small studies never touch
+the disk. The input hash (SHA-256 of the JSON part and every part's bytes, in order) is computed here,
+once, as the bytes arrive: the model gets it, the bridge receives it with the result. Large chunks are
+hashed and written on the I/O threads, so that the event loop keeps serving other calls meanwhile.
+
+Every mistake in the stream is the sender's: wrong order, a missing end, counts or a hash that do not
+match what came, a limit exceeded, or silence for longer than the idle timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract import inference_pb2 as pb
-from worker.api import InvalidInput
-from worker.study import Attachment, Instance
+from worker.config import StudyLimits
+from worker.errors import BadRequest, DataLoss, Idle, StudyNotFound, StudyPathRefused, TooLarge, short
+from worker.spool import PartWriter, Spool
 
-
-class StreamError(InvalidInput):
-    """The request stream does not follow the contract's order."""
-
-
-class HashMismatch(Exception):
-    """The received bytes do not hash to what the sender computed (DATA_LOSS)."""
-
-
-class StudyPathRefused(Exception):
-    """studyPath lies outside the study root, or studyPath requests are not enabled (PERMISSION_DENIED)."""
-
-
-class StudyPathNotFound(Exception):
-    """studyPath names no folder, or a folder without DICOM files (NOT_FOUND)."""
+OFFLOAD_BYTES = 256 << 10  # chunks at least this big are hashed/written off the event loop
 
 
 @dataclass
-class ReceivedParts:
-    attachments: list[Attachment] = field(default_factory=list)
-    instances: list[Instance] = field(default_factory=list)
+class ReceivedPart:
+    """One part after the JSON part, in request order: its bytes in memory (`data`) or in a file (`path`)."""
+
+    index: int
+    kind: int
+    content_type: str
+    filename: str
+    name: str
+    size: int = 0
+    data: bytes | None = None
+    path: Path | None = None
+
+
+@dataclass
+class ReceivedStudy:
+    parts: list[ReceivedPart] = field(default_factory=list)
     input_hash: str = ""
     total_bytes: int = 0
 
 
-def receive_parts(
-    messages: Iterator[pb.InferRequest],
+async def receive_parts(
+    messages: AsyncIterator[pb.InferRequest],
     request_json: bytes,
-    folder: Path,
+    spool: Spool,
+    limits: StudyLimits,
+    io: Executor,
+    idle_timeout: float,
     on_bytes: Callable[[int], None] = lambda n: None,
-) -> ReceivedParts:
-    """Consumes `part`/`chunk` messages up to `end`; writes each part to `folder`; checks the hash."""
+) -> ReceivedStudy:
+    """Consumes `part`/`chunk` messages up to `end`; checks order, limits, counts and (when sent) the hash."""
+    loop = asyncio.get_running_loop()
     digest = hashlib.sha256(request_json)
-    received = ReceivedParts()
-    headers: list[tuple[pb.PartHeader, Path]] = []
-    handle = None
-    try:
-        for message in messages:
-            kind = message.WhichOneof("message")
-            if kind == "part":
-                if handle is not None:
-                    handle.close()
-                path = folder / f"part-{len(headers):06d}"
-                handle = open(path, "wb")
-                headers.append((message.part, path))
-            elif kind == "chunk":
-                if handle is None:
-                    raise StreamError("a chunk arrived before any part header")
-                handle.write(message.chunk)
-                digest.update(message.chunk)
-                received.total_bytes += len(message.chunk)
-                on_bytes(len(message.chunk))
-            elif kind == "end":
-                if handle is not None:
-                    handle.close()
-                    handle = None
-                _check_end(message.end, len(headers), digest.hexdigest())
-                received.input_hash = digest.hexdigest()
-                break
-            else:
-                raise StreamError(f"unexpected {kind or 'empty'} message inside the request stream")
-        else:
-            raise StreamError("the request stream ended without an end message")
-    finally:
-        if handle is not None:
-            handle.close()
+    study = ReceivedStudy()
+    writer: PartWriter | None = None
 
-    for index, (header, path) in enumerate(headers):
-        meta = dict(content_type=header.content_type, filename=header.filename, name=header.name)
-        if header.kind == pb.PART_KIND_DICOM:
-            received.instances.append(Instance.parse(index, path, **meta))
-        else:
-            received.attachments.append(Attachment(index, path, **meta))
-    return received
+    def take(data: bytes) -> None:  # runs on the loop for small chunks, on an I/O thread for big ones
+        digest.update(data)
+        writer.write(data)
+
+    try:
+        async with asyncio.timeout(idle_timeout) as idle:
+            async for message in messages:
+                idle.reschedule(loop.time() + idle_timeout)
+                kind = message.WhichOneof("message")
+                if kind == "chunk":
+                    if writer is None:
+                        raise BadRequest("a chunk arrived before any part header")
+                    data = message.chunk
+                    study.total_bytes += len(data)
+                    if study.total_bytes > limits.max_study_bytes:
+                        raise TooLarge(f"the study exceeds {limits.max_study_bytes} bytes (the worker's limit)")
+                    if writer.part.size + len(data) > limits.max_part_bytes:
+                        raise TooLarge(f"part {writer.part.index + 1} exceeds {limits.max_part_bytes} bytes "
+                                       "(the worker's limit)")
+                    if len(data) >= OFFLOAD_BYTES:
+                        await loop.run_in_executor(io, take, data)
+                    else:
+                        take(data)
+                    on_bytes(len(data))
+                elif kind == "part":
+                    if writer is not None:
+                        writer.close()
+                    if len(study.parts) >= limits.max_parts:
+                        raise TooLarge(f"the request has more than {limits.max_parts} parts (the worker's limit)")
+                    header = message.part
+                    part = ReceivedPart(len(study.parts), header.kind, short(header.content_type),
+                                        short(header.filename), short(header.name))
+                    study.parts.append(part)
+                    writer = PartWriter(part, spool)
+                elif kind == "end":
+                    if writer is not None:
+                        writer.close()
+                        writer = None
+                    study.input_hash = digest.hexdigest()
+                    _check_end(message.end, len(study.parts), study.input_hash)
+                    return study
+                else:
+                    raise BadRequest(f"unexpected {kind or 'empty'} message inside the request stream")
+    except TimeoutError:
+        raise Idle(f"the request stream sent nothing for {idle_timeout:g} s and was ended") from None
+    finally:
+        if writer is not None and writer.fd is not None:
+            os.close(writer.fd)
+    raise BadRequest("the request stream ended without an end message")
 
 
 def _check_end(end: pb.RequestEnd, part_count: int, digest: str) -> None:
     if end.part_count != part_count:
-        raise StreamError(f"the end message counts {end.part_count} parts but {part_count} arrived")
+        raise BadRequest(f"the end message counts {end.part_count} parts but {part_count} arrived")
     if end.input_hash and end.input_hash != digest:
-        raise HashMismatch(
-            f"the parts received hash to {digest} but the sender computed {end.input_hash}: bytes were lost"
+        raise DataLoss(
+            f"the parts received hash to {digest} but the sender computed {short(end.input_hash)}: bytes were lost"
         )
 
 
-def read_study_path(study_path: str, root: str | os.PathLike | None) -> list[Instance]:
-    """The DICOM files under `study_path`, which must lie inside `root` (links resolved)."""
+def find_study_path(study_path: str, root: str | os.PathLike | None) -> list[Path]:
+    """The files under `study_path`, which must lie inside `root` (links resolved). Messages never show paths
+    beyond what the sender wrote."""
     if not root:
         raise StudyPathRefused(
             "studyPath requests are disabled on this worker: start it with --study-root (or WORKER_STUDY_ROOT)"
         )
+    if "\x00" in study_path or len(study_path) > 1024:
+        raise BadRequest("studyPath must be a folder name of at most 1024 characters without NUL bytes")
     root_path = Path(root).resolve()
     candidate = Path(study_path)
     if not candidate.is_absolute():
         candidate = root_path / candidate
-    folder = candidate.resolve()
-    if not folder.is_relative_to(root_path):
-        raise StudyPathRefused(f"studyPath {study_path!r} lies outside the study root; use a folder under it")
-    if not folder.is_dir():
-        raise StudyPathNotFound(f"studyPath {study_path!r} is not a folder under the study root")
-
-    instances: list[Instance] = []
-    for path in sorted(folder.rglob("*")):
-        # Every entry, folders too: rglob does not descend into a linked folder, which would otherwise
-        # drop its files silently instead of refusing the link out of the root.
-        if not path.resolve().is_relative_to(root_path):
-            raise StudyPathRefused(f"{path.relative_to(folder)} links outside the study root")
-        if not path.is_file():
-            continue
-        try:
-            instances.append(Instance.parse(len(instances), path, "application/dicom", path.name))
-        except InvalidInput:
-            continue  # a DICOMDIR, a README: a folder of a study may hold other files
-    if not instances:
-        raise StudyPathNotFound(f"studyPath {study_path!r} holds no DICOM file")
-    return instances
+    try:
+        folder = candidate.resolve(strict=False)
+        if not folder.is_relative_to(root_path):
+            raise StudyPathRefused(f"studyPath {short(study_path)!r} lies outside the study root; use a folder "
+                                   "under it")
+        if not folder.is_dir():
+            raise StudyNotFound(f"studyPath {short(study_path)!r} is not a folder under the study root")
+        files = []
+        for path in sorted(folder.rglob("*")):
+            # Every entry, folders too: rglob does not descend into a linked folder, which would otherwise drop
+            # its files silently instead of refusing the link out of the root.
+            if not path.resolve().is_relative_to(root_path):
+                raise StudyPathRefused(f"{short(str(path.relative_to(folder)))} links outside the study root")
+            if path.is_file():
+                files.append(path)
+    except (OSError, RuntimeError, ValueError) as error:  # symlink loops, names too long, ...
+        raise BadRequest(f"studyPath {short(study_path)!r} cannot be read: {type(error).__name__}") from None
+    if not files:
+        raise StudyNotFound(f"studyPath {short(study_path)!r} holds no file")
+    return files

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,14 +18,7 @@ import pydicom
 
 from arterys_http.protocol import PROTOCOL_VERSION, StudyIndex, check_result
 from worker.api import BoundingBox, ConformanceCheck, DicomOutput, LinearMeasurement, Mask, Palette, Result
-
-
-class InvalidResult(Exception):
-    """The model's answer breaks the protocol. `problems` lists every violation."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("the model's result breaks the Arterys protocol: " + "; ".join(self.problems))
+from worker.errors import InvalidResult
 
 
 @dataclass
@@ -170,8 +163,12 @@ def from_legacy(response_json, buffers) -> tuple[dict, list]:
     return result, out
 
 
-def checked(result_json: dict, binaries: list, study: StudyIndex | None) -> WireResult:
+def checked(result_json: dict, binaries: list, study: StudyIndex | None, max_bytes: int | None = None) -> WireResult:
     problems = check_result(result_json, binaries, study)
+    total = sum(len(b) for b in binaries)
+    if max_bytes is not None and total > max_bytes:
+        problems.append(f"the binary parts add up to {total} bytes, more than the worker sends ({max_bytes}; "
+                        "--max-result-bytes)")
     if problems:
         raise InvalidResult(problems)
     try:

@@ -1,16 +1,20 @@
 """Builds and runs the worker's gRPC server: `create_server` (tests bind port 0) apart from `serve` (blocks).
 
-Health follows the model: NOT_SERVING from the start (the health servicer would otherwise start out
-SERVING), SERVING once `load()` has returned, NOT_SERVING again when shutdown begins. On SIGTERM the
-server stops taking calls and lets in-flight inferences finish within the grace period.
+The server is gRPC's asyncio server, on an event loop of its own thread, so that the same object serves a
+command line (`serve`) and a test or an embedding program (`create_server`, `start`, `load_model`, `stop`)
+without either having to run an event loop. Health follows the model: NOT_SERVING from the start (the
+health servicer would otherwise start out SERVING), SERVING once `load()` has returned, NOT_SERVING again
+when shutdown begins. On SIGTERM the server stops taking calls and lets in-flight inferences finish within
+the grace period.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -25,95 +29,159 @@ from worker.api import Model
 from worker.config import WorkerConfig
 from worker.metrics import WorkerMetrics
 from worker.servicer import InferenceServicer, ServicerConfig
+from worker.spool import SpoolRoot
 
 log = logging.getLogger("worker")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+IO_THREADS = 2
+
+
+class PortInUse(OSError):
+    """The listen address is taken (or not ours to bind)."""
 
 
 def server_options(config: WorkerConfig) -> list[tuple[str, int]]:
-    # Limits set on the server itself: a client's own limits do not lift the server's 4 MiB default.
     return [
+        # Limits set on the server itself: a client's own limits do not lift the server's 4 MiB default.
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
-        # Recycle connections so that a bridge resolving DNS finds replicas added since it connected;
-        # the grace lets a long inference on an aged connection finish.
+        # gRPC binds with SO_REUSEPORT by default, so a second worker on a busy port would "start" and share
+        # its calls with the first one. Refuse instead.
+        ("grpc.so_reuseport", 0),
+        # Recycle connections so that a bridge resolving DNS finds replicas added since it connected; the
+        # grace lets a long inference on an aged connection finish.
         ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
         ("grpc.max_connection_age_grace_ms", 3_600_000),
-        # Accept the bridge's keepalive pings during long inferences.
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # The bridge pings every 5 s to notice a hung worker: accept that, with or without calls.
+        ("grpc.http2.min_ping_interval_without_data_ms", 4_000),
+        ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A large initial window and large frames: a study streams without waiting for window updates
+        # (measured: half the CPU per byte of gRPC's defaults; see BENCHMARKS.md).
+        ("grpc.http2.lookahead_bytes", 8 << 20),
+        ("grpc.http2.max_frame_size", (1 << 24) - 1),
     ]
 
 
 @dataclass
 class WorkerServer:
-    server: grpc.Server
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    health: health.aio.HealthServicer
     servicer: InferenceServicer
     metrics: WorkerMetrics
     model: Model
     config: WorkerConfig
+    spool: SpoolRoot
+    executors: tuple[ThreadPoolExecutor, ...]
+
+    def _run(self, coroutine, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def start(self) -> None:
-        self.server.start()
+        self._run(self.server.start())
 
     def load_model(self) -> None:
-        """Runs the model's load() and reports SERVING after it; raises what load() raised."""
+        """Runs the model's load() here and reports SERVING after it; raises what load() raised."""
         log.info("loading model %s", self.servicer.model_name)
         self.model.load()
-        self.servicer.loaded.set()
+        self.loop.call_soon_threadsafe(setattr, self.servicer, "loaded", True)
         self.metrics.model_loaded.set(1)
-        self._set_health(SERVING)
+        self._run(self._set_health(SERVING))
         log.info("model %s loaded; serving on port %d", self.servicer.model_name, self.port)
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful: health says NOT_SERVING, new calls are refused, in-flight calls may finish."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        if not self.loop.is_running():
+            return
+        grace = self.config.grace_seconds if grace is None else grace
+        try:
+            self._run(self._stop(grace))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(30)
+            for executor in self.executors:
+                executor.shutdown(wait=False, cancel_futures=True)
+            self.spool.close()
 
-    def _set_health(self, status) -> None:
+    async def _stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+    async def _set_health(self, status) -> None:
         for name in ("", SERVICE_NAME):
-            self.health.set(name, status)
+            await self.health.set(name, status)
 
 
-def create_server(
-    model: Model, config: WorkerConfig, metrics: WorkerMetrics | None = None
-) -> WorkerServer:
+def _loop_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=run, name="grpc-loop", daemon=True)
+    thread.start()
+    ready.wait()
+    return loop, thread
+
+
+def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> WorkerServer:
+    """Binds `config.listen` (port 0 picks a free one) with the model not loaded yet; raises PortInUse."""
     metrics = metrics or WorkerMetrics()
-    admission = Admission(config.concurrency, config.queue_size, metrics)
-    servicer = InferenceServicer(
-        model, admission, metrics,
-        ServicerConfig(
-            default_command=config.default_command,
-            study_root=config.study_root or None,
-            spool_dir=config.spool_dir or None,
-        ),
+    spool = SpoolRoot(config.spool_dir or None)
+    model_threads = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="model")
+    io_threads = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="io")
+    servicer_config = ServicerConfig(
+        default_command=config.default_command, study_root=config.study_root or None, spool_root=spool.path,
+        spool_memory_bytes=config.spool_memory_bytes, idle_timeout_seconds=config.idle_timeout_seconds,
+        limits=config.limits,
     )
-    # Threads: every admitted call holds one, plus health checks, Describe and calls being refused.
-    threads = config.concurrency + config.queue_size + 8
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
-                         options=server_options(config))
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, NOT_SERVING)
-    pb_grpc.add_InferenceServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
-    return WorkerServer(server, port, health_servicer, servicer, metrics, model, config)
+    loop, thread = _loop_thread()
+
+    async def build():
+        admission = Admission(config.concurrency, config.queue_size, metrics)
+        servicer = InferenceServicer(model, admission, metrics, servicer_config, model_threads, io_threads)
+        server = grpc.aio.server(options=server_options(config))
+        health_servicer = health.aio.HealthServicer()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, NOT_SERVING)
+        pb_grpc.add_InferenceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        try:
+            port = server.add_insecure_port(config.listen)
+        except RuntimeError as error:  # gRPC's way of saying the bind failed
+            raise PortInUse(f"cannot listen on {config.listen}: the address is in use or not available") from error
+        if port == 0:
+            raise PortInUse(f"cannot listen on {config.listen}: the address is in use or not available")
+        return server, port, health_servicer, servicer
+
+    try:
+        server, port, health_servicer, servicer = asyncio.run_coroutine_threadsafe(build(), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        spool.close()
+        raise
+    return WorkerServer(loop, thread, server, port, health_servicer, servicer, metrics, model, config, spool,
+                        (model_threads, io_threads))
 
 
 def start_metrics_server(address: str, metrics: WorkerMetrics):
     host, _, port = address.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=metrics.registry)
+    try:
+        server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=metrics.registry)
+    except OSError as error:
+        raise PortInUse(f"cannot serve metrics on {address}: {error.strerror}") from error
     return server
 
 
@@ -125,8 +193,12 @@ def serve(config: WorkerConfig, model: Model) -> int:
         signal.signal(signum, lambda *_: stopping.set())
 
     worker = create_server(model, config)
+    try:
+        metrics_server = start_metrics_server(config.metrics_listen, worker.metrics) if config.metrics_listen else None
+    except PortInUse:
+        worker.stop(0)
+        raise
     worker.start()
-    metrics_server = start_metrics_server(config.metrics_listen, worker.metrics) if config.metrics_listen else None
     log.info("worker listening on %s (port %d)%s", config.listen, worker.port,
              f", metrics on {config.metrics_listen}" if metrics_server else "")
 

@@ -1,21 +1,25 @@
-"""The gRPC Inference servicer: a thin adapter (admit, receive, queue, infer, check, send).
+"""The gRPC Inference servicer: a thin adapter (admit, receive, queue, infer, check, send), on asyncio.
 
-Every failure leaves as one status code with a message a person can act on (see the .proto for the
-table); the model raising never takes the worker down. Cancellation and deadlines are noticed while
-receiving, while queued and before and during sending: a result nobody waits for is not sent.
+One event loop carries every call's messages; the model runs on its own threads (`concurrency` of them)
+and the heavy per-byte work (hashing, spooling, header parsing, result checks) on a few I/O threads, so
+a large study arriving never delays another call's health check or answer. Every failure leaves as one
+status code chosen by worker/errors.py, with its stable error code in the trailing metadata; the model
+raising never takes the worker down. Cancellation and deadlines are noticed at every stage; the model
+sees them through `study.is_cancelled()`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
-import shutil
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -24,89 +28,92 @@ from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
 from contract.logs import request_tags, set_tags
 from contract.result_json import to_proto
-from worker.admission import Admission
+from worker import errors
+from worker.admission import Admission, Ticket
 from worker.api import InvalidInput, Model, Result, UnsupportedStudy
+from worker.config import StudyLimits
 from worker.metrics import WorkerMetrics
-from worker.receive import (
-    HashMismatch,
-    StreamError,
-    StudyPathNotFound,
-    StudyPathRefused,
-    read_study_path,
-    receive_parts,
-)
-from worker.results import InvalidResult, WireResult, checked, from_legacy, from_result
-from worker.study import Study, monotonic_deadline, parse_request_json
+from worker.pixels import NotDicom
+from worker.receive import ReceivedStudy, find_study_path, receive_parts
+from worker.results import WireResult, checked, from_legacy, from_result
+from worker.spool import Spool
+from worker.study import Attachment, Instance, Study, monotonic_deadline, parse_request_json
 
 log = logging.getLogger("worker.inference")
 
-CHUNK_SIZE = 1 << 20  # 1 MiB: large enough to amortise gRPC Python's per-message cost (DESIGN.md)
+CHUNK_SIZE = 1 << 20  # 1 MiB answer chunks: large enough to amortise gRPC's per-message cost
+MAX_OPEN_COMMAND_LABELS = 20  # label values for a model without a command list; others become "other"
+REQUEST_ID_LENGTH = 64
 
 
 @dataclass
 class ServicerConfig:
     default_command: str = ""
     study_root: str | None = None
-    spool_dir: str | None = None
+    spool_root: Path | None = None
+    spool_memory_bytes: int = 16 << 20
+    idle_timeout_seconds: float = 30.0
+    limits: StudyLimits = field(default_factory=StudyLimits)
     chunk_size: int = CHUNK_SIZE
 
 
-class Abort(Exception):
-    """Ends the call with `code`; `outcome` labels the metric."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, outcome: str) -> None:
-        super().__init__(message)
-        self.code, self.message, self.outcome = code, message, outcome
-
-
-MAX_OPEN_COMMAND_LABELS = 20  # label values for a model without a command list; others become "other"
+def clean_request_id(value: str) -> str:
+    """The sender's request id if it is short printable ASCII without spaces, else a new one: it is copied
+    into log lines and metadata, which must not be forgeable."""
+    if value and len(value) <= REQUEST_ID_LENGTH and value.isascii() and value.isprintable() and " " not in value:
+        return value
+    return uuid.uuid4().hex[:12]
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, model: Model, admission: Admission, metrics: WorkerMetrics, config: ServicerConfig) -> None:
+    def __init__(self, model: Model, admission: Admission, metrics: WorkerMetrics, config: ServicerConfig,
+                 model_threads: ThreadPoolExecutor, io_threads: ThreadPoolExecutor) -> None:
         self.model = model
         self.model_name = model.describe_name()
         self.admission = admission
         self.metrics = metrics
         self.config = config
-        self.loaded = threading.Event()
+        self.model_threads = model_threads
+        self.io_threads = io_threads
+        self.loaded = False
         self.commands = tuple(model.commands)
         self.default_command = config.default_command or model.default_command
         self._open_labels: set[str] = set()
-        self._label_lock = threading.Lock()
+        self.memory_budget = (config.limits.max_study_bytes if getattr(model, "study_in_memory", False)
+                              else config.spool_memory_bytes)
 
     # --------------------------------------------------------------------------------------- Describe
 
-    def Describe(self, request, context):
-        if not self.loaded.is_set():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
-        return pb.ModelDescription(
-            name=self.model_name,
-            version=self.model.version,
-            commands=self.commands,
-            default_command=self.default_command,
-        )
+    async def Describe(self, request, context):
+        if not self.loaded:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+        return pb.ModelDescription(name=self.model_name, version=self.model.version, commands=self.commands,
+                                   default_command=self.default_command)
 
     # ------------------------------------------------------------------------------------------ Infer
 
-    def Infer(self, request_iterator, context) -> Iterator[pb.InferResponse]:
-        cancelled = threading.Event()
-        context.add_callback(cancelled.set)
-        call = _Call(self, context, cancelled)
+    async def Infer(self, request_iterator: AsyncIterator[pb.InferRequest], context) -> None:
+        call = _Call(self, context)
         with request_tags(request_id=uuid.uuid4().hex[:12]):
             try:
-                yield from call.run(request_iterator)
-                call.outcome = call.outcome or "ok"
-            except Abort as abort:
-                call.outcome = abort.outcome
-                serious = abort.code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
-                level = logging.ERROR if serious else logging.INFO
-                log.log(level, "inference failed (%s): %s", abort.code.name, abort.message)
-                context.abort(abort.code, abort.message)
-            except Exception:
-                call.outcome = "worker_error"  # not "cancelled": the worker itself failed (gRPC sends UNKNOWN)
-                log.exception("inference failed: unexpected error in the worker")
+                await call.run(request_iterator)
+                call.outcome = "ok"
+            except errors.WorkerError as error:
+                call.outcome = error.outcome
+                serious = isinstance(error, (errors.ModelFailed, errors.InvalidResult))
+                log.log(logging.ERROR if serious else logging.INFO, "inference failed (%s): %s",
+                        error.status.name, error.message)
+                context.set_trailing_metadata(call.trailers(error.error_code))
+                await context.abort(error.status, error.message)
+            except asyncio.CancelledError:
+                call.outcome = call.gone_outcome()
+                log.info("the caller is gone (%s) %s", call.outcome, call.stage_name)
                 raise
+            except Exception:
+                call.outcome = "worker_error"
+                log.exception("inference failed: unexpected error in the worker")
+                context.set_trailing_metadata(call.trailers("worker_error"))
+                await context.abort(grpc.StatusCode.INTERNAL, "the worker failed unexpectedly; see its log")
             finally:
                 call.finish()
 
@@ -118,163 +125,212 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             return command or "none"
         if not self.commands:
             # A model that declares no commands takes any: label the first few seen, fold the rest.
-            with self._label_lock:
-                if command in self._open_labels or len(self._open_labels) < MAX_OPEN_COMMAND_LABELS:
-                    self._open_labels.add(command)
-                    return command
+            if command in self._open_labels or len(self._open_labels) < MAX_OPEN_COMMAND_LABELS:
+                self._open_labels.add(command)
+                return command
             return "other"
         return "unknown"
 
 
 class _Call:
-    """One Infer call: its stages, timings, temporary folder and outcome."""
+    """One Infer call: its stages, timings, ticket, spool and outcome."""
 
-    def __init__(self, servicer: InferenceServicer, context, cancelled: threading.Event) -> None:
+    def __init__(self, servicer: InferenceServicer, context) -> None:
         self.s = servicer
         self.context = context
-        self.cancelled = cancelled
         self.command: str | None = None  # None until the header has been read
         self.outcome = ""
-        self.ticket = None
-        self.folder: str | None = None
+        self.stage_name = "before its header"
+        self.ticket: Ticket | None = None
+        self.spool: Spool | None = None
+        self.input_hash = ""
+        self.gone = threading.Event()  # set when the call ends for any reason: study.is_cancelled() reads it
+        context.add_done_callback(lambda _context: self.gone.set())
 
-    def stopped(self) -> bool:
-        return self.cancelled.is_set() or not self.context.is_active()
+    # -------------------------------------------------------------------------------------- stages
 
     @contextmanager
     def stage(self, name: str):
+        self.stage_name = f"while {name}"
         started = time.monotonic()
         try:
             yield
         finally:
             self.s.metrics.duration.labels(self.s.model_name, name).observe(time.monotonic() - started)
 
-    def run(self, messages: Iterator[pb.InferRequest]) -> Iterator[pb.InferResponse]:
-        if not self.s.loaded.is_set():
-            raise Abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly", "unavailable")
+    async def run(self, messages: AsyncIterator[pb.InferRequest]) -> None:
+        if not self.s.loaded:
+            raise errors.NotReady("the model is still loading; retry shortly")
         self.ticket = self.s.admission.admit()
         if self.ticket is None:
-            raise Abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the worker is busy: {self.s.admission.concurrency} inference(s) running and "
-                f"{self.s.admission.queue_size} queued; retry later",
-                "rejected",
-            )
-        header = self._header(messages)
+            raise errors.Busy(f"the worker is busy: {self.s.admission.concurrency} inference(s) running or "
+                              f"{self.s.admission.queue_size} admitted; retry later or elsewhere")
+        header = await self._header(messages)
+        # Admitted: tell the sender now, before it sends any study byte, so that a refusal (above) can be
+        # retried elsewhere by a sender that has lost nothing.
+        await self.context.send_initial_metadata((("admitted", "1"),))
         with self.stage("receive"):
-            study = self._receive(header, messages)
+            study = await self._receive(header, messages)
         log.info("received %d instance(s), %d attachment(s), command %r",
                  len(study.instances), len(study.attachments), study.command)
         with self.stage("queue"):
-            if not self.ticket.acquire(self.stopped):
-                raise self._gone("while queued")
+            await self.ticket.slot()
         with self.stage("infer"):
-            wire = self._infer(study)
-        if self.stopped():
-            raise self._gone("before the result was sent")
+            answer = await self._infer(study)
+        with self.stage("check"):
+            wire = await self._check(answer, study)
         with self.stage("send"):
-            yield from self._send(wire)
+            await self._send(wire)
 
-    def _header(self, messages) -> pb.RequestHeader:
-        first = next(messages, None)
+    async def _header(self, messages) -> pb.RequestHeader:
+        try:
+            first = await anext(messages)
+        except StopAsyncIteration:
+            first = None
         if first is None or first.WhichOneof("message") != "header":
-            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "the request stream must start with a header",
-                        "invalid_input")
+            raise errors.BadRequest("the request stream must start with a header")
         header = first.header
-        if header.request_id:
-            set_tags(request_id=header.request_id)  # the bridge's id: one id across both logs
+        set_tags(request_id=clean_request_id(header.request_id))  # the bridge's id: one id across both logs
+        limits = self.s.config.limits
+        if len(header.request_json) > limits.max_json_bytes:
+            raise errors.TooLarge(f"the request JSON exceeds {limits.max_json_bytes} bytes")
+        if len(header.inference_command) > limits.max_command_length:
+            raise errors.BadRequest(f"inference_command is {len(header.inference_command)} characters long; "
+                                    f"at most {limits.max_command_length} are accepted")
         self.command = header.inference_command or self.s.default_command
         if self.s.commands and self.command not in self.s.commands:
-            raise Abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"unknown inference_command {self.command!r}; this model accepts: {', '.join(self.s.commands)}",
-                "invalid_input",
-            )
+            raise errors.BadRequest(f"unknown inference_command {errors.short(self.command)!r}; this model accepts: "
+                                    f"{', '.join(self.s.commands)}")
         return header
 
-    def _receive(self, header: pb.RequestHeader, messages) -> Study:
-        try:
-            request = parse_request_json(bytes(header.request_json))
-            self.folder = tempfile.mkdtemp(prefix="infer-", dir=self.s.config.spool_dir)
-            # The same stream rules for both forms: an end message whose count and hash match what came
-            # (for studyPath: no parts, and the hash of the JSON alone, as PROTOCOL.md defines it).
-            parts = receive_parts(messages, bytes(header.request_json), Path(self.folder),
-                                  self.s.metrics.received_bytes.inc)
-            input_hash = parts.input_hash
-            if header.study_path:
-                if parts.instances or parts.attachments:
-                    raise StreamError("a studyPath request names its study by path and carries no parts")
-                instances, attachments = read_study_path(header.study_path, self.s.config.study_root), []
-            else:
-                instances, attachments = parts.instances, parts.attachments
-        except InvalidInput as error:
-            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(error), "invalid_input") from error
-        except HashMismatch as error:
-            raise Abort(grpc.StatusCode.DATA_LOSS, str(error), "data_loss") from error
-        except StudyPathRefused as error:
-            raise Abort(grpc.StatusCode.PERMISSION_DENIED, str(error), "invalid_input") from error
-        except StudyPathNotFound as error:
-            raise Abort(grpc.StatusCode.NOT_FOUND, str(error), "invalid_input") from error
-        if self.stopped():
-            raise self._gone("while the study was arriving")
-        set_tags(input_hash=input_hash)
+    async def _receive(self, header: pb.RequestHeader, messages) -> Study:
+        config = self.s.config
+        request = parse_request_json(bytes(header.request_json))
+        self.spool = Spool(config.spool_root, self.s.memory_budget)
+        received = await receive_parts(messages, bytes(header.request_json), self.spool, config.limits,
+                                       self.s.io_threads, config.idle_timeout_seconds,
+                                       self.s.metrics.received_bytes.inc)
+        self.input_hash = received.input_hash
+        set_tags(input_hash=received.input_hash)
+        loop = asyncio.get_running_loop()
+        if header.study_path:
+            if received.parts:
+                raise errors.BadRequest("a studyPath request names its study by path and carries no parts")
+            instances, attachments = await loop.run_in_executor(
+                self.s.io_threads, _read_folder, header.study_path, config.study_root, config.limits)
+        else:
+            instances, attachments = await loop.run_in_executor(
+                self.s.io_threads, _parse_parts, received, self.spool, config.limits)
         return Study(
-            request=request,
-            command=self.command,
-            input_hash=input_hash,
-            instances=instances,
-            attachments=attachments,
-            route=header.route or "/",
-            _cancelled=self.cancelled,
+            request=request, command=self.command, input_hash=received.input_hash, instances=instances,
+            attachments=attachments, route=header.route or "/", _cancelled=self.gone,
             _deadline=monotonic_deadline(self.context.time_remaining),
         )
 
-    def _infer(self, study: Study) -> WireResult:
-        try:
-            answer = self.s.model.infer(study)
-        except InvalidInput as error:
-            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(error), "invalid_input") from error
-        except UnsupportedStudy as error:
-            raise Abort(grpc.StatusCode.FAILED_PRECONDITION, str(error), "unprocessable") from error
-        except Exception as error:  # the model's bug must not take the worker down
-            log.exception("the model raised")
-            message = f"the model raised {type(error).__name__}: {error}"
-            raise Abort(grpc.StatusCode.UNKNOWN, message, "model_error") from error
-        try:
-            if isinstance(answer, Result):
-                result_json, binaries = from_result(answer)
-            elif isinstance(answer, tuple) and len(answer) == 2:
-                result_json, binaries = from_legacy(*answer)
-            else:
-                raise InvalidResult(
-                    [f"infer() must return a Result or a (json, buffers) pair, got {type(answer).__name__}"]
-                )
-            return checked(result_json, binaries, study.index())
-        except InvalidResult as error:
-            raise Abort(grpc.StatusCode.INTERNAL, str(error), "invalid_result") from error
+    async def _infer(self, study: Study):
+        """Runs the model on its thread. The slot is given back when infer() returns, whenever that is: a
+        model that ignores cancellation keeps its slot (it is still running) and is counted as an overrun."""
+        ticket, loop = self.ticket, asyncio.get_running_loop()
+        context = contextvars.copy_context()  # the request's log tags, for the model's own log lines
+        future = self.s.model_threads.submit(context.run, self.s.model.infer, study)
 
-    def _send(self, wire: WireResult) -> Iterator[pb.InferResponse]:
+        def model_done(_future) -> None:
+            loop.call_soon_threadsafe(self._model_returned, ticket)
+
+        future.add_done_callback(model_done)
+        try:
+            return await asyncio.wrap_future(future)
+        except (InvalidInput, errors.WorkerError) as error:
+            raise errors.BadRequest(str(error)) from error
+        except UnsupportedStudy as error:
+            raise errors.Unprocessable(str(error)) from error
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the model's bug must not take the worker down
+            log.error("the model raised", exc_info=error)
+            raise errors.ModelFailed(f"the model raised {type(error).__name__}: {error}") from error
+
+    def _model_returned(self, ticket: Ticket) -> None:
+        if self.gone.is_set() and self.outcome not in ("", "ok"):
+            self.s.metrics.overruns.labels(self.s.model_name).inc()
+            log.warning("the model returned after its call had ended (%s): it kept the model busy; models should "
+                        "check study.is_cancelled()", self.outcome)
+        ticket.release_slot()
+
+    async def _check(self, answer, study: Study) -> WireResult:
+        if not isinstance(answer, (Result, tuple)) or (isinstance(answer, tuple) and len(answer) != 2):
+            raise errors.InvalidResult(
+                [f"infer() must return a Result or a (json, buffers) pair, got {type(answer).__name__}"])
+
+        def convert() -> WireResult:
+            result_json, binaries = from_result(answer) if isinstance(answer, Result) else from_legacy(*answer)
+            return checked(result_json, binaries, study.index(), self.s.config.limits.max_result_bytes)
+
+        return await asyncio.get_running_loop().run_in_executor(self.s.io_threads, convert)
+
+    async def _send(self, wire: WireResult) -> None:
         sizes = [len(b) for b in wire.binaries]
-        yield pb.InferResponse(result=to_proto(wire.json, sizes))
+        result = to_proto(wire.json, sizes)
+        result.input_hash = self.input_hash
+        await self.context.write(pb.InferResponse(result=result))
         step = self.s.config.chunk_size
         for index, view in enumerate(wire.binaries):
             for start in range(0, len(view), step):
-                if self.stopped():
-                    raise self._gone("while the result was being sent")
                 data = bytes(view[start : start + step])
+                await self.context.write(pb.InferResponse(binary=pb.BinaryChunk(part_index=index, data=data)))
                 self.s.metrics.sent_bytes.inc(len(data))
-                yield pb.InferResponse(binary=pb.BinaryChunk(part_index=index, data=data))
+        self.context.set_trailing_metadata(self.trailers(""))
 
-    def _gone(self, when: str) -> Abort:
+    # ------------------------------------------------------------------------------------- endings
+
+    def trailers(self, error_code: str) -> tuple:
+        out = ((errors.INPUT_HASH_KEY, self.input_hash),) if self.input_hash else ()
+        return out + (((errors.ERROR_CODE_KEY, error_code),) if error_code else ())
+
+    def gone_outcome(self) -> str:
         remaining = self.context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            return Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"the deadline passed {when}", "deadline_exceeded")
-        return Abort(grpc.StatusCode.CANCELLED, f"the caller cancelled {when}", "cancelled")
+        return "deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled"
 
     def finish(self) -> None:
+        self.gone.set()
         if self.ticket is not None:
-            self.ticket.release()
-        if self.folder:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.ticket.leave()
+        if self.spool is not None:
+            self.spool.cleanup()
         command = self.s.metric_command(self.command)
         self.s.metrics.inferences.labels(self.s.model_name, command, self.outcome or "cancelled").inc()
+
+
+def _parse_parts(received: ReceivedStudy, spool: Spool, limits: StudyLimits) -> tuple[list, list]:
+    """Instances (headers parsed and checked) and attachments, in request order; runs on an I/O thread."""
+    instances, attachments, seen = [], [], {}
+    for part in received.parts:
+        meta = dict(content_type=part.content_type, filename=part.filename, name=part.name, data=part.data,
+                    spool=spool)
+        if part.kind == pb.PART_KIND_DICOM:
+            instance = Instance.parse(part.index, part.path, limits=limits, **meta)
+            uid = instance.sop_instance_uid
+            if uid in seen:
+                raise errors.BadRequest(f"{seen[uid].label} and {instance.label} are the same instance (SOP Instance "
+                                        f"UID {errors.short(uid)}): send each instance once")
+            seen[uid] = instance
+            instances.append(instance)
+        else:
+            attachments.append(Attachment(part.index, part.path, **meta))
+    return instances, attachments
+
+
+def _read_folder(study_path: str, root, limits: StudyLimits) -> tuple[list, list]:
+    instances, seen = [], {}
+    for path in find_study_path(study_path, root):
+        try:
+            instance = Instance.parse(len(instances), path, "application/dicom", path.name, limits=limits)
+        except NotDicom:
+            continue  # a DICOMDIR, a README: a study's folder may hold other files
+        if instance.sop_instance_uid in seen:
+            raise errors.BadRequest(f"{path.name} and {seen[instance.sop_instance_uid]} are the same instance")
+        seen[instance.sop_instance_uid] = path.name
+        instances.append(instance)
+    if not instances:
+        raise errors.StudyNotFound(f"studyPath {errors.short(study_path)!r} holds no DICOM file")
+    return instances, []

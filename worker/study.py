@@ -6,6 +6,7 @@ not need 1 GiB of memory; headers are parsed once, without pixel data.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -17,53 +18,100 @@ from typing import BinaryIO
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from arterys_http.protocol import ImageInfo, StudyIndex
-from worker.api import InvalidInput
+from worker.config import StudyLimits
+from worker.errors import BadRequest, WorkerError, short
+from worker.pixels import NotDicom, check_pixel_data
 
 
-@dataclass
 class Attachment:
-    """A non-DICOM part of the request (a licence, a configuration), in request order."""
+    """A non-DICOM part of the request (a licence, a configuration), in request order.
 
-    index: int  # position among all parts after the JSON part
-    path: Path
-    content_type: str = ""
-    filename: str = ""
-    name: str = ""
+    Its bytes are in memory or in a spool file, as the worker received them; `read_bytes()` and `open()`
+    work the same either way, and `path` writes a file first when the part was kept in memory.
+    """
+
+    def __init__(self, index: int, path: Path | None = None, content_type: str = "", filename: str = "",
+                 name: str = "", *, data: bytes | None = None, spool=None) -> None:
+        if (path is None) == (data is None):
+            raise ValueError("an Attachment has either a path or data")
+        self.index = index  # position among all parts after the JSON part
+        self.content_type = content_type
+        self.filename = filename
+        self.name = name
+        self._path = Path(path) if path is not None else None
+        self._data = data
+        self._spool = spool
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(index={self.index}, filename={self.filename!r}, size={self.size})"
 
     @property
     def size(self) -> int:
-        return self.path.stat().st_size
+        return len(self._data) if self._data is not None else self._path.stat().st_size
+
+    @property
+    def path(self) -> Path:
+        """A file holding the part (written on first use when the part was kept in memory)."""
+        if self._path is None:
+            if self._spool is None:
+                raise RuntimeError("this part was kept in memory and has no spool to write it to")
+            self._path = self._spool.file_for(self.index)
+            self._path.write_bytes(self._data)
+        return self._path
 
     def read_bytes(self) -> bytes:
-        return self.path.read_bytes()
+        return self._data if self._data is not None else self._path.read_bytes()
 
     def open(self) -> BinaryIO:
-        return open(self.path, "rb")
+        # BytesIO shares the bytes it starts from until written to: no copy of the part.
+        return io.BytesIO(self._data) if self._data is not None else open(self._path, "rb")
 
 
-@dataclass
 class Instance(Attachment):
     """One DICOM file of the study. `header` is parsed without pixel data; `dataset()` reads it all."""
 
-    header: pydicom.Dataset = field(default=None, repr=False)
+    def __init__(self, index: int, path: Path | None = None, content_type: str = "", filename: str = "",
+                 name: str = "", header: pydicom.Dataset | None = None, *, data: bytes | None = None,
+                 spool=None) -> None:
+        super().__init__(index, path, content_type, filename, name, data=data, spool=spool)
+        self.header = header
 
     @classmethod
-    def parse(cls, index: int, path: Path, content_type: str = "", filename: str = "", name: str = "") -> Instance:
+    def parse(cls, index: int, path: Path | None = None, content_type: str = "", filename: str = "",
+              name: str = "", *, data: bytes | None = None, spool=None,
+              limits: StudyLimits | None = None) -> Instance:
+        """Reads the header (no pixel data) and checks the pixel data against what the header declares.
+
+        Raises `NotDicom` for bytes that are not DICOM at all, `BadRequest` or `TooLarge` for an instance
+        whose pixel data does not match its header, each message naming the instance.
+        """
+        instance = cls(index, path, content_type, filename, name, data=data, spool=spool)
+        label = instance.label
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, ValueError, OSError) as error:
-            label = filename or name or f"part {index + 1}"
-            raise InvalidInput(f"{label} is sent as application/dicom but is not a DICOM file: {error}") from error
-        if "SOPInstanceUID" not in header:
-            raise InvalidInput(f"{filename or path.name} has no SOPInstanceUID; every instance needs one")
-        return cls(index, path, content_type, filename, name, header)
+            with instance.open() as handle:
+                header = pydicom.dcmread(handle, stop_before_pixels=True)
+                if "SOPInstanceUID" not in header:
+                    raise BadRequest(f"{label} has no SOPInstanceUID; every instance needs one")
+                check_pixel_data(header, handle, instance.size, limits or StudyLimits(), label)
+        except WorkerError:
+            raise
+        except Exception as error:  # pydicom raises many kinds on damaged files; all mean "not readable"
+            raise NotDicom(f"{label} is sent as application/dicom but is not a readable DICOM file "
+                           f"({type(error).__name__})") from error
+        instance.header = header
+        return instance
+
+    @property
+    def label(self) -> str:
+        """How messages name this instance: part number and file name."""
+        return f"part {self.index + 1}" + (f" ({short(self.filename)})" if self.filename else "")
 
     def dataset(self) -> pydicom.Dataset:
         """The whole dataset, pixel data included (decoding needs the matching pylibjpeg plugin)."""
-        return pydicom.dcmread(self.path)
+        with self.open() as handle:
+            return pydicom.dcmread(handle)
 
     @property
     def sop_instance_uid(self) -> str:
@@ -208,10 +256,12 @@ def parse_request_json(raw: bytes) -> dict:
         return {}
     try:
         value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidInput(f"the request's JSON part is not valid JSON: {error}") from error
+    except RecursionError:
+        raise BadRequest("the request's JSON part is nested too deeply to be read") from None
+    except (UnicodeDecodeError, ValueError) as error:  # ValueError: bad JSON, or an integer of thousands of digits
+        raise BadRequest(f"the request's JSON part is not valid JSON: {short(str(error))}") from None
     if not isinstance(value, dict):
-        raise InvalidInput(f"the request's JSON part must be an object, got {type(value).__name__}")
+        raise BadRequest(f"the request's JSON part must be an object, got {type(value).__name__}")
     return value
 
 

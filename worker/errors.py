@@ -1,0 +1,106 @@
+"""Every way an Infer call can fail, each with its gRPC status, its stable error code and its metric outcome.
+
+One table, so that the servicer never picks a status inline. The error code travels to the bridge in the
+trailing metadata (`error-code`), where it selects the HTTP answer (bridge/errors.py): the same code
+means the same thing on both sides. Messages go to the caller as they are: they say what the sender
+did wrong, or that the model or worker failed, never file paths or internal names.
+
+The model author's own exceptions (`worker.InvalidInput`, `worker.UnsupportedStudy`) live in
+worker/api.py; the servicer translates them into these.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+ERROR_CODE_KEY = "error-code"  # trailing metadata: the stable code of a failed call
+INPUT_HASH_KEY = "input-hash"  # trailing metadata: the input hash, once the study has arrived
+
+MAX_ECHO = 120  # characters of a sender's value quoted back in a message
+
+
+def short(value: str) -> str:
+    """A sender's value fit to quote in a message: bounded, printable, no line breaks."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + f"... ({len(text)} characters)"
+
+
+class WorkerError(Exception):
+    """Ends an Infer call with `status`; `error_code` and `outcome` are fixed per subclass."""
+
+    status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    error_code: str = "worker_error"
+    outcome: str = "worker_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(WorkerError):
+    """The request is wrong: stream order, limits of form, JSON, a part that is not DICOM, inconsistent pixel data,
+    an unknown command, or the model rejected the input."""
+
+    status, error_code, outcome = grpc.StatusCode.INVALID_ARGUMENT, "bad_request", "invalid_input"
+
+
+class TooLarge(WorkerError):
+    """The study exceeds a configured limit (parts, part size, study size, declared image size)."""
+
+    status, error_code, outcome = grpc.StatusCode.INVALID_ARGUMENT, "payload_too_large", "invalid_input"
+
+
+class Unprocessable(WorkerError):
+    status, error_code, outcome = grpc.StatusCode.FAILED_PRECONDITION, "unprocessable_study", "unprocessable"
+
+
+class StudyNotFound(WorkerError):
+    status, error_code, outcome = grpc.StatusCode.NOT_FOUND, "study_not_found", "invalid_input"
+
+
+class StudyPathRefused(WorkerError):
+    status, error_code, outcome = grpc.StatusCode.PERMISSION_DENIED, "study_path_refused", "invalid_input"
+
+
+class Busy(WorkerError):
+    """Every inference slot and queue place is taken: the sender may retry here later or elsewhere now."""
+
+    status, error_code, outcome = grpc.StatusCode.RESOURCE_EXHAUSTED, "worker_busy", "rejected"
+
+
+class NotReady(WorkerError):
+    status, error_code, outcome = grpc.StatusCode.UNAVAILABLE, "worker_unavailable", "unavailable"
+
+
+class Idle(WorkerError):
+    """The sender stopped sending in the middle of a request stream."""
+
+    status, error_code, outcome = grpc.StatusCode.DEADLINE_EXCEEDED, "request_timeout", "idle"
+
+
+class DataLoss(WorkerError):
+    status, error_code, outcome = grpc.StatusCode.DATA_LOSS, "data_loss", "data_loss"
+
+
+class DeadlineExceeded(WorkerError):
+    status, error_code, outcome = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded", "deadline_exceeded"
+
+
+class Cancelled(WorkerError):
+    status, error_code, outcome = grpc.StatusCode.CANCELLED, "client_closed_request", "cancelled"
+
+
+class ModelFailed(WorkerError):
+    """The model raised: its message goes to the caller, its traceback to the worker's log."""
+
+    status, error_code, outcome = grpc.StatusCode.UNKNOWN, "model_error", "model_error"
+
+
+class InvalidResult(WorkerError):
+    """The model's answer breaks the protocol: `problems` lists every violation; never sent as OK."""
+
+    status, error_code, outcome = grpc.StatusCode.INTERNAL, "bad_worker_answer", "invalid_result"
+
+    def __init__(self, problems) -> None:
+        self.problems = list(problems)
+        super().__init__("the model's result breaks the Arterys protocol: " + "; ".join(self.problems))
