@@ -26,7 +26,7 @@ from tests.services import ROOT, free_port, spawn, wait_for_health, wait_for_htt
 
 K8S = ROOT / "deploy/k8s"
 KUBERNETES_VERSION = kubernetes_validate.latest_version()
-CUSTOM_KINDS = {"monitoring.coreos.com/v1": {"PodMonitor"}}  # CRDs: no schema in Kubernetes itself
+CUSTOM_KINDS = {"monitoring.coreos.com/v1": {"PodMonitor", "PrometheusRule"}}  # CRDs: no schema in Kubernetes itself
 
 
 def render(folder: str) -> list[dict]:
@@ -239,3 +239,9 @@ def test_processes_answer_the_kubelet_probes_with_the_manifest_environment(base,
     finally:
         bridge.stop()
         worker.stop()
+
+
+def test_prometheus_rule_is_the_shipped_rules_file(example):
+    rule = example["PrometheusRule", "arterys-grpc-bridge"]
+    shipped = yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())
+    assert rule["spec"]["groups"] == shipped["groups"]
