@@ -27,9 +27,8 @@ from tests.deploy_files import (
     interpolate,
     load_compose,
 )
-from tests.services import ROOT, free_port, spawn, wait_for_health, wait_for_http
+from tests.services import ROOT, environment_variables, free_port, spawn, wait_for_health, wait_for_http
 
-CONFIG_MODULES = {"worker": ROOT / "worker/config.py", "bridge": ROOT / "bridge/config.py"}
 # What each image runs: its entry points and the modules they load (the worker's mock model too).
 IMAGE_MODULES = {"bridge": "bridge.__main__,bridge.server,bridge.app",
                  "worker": "worker.__main__,worker.server,worker.probe,mock_model,mock_model.faults"}
@@ -143,10 +142,10 @@ def test_dockerfile_matches_the_repository(name):
             assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][\w.]*", line.strip()), f"unpinned: {line}"
     (cmd,) = [a for i, a in instructions if i == "CMD"]
     assert cmd == f'["python", "-m", "{name}"]'
-    config_source = CONFIG_MODULES[name].read_text()
+    read = environment_variables(name)
     for variable in dockerfile_env(path):
         if variable.startswith(name.upper() + "_"):
-            assert f'"{variable}"' in config_source, f"{variable} is set in {path.name} but never read"
+            assert variable in read, f"{variable} is set in {path.name} but never read"
     assert ("STOPSIGNAL", "SIGTERM") in instructions
     # Runs as a numeric non-root user (Kubernetes' runAsNonRoot cannot check a user name).
     (user,) = [a for i, a in instructions if i == "USER"]
@@ -182,9 +181,9 @@ def test_image_holds_every_package_its_code_imports(name):
 
 def test_compose_environment_is_read_by_the_services(compose):
     for name in CORE_SERVICES:
-        source = CONFIG_MODULES[name].read_text()
+        read = environment_variables(name)
         for variable in compose["services"][name]["environment"]:
-            assert f'"{variable}"' in source, f"{variable} in docker-compose.yml is never read by {name}"
+            assert variable in read, f"{variable} in docker-compose.yml is never read by {name}"
 
 
 BLOCKER = textwrap.dedent("""
