@@ -25,7 +25,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from hypothesis import given, note, settings
+from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 from requests_toolbelt import MultipartEncoder
 
@@ -439,6 +439,8 @@ disposition_values = st.builds(
 
 @settings(max_examples=examples(300))
 @given(value=disposition_values)
+@example(value=b"form-data; filename*=undefined''%41")  # found by `make fuzz`: a UnicodeError, i.e. a 500
+@example(value=b"attachment; filename*=a\0b''x.dcm")  # a ValueError from codecs.lookup()
 def test_any_content_disposition_gives_strings(value: bytes):
     body = b"--B\r\nContent-Disposition: " + value + b"\r\n\r\ndata\r\n--B--"
     result = outcome("B", [body])
@@ -447,6 +449,25 @@ def test_any_content_disposition_gives_strings(value: bytes):
         assert isinstance(name, str) and isinstance(filename, str) and data == b"data"
     else:
         assert result[0] is MultipartError  # a 400 for an unparsable header line, never a 500
+
+
+def filename_of(disposition: bytes) -> str:
+    body = b"--B\r\nContent-Disposition: " + disposition + b"\r\n\r\nx\r\n--B--"
+    [(_, _, _, filename, data)] = outcome("B", [body])[1]
+    assert data == b"x"
+    return filename
+
+
+def test_filename_star_in_every_stdlib_charset():
+    # Every codec Python has, as a client may name it in filename*=: a charset that cannot decode the
+    # name leaves filename= in force; none may break the request.
+    for charset in CODECS:
+        for text in ["%41", "%FF", "%C3%A9", "%E2%82", "a.dcm", ""]:
+            extended = quote(f"{charset}''{text}")  # quoted: some names have a space
+            filename = filename_of(f"attachment; filename*={extended}; filename=plain.dcm".encode())
+            assert isinstance(filename, str) and filename, (charset, text)
+    assert filename_of(b"attachment; filename*=undefined''%41; filename=plain.dcm") == "plain.dcm"
+    assert filename_of(b"attachment; filename*=a\0b''x.dcm; filename=plain.dcm") == "plain.dcm"
 
 
 # --------------------------------------------------------------------------------------------------
