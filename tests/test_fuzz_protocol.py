@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from arterys_http.protocol import BINARY_TYPES, COORDINATE_TYPES, SHAPE_3D, check_result
@@ -99,10 +99,32 @@ def damaged_results(draw):
     return result, sent
 
 
+def good_with(change) -> tuple:
+    result, sent = good()
+    change(result)
+    return result, sent
+
+
 @settings(max_examples=examples(300))
 @given(case=damaged_results(), with_study=st.booleans())
+# Found by `make fuzz`: int() of a label_map key of more than 4300 digits, and str() of the byte count
+# of a shape whose product has more than 4300 digits, raised ValueError.
+@example(case=good_with(lambda r: r["parts"][3]["label_map"].update({"7" * 4301: "huge"})), with_study=True)
+@example(case=good_with(lambda r: r["parts"][0]["binary_data_shape"].update(timepoints=10 ** 4299)),
+         with_study=False)
 def test_check_result_answers_any_damaged_result_with_sentences(case, with_study):
     result, sent = case
     before = copy.deepcopy(result)
     assert_sentences(check_result(result, sent, STUDY if with_study else None))
     assert [result] == [before]
+
+
+def test_huge_numbers_are_reported_not_raised():
+    result, sent = good_with(lambda r: r["parts"][1]["binary_data_shape"].update(width=10 ** 4299, height=10))
+    [problem] = check_result(result, sent)
+    assert "needs 2**14284 or more bytes (one uint8 per voxel) but the binary has 15" in problem
+    # A key with 5000 leading zeros still names mask value 1; one of 4301 digits names no byte value.
+    result, sent = good_with(lambda r: r["parts"][3].update(label_map={"0" * 5000 + "1": "core", "2": "rim"}))
+    assert check_result(result, sent, STUDY) == []
+    result, sent = good_with(lambda r: r["parts"][3].update(label_map={"1" * 4301: "core", "2": "rim"}))
+    assert check_result(result, sent, STUDY) == ["parts[3].label_map: mask values [1] have no entry in label_map"]
