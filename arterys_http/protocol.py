@@ -28,8 +28,9 @@ SHAPE_2D = ("width", "height")
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 
-_DIGITS = re.compile(r"^[0-9]+$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# \Z, not $: '$' also matches before a final newline, which would let "1\n" or "<hash>\n" pass.
+_DIGITS = re.compile(r"^[0-9]+\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import copy
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from arterys_http.protocol import BINARY_TYPES, COORDINATE_TYPES, SHAPE_3D, check_result
+from arterys_http.protocol import BINARY_TYPES, COORDINATE_TYPES, SHAPE_3D, check_hashes_line, check_result
 from tests.test_protocol import DICOM_FILE, STUDY, good
 
 
@@ -97,6 +97,38 @@ def damaged_results(draw):
     if draw(st.booleans()):
         sent = [len(binary) if isinstance(binary, bytes) else binary for binary in sent]  # sizes only
     return result, sent
+
+
+HEX = "0123456789abcdef"
+hex64 = st.text(HEX, min_size=64, max_size=64)
+hashes_texts = st.one_of(
+    st.text(),
+    st.builds(lambda left, sep, right, end: left + sep + right + end,
+              hex64 | st.text(HEX + "ABCDEF", max_size=66), st.sampled_from([":", "", "::", "\n:"]),
+              hex64 | st.text(HEX + "ABCDEF", max_size=66), st.sampled_from(["", "", "\n", " ", "\r\n"])),
+)
+
+
+@settings(max_examples=examples(200))
+@given(text=hashes_texts)
+@example(text="0" * 64 + ":" + "0" * 64 + "\n")  # found by the ci profile: '$' matched before a final LF
+def test_check_hashes_line_accepts_exactly_two_hashes(text: str):
+    problems = check_hashes_line(text)
+    assert_sentences(problems)
+    valid = len(text) == 129 and text[64] == ":" and set(text[:64] + text[65:]) <= set(HEX)
+    assert (problems == []) == valid, problems
+
+
+@settings(max_examples=examples(200))
+@given(key=st.text(max_size=6) | st.builds(str.__add__, st.text("0123456789", min_size=1, max_size=3),
+                                            st.sampled_from(["", "\n", " ", "x"])))
+@example(key="0\n")  # found by the ci profile: '$' matched before a final LF
+def test_label_map_keys_must_be_digit_strings(key: str):
+    result, sent = good()
+    result["parts"][3]["label_map"] = {"1": "core", "2": "rim", key: "edge"}
+    problems = check_result(result, sent, STUDY)
+    digits = key.isascii() and key.isdigit()
+    assert any(f"key {key!r} must be a digit string" in problem for problem in problems) == (not digits), problems
 
 
 def good_with(change) -> tuple:
