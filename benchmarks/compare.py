@@ -237,7 +237,8 @@ def measure(system: System, workload: Workload) -> dict:
         reset_peak_rss(pid)
     cpu_before = {role: proc_cpu_seconds(pid) for role, pid in pids.items()}
     result = load(system.port, workload, workload.requests, workload.clients)
-    cpu = sum(proc_cpu_seconds(pid) - cpu_before[role] for role, pid in pids.items())
+    cpu_by_role = {role: proc_cpu_seconds(pid) - cpu_before[role] for role, pid in pids.items()}
+    cpu = sum(cpu_by_role.values())
     ok = result["statuses"].get("200", 0)
     return {
         "p50": percentile(result["latencies"], 0.5) * 1000,
@@ -246,6 +247,7 @@ def measure(system: System, workload: Workload) -> dict:
         "errors": sum(n for status, n in result["statuses"].items() if status != "200"),
         "statuses": result["statuses"],
         "cpu_ms": cpu * 1000 / max(ok, 1),
+        "cpu_ms_by_role": {role: seconds * 1000 / max(ok, 1) for role, seconds in cpu_by_role.items()},
         "rss": {role: peak_rss_mb(pid) for role, pid in pids.items()},
     }
 
@@ -410,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
                         system.stop()
                     results.setdefault((w.name, name), []).append(figures)
                     print(f"round {round_index + 1}/{args.rounds} {w.name:9} {name:10} p50 {figures['p50']:8.1f} ms "
-                          f"{figures['rps']:7.1f} req/s CPU {figures['cpu_ms']:7.1f} ms/req errors {figures['errors']} "
+                          f"{figures['rps']:7.1f} req/s CPU {figures['cpu_ms']:7.1f} ms/req "
+                          f"({', '.join(f'{r} {v:.1f}' for r, v in figures['cpu_ms_by_role'].items())}) "
+                          f"errors {figures['errors']} "
                           f"RSS {figures['rss']}", flush=True)
 
     table = report(results, work)

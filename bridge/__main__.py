@@ -3,10 +3,12 @@
 import sys
 
 from contract.logs import configure_logging
+from contract.malloc import keep_large_buffers_in_the_heap
 
 
 def main(argv=None) -> int:
     configure_logging()  # before anything else logs
+    keep_large_buffers_in_the_heap()
     from bridge.config import parse_config
     from bridge.server import PortInUse, serve
 

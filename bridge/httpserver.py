@@ -369,6 +369,12 @@ class Connection(asyncio.Protocol):
             await self._send(request, response)
         except ClientGone:
             return False
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise  # this task is being cancelled: the client went away
+            log.error("the response broke off while streaming: its source was cancelled")
+            self.abort()
+            return False
         except Exception as error:
             # Status and Content-Length are out: breaking the connection short of Content-Length is the only
             # honest signal left to the client.

@@ -12,6 +12,7 @@ here imports a model or decodes pixels.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from contract.logs import set_tags
 log = logging.getLogger("bridge.inference")
 
 ACCEPTED_TYPES = (media.MULTIPART_RELATED, media.MULTIPART_FORM_DATA, media.JSON)
+# What writing to a call that has already ended raises: the call's own status says what happened.
+CALL_ENDED = (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError)
 
 
 def client_error(failure: BaseException) -> errors.ApiError:
@@ -203,20 +206,24 @@ class InferenceRequest:
             await asyncio.wait((forwarder, first), return_when=asyncio.FIRST_COMPLETED)
             if forwarder.done() and forwarder.exception() is not None:
                 failure = forwarder.exception()
-                if not isinstance(failure, (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError)):
+                if not isinstance(failure, CALL_ENDED):
                     raise client_error(failure)  # the body is at fault: the call is cancelled below
             message = await first  # the worker answered, or ended the call (early: the rest of the body waits)
+            if message is not grpc.aio.EOF:
+                # A result comes only after the whole study: the forwarder is at most finishing its last
+                # write. Let it: cancelling a task inside a write would cancel the call.
+                with contextlib.suppress(*CALL_ENDED):
+                    await forwarder
         except grpc.aio.AioRpcError as error:
+            forwarder.cancel()
             raise await self._call_error(call) from error
         except BaseException:
+            first.cancel()
+            forwarder.cancel()
             call.cancel()
             raise
-        finally:
-            if not first.done():
-                first.cancel()
-            if not forwarder.done():
-                forwarder.cancel()
         if message is grpc.aio.EOF:
+            forwarder.cancel()
             if call.done() and await call.code() != grpc.StatusCode.OK:
                 raise await self._call_error(call)
             call.cancel()

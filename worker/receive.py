@@ -25,7 +25,10 @@ from worker.config import StudyLimits
 from worker.errors import BadRequest, DataLoss, Idle, StudyNotFound, StudyPathRefused, TooLarge, short
 from worker.spool import PartWriter, Spool
 
-OFFLOAD_BYTES = 256 << 10  # chunks at least this big are hashed/written off the event loop
+# Once a call has received this much, its chunks are hashed and stored on an I/O thread (hashlib releases
+# the GIL, so a big study is hashed while the loop receives the next chunk); below it, the hop to a thread
+# would cost more than the work.
+OFFLOAD_AFTER_BYTES = 4 << 20
 
 
 @dataclass
@@ -83,7 +86,7 @@ async def receive_parts(
                     if writer.part.size + len(data) > limits.max_part_bytes:
                         raise TooLarge(f"part {writer.part.index + 1} exceeds {limits.max_part_bytes} bytes "
                                        "(the worker's limit)")
-                    if len(data) >= OFFLOAD_BYTES:
+                    if study.total_bytes > OFFLOAD_AFTER_BYTES:
                         await loop.run_in_executor(io, take, data)
                     else:
                         take(data)

@@ -163,6 +163,18 @@ def from_legacy(response_json, buffers) -> tuple[dict, list]:
     return result, out
 
 
+def answer_bytes(answer) -> int:
+    """About how many binary bytes a model's answer holds, before conversion (to decide where to check it)."""
+    if isinstance(answer, Result):
+        items = [getattr(part, "array", None) for part in answer.parts]
+    elif isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[1], (list, tuple)):
+        items = answer[1]
+    else:
+        return 0
+    return sum(getattr(item, "nbytes", None) or (len(item) if isinstance(item, (bytes, bytearray)) else 0)
+               for item in items if item is not None)
+
+
 def checked(result_json: dict, binaries: list, study: StudyIndex | None, max_bytes: int | None = None) -> WireResult:
     problems = check_result(result_json, binaries, study)
     total = sum(len(b) for b in binaries)

@@ -119,6 +119,8 @@ class WorkerServer:
 
 
 def _loop_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    # Plain asyncio, not uvloop: gRPC's asyncio server on a uvloop loop of a non-main thread lost wake-ups
+    # under load here (calls stalled for good with every thread idle).
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 

@@ -34,8 +34,8 @@ from worker.api import InvalidInput, Model, Result, UnsupportedStudy
 from worker.config import StudyLimits
 from worker.metrics import WorkerMetrics
 from worker.pixels import NotDicom
-from worker.receive import ReceivedStudy, find_study_path, receive_parts
-from worker.results import WireResult, checked, from_legacy, from_result
+from worker.receive import OFFLOAD_AFTER_BYTES, ReceivedStudy, find_study_path, receive_parts
+from worker.results import WireResult, answer_bytes, checked, from_legacy, from_result
 from worker.spool import Spool
 from worker.study import Attachment, Instance, Study, monotonic_deadline, parse_request_json
 
@@ -120,6 +120,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 await context.abort(grpc.StatusCode.INTERNAL, "the worker failed unexpectedly; see its log")
             finally:
                 call.finish()
+
+    async def offload(self, big: bool, function, *args):
+        """Runs `function` on an I/O thread when the work is big (the loop keeps serving other calls), inline
+        when it is small (a hop to a thread and back would cost more)."""
+        if not big:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.io_threads, function, *args)
 
     def metric_command(self, command: str | None) -> str:
         """The `command` label, from a bounded set: a request cannot mint label values."""
@@ -219,15 +226,14 @@ class _Call:
                                        self.s.metrics.received_bytes.inc)
         self.input_hash = received.input_hash
         set_tags(input_hash=received.input_hash)
-        loop = asyncio.get_running_loop()
         if header.study_path:
             if received.parts:
                 raise errors.BadRequest("a studyPath request names its study by path and carries no parts")
-            instances, attachments = await loop.run_in_executor(
-                self.s.io_threads, _read_folder, header.study_path, config.study_root, config.limits)
+            instances, attachments = await self.s.offload(
+                True, _read_folder, header.study_path, config.study_root, config.limits)
         else:
-            instances, attachments = await loop.run_in_executor(
-                self.s.io_threads, _parse_parts, received, self.spool, config.limits)
+            instances, attachments = await self.s.offload(
+                received.total_bytes > OFFLOAD_AFTER_BYTES, _parse_parts, received, self.spool, config.limits)
         return Study(
             request=request, command=self.command, input_hash=received.input_hash, instances=instances,
             attachments=attachments, route=header.route or "/", _cancelled=self.gone,
@@ -273,7 +279,7 @@ class _Call:
             result_json, binaries = from_result(answer) if isinstance(answer, Result) else from_legacy(*answer)
             return checked(result_json, binaries, study.index(), self.s.config.limits.max_result_bytes)
 
-        return await asyncio.get_running_loop().run_in_executor(self.s.io_threads, convert)
+        return await self.s.offload(answer_bytes(answer) > OFFLOAD_AFTER_BYTES or len(study.instances) > 64, convert)
 
     async def _send(self, wire: WireResult) -> None:
         sizes = [len(b) for b in wire.binaries]
