@@ -44,6 +44,7 @@ from bridge.translate import (
 )
 from bridge.workers import Refused, WorkerPool, metadata_value
 from contract import inference_pb2 as pb
+from contract import wire
 from contract.logs import set_tags
 
 log = logging.getLogger("bridge.inference")
@@ -228,7 +229,7 @@ class InferenceRequest:
                 raise await self._call_error(call)
             call.cancel()
             raise errors.bad_worker_answer(["the worker ended the call without a result"])
-        if message.WhichOneof("message") != "result":
+        if isinstance(message, wire.Binary) or message.WhichOneof("message") != "result":
             call.cancel()
             raise errors.bad_worker_answer(["the worker's first message is not the result"])
         try:
@@ -269,11 +270,14 @@ class InferenceRequest:
         return errors.from_worker(status, details, error_code)
 
 
-async def _binary_chunks(call) -> AsyncIterator[pb.BinaryChunk]:
+async def _binary_chunks(call) -> AsyncIterator:
     while True:
         message = await call.read()
         if message is grpc.aio.EOF:
             return
-        if message.WhichOneof("message") != "binary":
+        if isinstance(message, wire.Binary):
+            yield message
+        elif message.WhichOneof("message") == "binary":
+            yield message.binary
+        else:
             raise BadWorkerAnswer(["a second result message arrived among the binary chunks"])
-        yield message.binary

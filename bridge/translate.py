@@ -19,6 +19,7 @@ from arterys_http.multipart import Epilogue, MultipartError, PartData, PartEnd, 
 from arterys_http.protocol import check_result, hashes_line
 from arterys_http.writer import AnswerLayout, new_boundary
 from contract import inference_pb2 as pb
+from contract import wire
 from contract.result_json import binary_type_name, encode_result, from_proto
 
 CHUNK_SIZE = 1 << 20  # messages of about 1 MiB keep gRPC's per-message cost low
@@ -78,8 +79,8 @@ def part_kind(content_type: str) -> int:
 class RequestTranslator:
     """Turns the multipart events after the JSON part into request messages.
 
-    Feed it the parser's events in order; it yields what to send, part data coalesced into messages of
-    about `chunk_size` bytes (joined once, not grown piece by piece).
+    Feed it the parser's events in order; it yields what to send: `InferRequest`s, and part data coalesced
+    into chunk messages of about `chunk_size` bytes, already serialised (contract.wire).
     """
 
     chunk_size: int = CHUNK_SIZE
@@ -93,7 +94,7 @@ class RequestTranslator:
             if isinstance(event, PartData):
                 data = event.data
                 if not self._pending and len(data) >= self.chunk_size:
-                    yield pb.InferRequest(chunk=data)
+                    yield wire.request_chunk((data,))
                     continue
                 self._pending.append(data)
                 self._pending_size += len(data)
@@ -111,10 +112,10 @@ class RequestTranslator:
             elif isinstance(event, Epilogue):
                 self.finished = True
 
-    def _flush(self) -> pb.InferRequest:
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+    def _flush(self) -> bytes:
+        message = wire.request_chunk(self._pending)  # joins and frames in one copy
         self._pending, self._pending_size = [], 0
-        return pb.InferRequest(chunk=data)
+        return message
 
     def end(self) -> pb.InferRequest:
         if not self.finished:
@@ -142,9 +143,9 @@ def plan_answer(result: pb.InferResult) -> AnswerLayout:
     )
 
 
-async def encode_answer(layout: AnswerLayout, input_hash: str,
-                        chunks: AsyncIterator[pb.BinaryChunk]) -> AsyncIterator[bytes]:
-    """Streams the multipart answer from the worker's binary chunks, checking them as they pass.
+async def encode_answer(layout: AnswerLayout, input_hash: str, chunks: AsyncIterator) -> AsyncIterator[bytes]:
+    """Streams the multipart answer from the worker's binary chunks (anything with `part_index` and `data`:
+    contract.wire.Binary or BinaryChunk), checking them as they pass.
 
     Chunks must come in part order and add up to each part's declared size; anything else raises
     BadWorkerAnswer mid-stream (the server then drops the connection short of Content-Length).

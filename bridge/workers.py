@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contract import inference_pb2 as pb
-from contract import inference_pb2_grpc as pb_grpc
+from contract import wire
 
 log = logging.getLogger("bridge.workers")
 
@@ -84,13 +84,15 @@ class WorkerPool:
     poll_seconds: float = 0.5
     queue_wait: float = 10.0
     channel: grpc.aio.Channel = field(init=False)
-    stub: pb_grpc.InferenceStub = field(init=False)
+    infer: grpc.aio.StreamStreamMultiCallable = field(init=False)
     ready: bool = field(default=False, init=False)
     last_problem: str = field(default="not checked yet", init=False)
 
     def __post_init__(self) -> None:
         self.channel = grpc.aio.insecure_channel(self.target, options=channel_options())
-        self.stub = pb_grpc.InferenceStub(self.channel)
+        # Study and answer chunks are written and read with contract.wire (no copies); the rest as generated.
+        self.infer = self.channel.stream_stream(wire.INFER_METHOD, request_serializer=wire.serialize_request,
+                                                response_deserializer=wire.parse_response)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._task: asyncio.Task | None = None
 
@@ -123,7 +125,7 @@ class WorkerPool:
         started = loop.time()
         busy_attempts = unavailable_attempts = 0
         while True:
-            call = self.stub.Infer(timeout=max(timeout - (loop.time() - started), 0.001), metadata=metadata)
+            call = self.infer(timeout=max(timeout - (loop.time() - started), 0.001), metadata=metadata)
             try:
                 await call.write(header)
                 async with asyncio.timeout(ADMISSION_TIMEOUT):

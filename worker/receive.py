@@ -3,8 +3,8 @@
 Parts are kept in memory while the call's total stays under its memory budget, and written to the call's
 spool folder beyond it, so memory stays bounded whatever the study size while small studies never touch
 the disk. The input hash (SHA-256 of the JSON part and every part's bytes, in order) is computed here,
-once, as the bytes arrive: the model gets it, the bridge receives it with the result. Large chunks are
-hashed and written on the I/O threads, so that the event loop keeps serving other calls meanwhile.
+once, as the bytes arrive: the model gets it, the bridge receives it with the result. Each part's header
+is parsed as soon as the part is complete, while the next ones arrive (see Ingest).
 
 Every mistake in the stream is the sender's: wrong order, a missing end, counts or a hash that do not
 match what came, a limit exceeded, or silence for longer than the idle timeout.
@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +23,6 @@ from contract import inference_pb2 as pb
 from worker.config import StudyLimits
 from worker.errors import BadRequest, DataLoss, Idle, StudyNotFound, StudyPathRefused, TooLarge, short
 from worker.spool import PartWriter, Spool
-
-# Once a call has received this much, its chunks are hashed and stored on an I/O thread (hashlib releases
-# the GIL, so a big study is hashed while the loop receives the next chunk); below it, the hop to a thread
-# would cost more than the work.
-OFFLOAD_AFTER_BYTES = 4 << 20
 
 
 @dataclass
@@ -52,60 +46,88 @@ class ReceivedStudy:
     total_bytes: int = 0
 
 
+class Ingest:
+    """Hashes and stores one call's parts in arrival order, and hands each part, once complete, to `on_part`
+    (the servicer parses its DICOM header there), so that parsing overlaps with the arrival of later parts.
+
+    All of it runs on the event loop, in slices of one chunk: measured, a thread of its own per big study
+    cost more CPU and more time (hand-offs and contention for the GIL) than it saved (BENCHMARKS.md).
+    """
+
+    def __init__(self, request_json: bytes, spool: Spool, on_part: Callable[[ReceivedPart], object]) -> None:
+        self.digest = hashlib.sha256(request_json)
+        self.spool = spool
+        self.on_part = on_part
+        self.results: list = []  # what on_part returned, per part, in order
+        self._writer: PartWriter | None = None
+
+    def part(self, part: ReceivedPart) -> None:
+        self._end_part()
+        self._writer = PartWriter(part, self.spool)
+
+    def data(self, data) -> None:
+        self.digest.update(data)
+        self._writer.write(data)
+
+    def finish(self) -> str:
+        """Stores and hands over the last part; returns the input hash."""
+        self._end_part()
+        return self.digest.hexdigest()
+
+    def _end_part(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+            self.results.append(self.on_part(writer.part))
+
+    def close(self) -> None:
+        """Frees a part file left open by a call that ended early (the spool removes the files)."""
+        if self._writer is not None and self._writer.fd is not None:
+            os.close(self._writer.fd)
+            self._writer.fd = None
+
+
 async def receive_parts(
     messages: AsyncIterator[pb.InferRequest],
-    request_json: bytes,
-    spool: Spool,
+    ingest: Ingest,
     limits: StudyLimits,
-    io: Executor,
     idle_timeout: float,
     on_bytes: Callable[[int], None] = lambda n: None,
 ) -> ReceivedStudy:
     """Consumes `part`/`chunk` messages up to `end`; checks order, limits, counts and (when sent) the hash."""
     loop = asyncio.get_running_loop()
-    digest = hashlib.sha256(request_json)
     study = ReceivedStudy()
-    writer: PartWriter | None = None
-
-    def take(data: bytes) -> None:  # runs on the loop for small chunks, on an I/O thread for big ones
-        digest.update(data)
-        writer.write(data)
-
+    part_size = 0
     try:
         async with asyncio.timeout(idle_timeout) as idle:
             async for message in messages:
                 idle.reschedule(loop.time() + idle_timeout)
-                kind = message.WhichOneof("message")
+                # Chunks arrive as views of gRPC's buffer (contract.wire), other messages as InferRequest.
+                kind = "chunk" if type(message) is memoryview else message.WhichOneof("message")
                 if kind == "chunk":
-                    if writer is None:
+                    if not study.parts:
                         raise BadRequest("a chunk arrived before any part header")
-                    data = message.chunk
+                    data = message if type(message) is memoryview else message.chunk
                     study.total_bytes += len(data)
+                    part_size += len(data)
                     if study.total_bytes > limits.max_study_bytes:
                         raise TooLarge(f"the study exceeds {limits.max_study_bytes} bytes (the worker's limit)")
-                    if writer.part.size + len(data) > limits.max_part_bytes:
-                        raise TooLarge(f"part {writer.part.index + 1} exceeds {limits.max_part_bytes} bytes "
+                    if part_size > limits.max_part_bytes:
+                        raise TooLarge(f"part {len(study.parts)} exceeds {limits.max_part_bytes} bytes "
                                        "(the worker's limit)")
-                    if study.total_bytes > OFFLOAD_AFTER_BYTES:
-                        await loop.run_in_executor(io, take, data)
-                    else:
-                        take(data)
+                    ingest.data(data)
                     on_bytes(len(data))
                 elif kind == "part":
-                    if writer is not None:
-                        writer.close()
                     if len(study.parts) >= limits.max_parts:
                         raise TooLarge(f"the request has more than {limits.max_parts} parts (the worker's limit)")
                     header = message.part
                     part = ReceivedPart(len(study.parts), header.kind, short(header.content_type),
                                         short(header.filename), short(header.name))
                     study.parts.append(part)
-                    writer = PartWriter(part, spool)
+                    part_size = 0
+                    ingest.part(part)
                 elif kind == "end":
-                    if writer is not None:
-                        writer.close()
-                        writer = None
-                    study.input_hash = digest.hexdigest()
+                    study.input_hash = ingest.finish()
                     _check_end(message.end, len(study.parts), study.input_hash)
                     return study
                 else:
@@ -113,8 +135,7 @@ async def receive_parts(
     except TimeoutError:
         raise Idle(f"the request stream sent nothing for {idle_timeout:g} s and was ended") from None
     finally:
-        if writer is not None and writer.fd is not None:
-            os.close(writer.fd)
+        ingest.close()
     raise BadRequest("the request stream ended without an end message")
 
 

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from contract import inference_pb2 as pb
-from contract import inference_pb2_grpc as pb_grpc
+from contract import wire
 from worker.admission import Admission
 from worker.api import Model
 from worker.config import WorkerConfig
@@ -118,6 +118,18 @@ class WorkerServer:
             await self.health.set(name, status)
 
 
+def inference_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """The Inference service as generated, except that study and answer chunks are read and written with
+    contract.wire (no copies) instead of the generated classes."""
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "Infer": grpc.stream_stream_rpc_method_handler(
+            servicer.Infer, request_deserializer=wire.parse_request, response_serializer=wire.serialize_response),
+        "Describe": grpc.unary_unary_rpc_method_handler(
+            servicer.Describe, request_deserializer=pb.DescribeRequest.FromString,
+            response_serializer=pb.ModelDescription.SerializeToString),
+    })
+
+
 def _loop_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
     # Plain asyncio, not uvloop: gRPC's asyncio server on a uvloop loop of a non-main thread lost wake-ups
     # under load here (calls stalled for good with every thread idle).
@@ -156,7 +168,7 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
         health_servicer = health.aio.HealthServicer()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, NOT_SERVING)
-        pb_grpc.add_InferenceServicer_to_server(servicer, server)
+        server.add_generic_rpc_handlers((inference_handlers(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:

@@ -26,15 +26,16 @@ import grpc
 
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
+from contract import wire as contract_wire
 from contract.logs import request_tags, set_tags
 from contract.result_json import to_proto
 from worker import errors
 from worker.admission import Admission, Ticket
 from worker.api import InvalidInput, Model, Result, UnsupportedStudy
 from worker.config import StudyLimits
-from worker.metrics import WorkerMetrics
+from worker.metrics import STAGES, WorkerMetrics
 from worker.pixels import NotDicom
-from worker.receive import OFFLOAD_AFTER_BYTES, ReceivedStudy, find_study_path, receive_parts
+from worker.receive import Ingest, ReceivedPart, find_study_path, receive_parts
 from worker.results import WireResult, answer_bytes, checked, from_legacy, from_result
 from worker.spool import Spool
 from worker.study import Attachment, Instance, Study, monotonic_deadline, parse_request_json
@@ -42,6 +43,8 @@ from worker.study import Attachment, Instance, Study, monotonic_deadline, parse_
 log = logging.getLogger("worker.inference")
 
 CHUNK_SIZE = 1 << 20  # 1 MiB answer chunks: large enough to amortise gRPC's per-message cost
+# Answers up to this size are checked on the loop; bigger ones (label masks are scanned) on an I/O thread.
+CHECK_INLINE_BYTES = 4 << 20
 MAX_OPEN_COMMAND_LABELS = 20  # label values for a model without a command list; others become "other"
 REQUEST_ID_LENGTH = 64
 
@@ -79,6 +82,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.commands = tuple(model.commands)
         self.default_command = config.default_command or model.default_command
         self._open_labels: set[str] = set()
+        # Labelled children looked up once: a label lookup per stage per call showed in profiles.
+        self.stage_timers = {stage: metrics.duration.labels(self.model_name, stage) for stage in STAGES}
         self.memory_budget = (config.limits.max_study_bytes if getattr(model, "study_in_memory", False)
                               else config.spool_memory_bytes)
 
@@ -170,7 +175,7 @@ class _Call:
         try:
             yield
         finally:
-            self.s.metrics.duration.labels(self.s.model_name, name).observe(time.monotonic() - started)
+            self.s.stage_timers[name].observe(time.monotonic() - started)
 
     async def run(self, messages: AsyncIterator[pb.InferRequest]) -> None:
         if not self.s.loaded:
@@ -185,8 +190,8 @@ class _Call:
         await self.context.send_initial_metadata((("admitted", "1"),))
         with self.stage("receive"):
             study = await self._receive(header, messages)
-        log.info("received %d instance(s), %d attachment(s), command %r",
-                 len(study.instances), len(study.attachments), study.command)
+        log.debug("received %d instance(s), %d attachment(s), command %r",
+                  len(study.instances), len(study.attachments), study.command)
         with self.stage("queue"):
             await self.ticket.slot()
         with self.stage("infer"):
@@ -221,8 +226,17 @@ class _Call:
         config = self.s.config
         request = parse_request_json(bytes(header.request_json))
         self.spool = Spool(config.spool_root, self.s.memory_budget)
-        received = await receive_parts(messages, bytes(header.request_json), self.spool, config.limits,
-                                       self.s.io_threads, config.idle_timeout_seconds,
+        spool, limits = self.spool, config.limits
+
+        def parsed(part: ReceivedPart):  # each part as it completes, while the next ones arrive
+            meta = dict(content_type=part.content_type, filename=part.filename, name=part.name, data=part.data,
+                        spool=spool)
+            if part.kind == pb.PART_KIND_DICOM:
+                return Instance.parse(part.index, part.path, limits=limits, **meta)
+            return Attachment(part.index, part.path, **meta)
+
+        ingest = Ingest(bytes(header.request_json), spool, parsed)
+        received = await receive_parts(messages, ingest, limits, config.idle_timeout_seconds,
                                        self.s.metrics.received_bytes.inc)
         self.input_hash = received.input_hash
         set_tags(input_hash=received.input_hash)
@@ -232,8 +246,7 @@ class _Call:
             instances, attachments = await self.s.offload(
                 True, _read_folder, header.study_path, config.study_root, config.limits)
         else:
-            instances, attachments = await self.s.offload(
-                received.total_bytes > OFFLOAD_AFTER_BYTES, _parse_parts, received, self.spool, config.limits)
+            instances, attachments = _sorted_parts(ingest.results)
         return Study(
             request=request, command=self.command, input_hash=received.input_hash, instances=instances,
             attachments=attachments, route=header.route or "/", _cancelled=self.gone,
@@ -244,15 +257,15 @@ class _Call:
         """Runs the model on its thread. The slot is given back when infer() returns, whenever that is: a
         model that ignores cancellation keeps its slot (it is still running) and is counted as an overrun."""
         ticket, loop = self.ticket, asyncio.get_running_loop()
+        answer = loop.create_future()
         context = contextvars.copy_context()  # the request's log tags, for the model's own log lines
-        future = self.s.model_threads.submit(context.run, self.s.model.infer, study)
 
-        def model_done(_future) -> None:
-            loop.call_soon_threadsafe(self._model_returned, ticket)
+        def returned(future) -> None:  # on the model's thread: one wake-up of the loop for everything
+            loop.call_soon_threadsafe(self._model_returned, ticket, future, answer)
 
-        future.add_done_callback(model_done)
+        self.s.model_threads.submit(context.run, self.s.model.infer, study).add_done_callback(returned)
         try:
-            return await asyncio.wrap_future(future)
+            return await answer
         except (InvalidInput, errors.WorkerError) as error:
             raise errors.BadRequest(str(error)) from error
         except UnsupportedStudy as error:
@@ -263,7 +276,10 @@ class _Call:
             log.error("the model raised", exc_info=error)
             raise errors.ModelFailed(f"the model raised {type(error).__name__}: {error}") from error
 
-    def _model_returned(self, ticket: Ticket) -> None:
+    def _model_returned(self, ticket: Ticket, future, answer: asyncio.Future) -> None:
+        if not answer.done():
+            error = future.exception()
+            answer.set_exception(error) if error is not None else answer.set_result(future.result())
         if self.gone.is_set() and self.outcome not in ("", "ok"):
             self.s.metrics.overruns.labels(self.s.model_name).inc()
             log.warning("the model returned after its call had ended (%s): it kept the model busy; models should "
@@ -279,7 +295,7 @@ class _Call:
             result_json, binaries = from_result(answer) if isinstance(answer, Result) else from_legacy(*answer)
             return checked(result_json, binaries, study.index(), self.s.config.limits.max_result_bytes)
 
-        return await self.s.offload(answer_bytes(answer) > OFFLOAD_AFTER_BYTES or len(study.instances) > 64, convert)
+        return await self.s.offload(answer_bytes(answer) > CHECK_INLINE_BYTES, convert)
 
     async def _send(self, wire: WireResult) -> None:
         sizes = [len(b) for b in wire.binaries]
@@ -289,9 +305,9 @@ class _Call:
         step = self.s.config.chunk_size
         for index, view in enumerate(wire.binaries):
             for start in range(0, len(view), step):
-                data = bytes(view[start : start + step])
-                await self.context.write(pb.InferResponse(binary=pb.BinaryChunk(part_index=index, data=data)))
-                self.s.metrics.sent_bytes.inc(len(data))
+                piece = view[start : start + step]
+                await self.context.write(contract_wire.response_binary(index, piece))  # framed with one copy
+                self.s.metrics.sent_bytes.inc(len(piece))
         self.context.set_trailing_metadata(self.trailers(""))
 
     # ------------------------------------------------------------------------------------- endings
@@ -320,22 +336,19 @@ class _Call:
         self.s.metrics.inferences.labels(self.s.model_name, command, self.outcome or "cancelled").inc()
 
 
-def _parse_parts(received: ReceivedStudy, spool: Spool, limits: StudyLimits) -> tuple[list, list]:
-    """Instances (headers parsed and checked) and attachments, in request order; runs on an I/O thread."""
+def _sorted_parts(parts: list) -> tuple[list, list]:
+    """Instances and attachments, each in request order; the same instance twice is the sender's mistake."""
     instances, attachments, seen = [], [], {}
-    for part in received.parts:
-        meta = dict(content_type=part.content_type, filename=part.filename, name=part.name, data=part.data,
-                    spool=spool)
-        if part.kind == pb.PART_KIND_DICOM:
-            instance = Instance.parse(part.index, part.path, limits=limits, **meta)
-            uid = instance.sop_instance_uid
-            if uid in seen:
-                raise errors.BadRequest(f"{seen[uid].label} and {instance.label} are the same instance (SOP Instance "
-                                        f"UID {errors.short(uid)}): send each instance once")
-            seen[uid] = instance
-            instances.append(instance)
-        else:
-            attachments.append(Attachment(part.index, part.path, **meta))
+    for part in parts:
+        if not isinstance(part, Instance):
+            attachments.append(part)
+            continue
+        uid = part.sop_instance_uid
+        if uid in seen:
+            raise errors.BadRequest(f"{seen[uid].label} and {part.label} are the same instance (SOP Instance UID "
+                                    f"{errors.short(uid)}): send each instance once")
+        seen[uid] = part
+        instances.append(part)
     return instances, attachments
 
 

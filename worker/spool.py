@@ -91,7 +91,8 @@ class PartWriter:
         self.chunks: list[bytes] = []
         self.fd: int | None = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data) -> None:
+        """`data` is bytes or a memoryview of gRPC's buffer; kept as it is until the part ends."""
         self.part.size += len(data)
         if self.fd is None and self.spool.in_memory + len(data) <= self.spool.memory_budget:
             self.spool.in_memory += len(data)
@@ -111,8 +112,8 @@ class PartWriter:
             os.close(self.fd)
             self.fd = None
         elif self.part.path is None:
-            # One chunk is kept as it came (no copy); several are joined once.
-            self.part.data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+            # One bytes object, made once: a model's BytesIO and read_bytes() then share it without copying.
+            self.part.data = b"".join(self.chunks)
             self.chunks = []
 
 
