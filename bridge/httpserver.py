@@ -203,6 +203,7 @@ class Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list = []
         self._head_size = 0
+        self._body_left = 0  # Content-Length bytes of the incoming request not received yet
         self.current: Request | None = None  # the request being handled
         self._reading = True
         self._write_ready: asyncio.Event | None = None
@@ -229,6 +230,10 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if self._body_left:
+            data = self._pass_body(data)
+            if not data:
+                return
         if self.incoming is None and not self._in_head:
             self._in_head = True
             self._head_bytes = 0
@@ -326,15 +331,33 @@ class Connection(asyncio.Protocol):
         request = Request(self, self.parser.get_method().decode("ascii", "replace"), self._url, version,
                           self._headers, keep_alive)
         self.incoming = request
+        length = request.content_length
+        self._body_left = length if length is not None and not request.header("transfer-encoding") else 0
         self.queue.append(request)
         if self.task is None or self.task.done():
             self.task = self.loop.create_task(self._serve())
 
     def on_body(self, body: bytes) -> None:
         if self.incoming is not None:
+            if self._body_left:  # a Content-Length body (a chunked one never bypasses llhttp)
+                self._body_left -= len(body)
             self.incoming._feed(body)
 
+    def _pass_body(self, data: bytes) -> bytes:
+        """The body of a Content-Length request, past the read that held its headers, goes to the request
+        as it came, without llhttp (which would copy every byte once more); returns what follows it."""
+        take = min(len(data), self._body_left)
+        body = data if take == len(data) else data[:take]
+        self._body_left -= take
+        self.incoming._feed(body)
+        if self._body_left == 0:
+            # The parser was left mid-body: the next request starts with a fresh one.
+            self.parser = httptools.HttpRequestParser(self)
+            self.on_message_complete()
+        return data[take:] if take < len(data) else b""
+
     def on_message_complete(self) -> None:
+        self._body_left = 0
         if self.incoming is not None:
             self.incoming._finish()
             self.incoming = None

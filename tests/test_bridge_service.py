@@ -35,7 +35,7 @@ def metric_value(text: str, name: str, **labels) -> float:
 
 
 def test_service_routes_and_metrics(tmp_path, study):
-    worker = start_worker(tmp_path, "mock_model")
+    worker = start_worker(tmp_path, "mock_model", env={"LOG_LEVEL": "DEBUG"})  # per-call lines are DEBUG
     bridge = start_bridge(tmp_path, worker.address)
     url = f"http://{bridge.address}"
     try:
@@ -67,7 +67,7 @@ def test_service_routes_and_metrics(tmp_path, study):
         bridge_lines = [line for line in bridge.log().splitlines() if "POST / -> 200" in line]
         assert bridge_lines and all(f"input_hash={input_hash}" in line for line in bridge_lines)
         worker_lines = [line for line in worker.log().splitlines() if "received" in line]
-        assert any(f"input_hash={input_hash}" in line for line in worker_lines)
+        assert worker_lines and all(f"input_hash={input_hash}" in line for line in worker_lines)
     finally:
         bridge.stop()
         worker.stop()
