@@ -60,12 +60,12 @@ class FrameGeometry:
         if self.position is None or self.orientation is None or self.pixel_spacing is None:
             return None
         row_dir, col_dir = self.orientation[:3], self.orientation[3:]
+        if abs(row_dir[0] * col_dir[1] - row_dir[1] * col_dir[0]) < _PARALLEL_TO_Z:  # the normal's z part
+            return None
         row_spacing, col_spacing = self.pixel_spacing
         # x = px + col * cs * row_dir.x + row * rs * col_dir.x, and the same for y: a 2 x 2 system.
         matrix = np.array([[col_spacing * row_dir[0], row_spacing * col_dir[0]],
                            [col_spacing * row_dir[1], row_spacing * col_dir[1]]])
-        if abs(row_dir[0] * col_dir[1] - row_dir[1] * col_dir[0]) < _PARALLEL_TO_Z:
-            return None
         col, row = np.linalg.solve(matrix, [x - self.position[0], y - self.position[1]])
         return float(col), float(row)
 

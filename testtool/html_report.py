@@ -40,7 +40,7 @@ h1 { font-size: 22px; margin: 20px 0 4px; } h2 { font-size: 18px; margin: 32px 0
      border-bottom: 1px solid #ccc; } h3 { font-size: 15px; margin: 20px 0 6px; }
 table { border-collapse: collapse; margin: 6px 0 12px; } th, td { border: 1px solid #d0d0d0;
         padding: 3px 8px; text-align: left; vertical-align: top; } th { background: #eee; }
-td.n { text-align: right; } code, pre { font: 12px/1.4 ui-monospace, monospace; }
+code, pre { font: 12px/1.4 ui-monospace, monospace; }
 code.uid { word-break: break-all; }
 pre { background: #fff; border: 1px solid #d0d0d0; padding: 8px; overflow: auto; max-height: 480px; }
 .verdict { padding: 8px 12px; border-radius: 4px; font-weight: 600; margin: 8px 0; }
