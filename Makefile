@@ -7,7 +7,7 @@ LISTEN_HTTP ?= 127.0.0.1:8900
 WORKER_LISTEN ?= 127.0.0.1:50051
 METRICS_LISTEN ?= 127.0.0.1:9464
 
-.PHONY: setup run test proto lint bench clean
+.PHONY: setup run test fuzz proto lint bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,12 @@ run: setup
 
 test: setup
 	$(PY) -m pytest
+
+# A longer fuzzing run than CI's: tests/test_fuzz_*.py (hypothesis, see tests/conftest.py) with the "long"
+# profile, 20x the examples of `make test` and fresh random ones each run. A failure prints the shrunk
+# example and a @reproduce_failure line to replay it. Takes a few minutes.
+fuzz: setup
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest tests/test_fuzz_*.py --timeout=3600
 
 # Regenerates the committed gRPC stubs from proto/ (tests/test_proto_stubs.py fails when they are stale).
 proto: setup

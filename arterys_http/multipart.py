@@ -186,7 +186,9 @@ def _decode_rfc5987(value: str) -> str:
     try:
         codecs.lookup(parts[0])  # unquote() skips decoding when nothing is %-escaped; check anyway
         return urllib.parse.unquote(parts[2], encoding=parts[0], errors="strict")
-    except (LookupError, UnicodeDecodeError):
+    except (LookupError, ValueError):
+        # ValueError: besides UnicodeDecodeError, the client-chosen charset may be a codec that raises a
+        # plain UnicodeError ('undefined'), or a name with a NUL, which codecs.lookup() refuses so.
         return ""
 
 

@@ -28,8 +28,9 @@ SHAPE_2D = ("width", "height")
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 
-_DIGITS = re.compile(r"^[0-9]+$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# \Z, not $: '$' also matches before a final newline, which would let "1\n" or "<hash>\n" pass.
+_DIGITS = re.compile(r"^[0-9]+\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def _check_part(report: _Report, path: str, part, binary, palettes, study: Study
     if expected is not None and size is not None and size != expected:
         report.add(
             path,
-            f"binary_data_shape {_describe_shape(part['binary_data_shape'])} needs {expected} bytes "
+            f"binary_data_shape {_describe_shape(part['binary_data_shape'])} needs {_digits(expected)} bytes "
             f"(one uint8 per voxel) but the binary has {size}; a numpy array of shape "
             "(timepoints, depth, height, width) in C order has the protocol's layout",
         )
@@ -205,6 +206,15 @@ def _check_part(report: _Report, path: str, part, binary, palettes, study: Study
             report.add(f"{path}.palette", f"{name!r} names no entry of the top-level palettes object")
     if binary_type == "numeric_label_mask":
         _check_label_map(report, f"{path}.label_map", part.get("label_map"), content)
+
+
+def _digits(number: int) -> str:
+    """str(number), or a bound when Python refuses to write it out (more than 4300 digits by default):
+    a product of shape values that json.loads accepted can be that long."""
+    try:
+        return str(number)
+    except ValueError:
+        return f"2**{number.bit_length() - 1} or more"
 
 
 def _describe_shape(shape) -> str:
@@ -308,7 +318,10 @@ def _check_label_map(report: _Report, path: str, label_map, content) -> None:
     if duplicates:
         report.add(path, f"label names must be unique; repeated: {duplicates}")
     if content is not None:
-        keys = {int(k) for k in label_map if isinstance(k, str) and _DIGITS.match(k)}
+        # Mask values are bytes: a key of more than three digits (leading zeros aside) names none, and
+        # int() refuses a string of more than 4300 digits, leading zeros included.
+        values = (k.lstrip("0") or "0" for k in label_map if isinstance(k, str) and _DIGITS.match(k))
+        keys = {int(v) for v in values if len(v) <= 3}
         missing = sorted(_values_outside(content, keys | {0}))
         if missing:
             report.add(path, f"mask values {missing} have no entry in label_map")

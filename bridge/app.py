@@ -1,181 +1,157 @@
-"""The bridge's Flask application: `create_app(config)` builds it, errors are mapped once.
+"""The bridge's application: routes, request ids, errors mapped once, one log line and the metrics per request.
 
-Routes: the inference routes of the route table (POST), `/healthcheck` (READY only when the route's
-workers have a loaded model), `/ping`, `/healthz`, `/readyz`, `/metrics`.
+Routes: the inference routes of the route table (POST), `/healthcheck` (READY only when every route's
+workers have a loaded model), `/ping`, `/healthz`, `/readyz`, `/metrics`. `create_app` builds it on the
+running event loop; `bridge.server` serves it.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 
-from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from werkzeug.exceptions import HTTPException
 
 from bridge import errors
 from bridge.config import BridgeConfig
+from bridge.httpserver import Request, Response
 from bridge.inference import InferenceRequest
 from bridge.metrics import BridgeMetrics
 from bridge.workers import WorkerPool
-from contract.logs import request_tags, set_tags
+from contract.logs import request_tags
 
 log = logging.getLogger("bridge.http")
 
 PING_TEXT = "inference-service is up and accepting connections"
 SERVICE_ROUTES = ("/healthcheck", "/ping", "/healthz", "/readyz", "/metrics")
+REQUEST_ID_LENGTH = 64
 
 
-def json_error(error: errors.ApiError) -> Response:
-    return Response(json.dumps(error.body()), error.status, error.headers(), mimetype="application/json")
+def clean_request_id(value: str) -> str:
+    """The client's X-Request-Id if it is short printable ASCII without spaces, else a new one: it goes into
+    log lines and gRPC metadata, which must not be forgeable or broken by it."""
+    if value and len(value) <= REQUEST_ID_LENGTH and value.isascii() and value.isprintable() and " " not in value:
+        return value
+    return uuid.uuid4().hex[:12]
 
 
-def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None,
-               pools: dict[str, WorkerPool] | None = None) -> Flask:
-    metrics = metrics or BridgeMetrics()
-    pools = pools or {route: WorkerPool(target, config.health_poll_seconds).start()
-                      for route, target in config.routes.items()}
-    app = Flask("bridge")
-    app.config["BRIDGE"] = config
-    app.extensions["bridge_pools"] = pools
-    app.extensions["bridge_metrics"] = metrics
+def json_response(error: errors.ApiError, request_id: str) -> Response:
+    headers = [("Content-Type", "application/json"), ("X-Request-Id", request_id), *error.headers().items()]
+    return Response(error.status, headers, error.json_bytes(request_id))
 
-    def not_ready_reasons() -> list[str]:
+
+class BridgeApp:
+    def __init__(self, config: BridgeConfig, metrics: BridgeMetrics, pools: dict[str, WorkerPool]) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.pools = pools
+
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            await pool.close()
+
+    def not_ready_reasons(self) -> list[str]:
         reasons = []
-        for route, pool in pools.items():
-            metrics.worker_ready.labels(route).set(1 if pool.ready else 0)
+        for route, pool in self.pools.items():
+            self.metrics.worker_ready.labels(route).set(1 if pool.ready else 0)
             if not pool.ready:
-                reasons.append(f"route {route} ({pool.target}): {pool.last_problem}")
+                reasons.append(f"route {route}: {pool.last_problem}")
         return reasons
 
-    @app.route("/healthcheck", methods=["GET", "POST"])
-    def healthcheck():
-        # Always 200: the Arterys app reads the body, and only "READY" means "send requests now".
-        reasons = not_ready_reasons()
-        return Response("READY" if not reasons else "NOT READY: " + "; ".join(reasons), 200, mimetype="text/plain")
-
-    @app.route("/ping", methods=["GET", "POST"])
-    def ping():
-        return Response(PING_TEXT, 200, mimetype="text/plain")
-
-    @app.route("/healthz", methods=["GET"])
-    def healthz():
-        return Response("ok", 200, mimetype="text/plain")
-
-    @app.route("/readyz", methods=["GET"])
-    def readyz():
-        reasons = not_ready_reasons()
-        if reasons:
-            return json_error(errors.no_worker("; ".join(reasons)))
-        return Response("READY", 200, mimetype="text/plain")
-
-    @app.route("/metrics", methods=["GET"])
-    def metrics_view():
-        not_ready_reasons()  # refresh bridge_worker_ready
-        return Response(generate_latest(metrics.registry), 200, {"Content-Type": CONTENT_TYPE_LATEST})
-
-    def make_inference_view(route: str, pool: WorkerPool):
-        def infer():
-            metrics.inflight.inc()
-            inference = InferenceRequest(request.environ, route, pool, config.limits, metrics.request_bytes.inc)
-            try:
-                answer = inference.run()
-            except BaseException:
-                metrics.inflight.dec()
-                request.environ["bridge.input_hash"] = inference.input_hash
-                raise
-            request.environ["bridge.input_hash"] = answer.input_hash
-            set_tags(input_hash=answer.input_hash)
-
-            def body():
-                try:
-                    yield from answer.body
-                finally:
-                    metrics.inflight.dec()
-
-            return Response(body(), answer.status, answer.headers, direct_passthrough=True)
-
-        infer.__name__ = f"infer_{len(app.view_functions)}"
-        return infer
-
-    for route, pool in pools.items():
-        app.add_url_rule(route, view_func=make_inference_view(route, pool), methods=["POST"])
-
-    @app.errorhandler(errors.ApiError)
-    def api_error(error: errors.ApiError):
-        return json_error(error)
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException):
-        code = (error.name or "error").lower().replace(" ", "_")
-        return json_error(errors.ApiError(error.code or 500, code, error.description or error.name))
-
-    @app.errorhandler(Exception)
-    def unexpected(error: Exception):
-        log.exception("unexpected error")
-        return json_error(errors.ApiError(500, "bridge_error", f"the bridge failed: {type(error).__name__}: {error}"))
-
-    app.wsgi_app = Instrumented(app.wsgi_app, metrics, set(pools) | set(SERVICE_ROUTES))
-    return app
-
-
-class Instrumented:
-    """WSGI middleware: request tags, one log line and the HTTP metrics per request, to the last byte."""
-
-    def __init__(self, app, metrics: BridgeMetrics, routes: set[str]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.routes = routes
-
-    def __call__(self, environ, start_response):
+    async def __call__(self, request: Request) -> Response:
         started = time.monotonic()
-        path = environ.get("PATH_INFO", "")
-        route = path if path in self.routes else "other"
-        status_holder = {}
-
-        def recording_start_response(status, headers, exc_info=None):
-            status_holder["code"] = status.split(" ", 1)[0]
-            return start_response(status, headers, exc_info)
-
-        request_id = environ.get("HTTP_X_REQUEST_ID", "")[:64] or uuid.uuid4().hex[:12]
-        environ["bridge.request_id"] = request_id
+        route = request.path if request.path in self.pools or request.path in SERVICE_ROUTES else "other"
+        request_id = clean_request_id(request.header("x-request-id"))
         with request_tags(request_id=request_id):
-            body = self.app(environ, recording_start_response)
-        return _CountingBody(body, self, environ, route, status_holder, started)
+            inference = None
+            try:
+                if request.path in self.pools:
+                    if request.method != "POST":
+                        raise errors.error("method_not_allowed", f"{request.path} takes POST")
+                    self.metrics.inflight.inc()
+                    inference = InferenceRequest(request, request.path, self.pools[request.path], self.config.limits,
+                                                 request_id, self.metrics.request_bytes.inc)
+                    try:
+                        response = await inference.run()
+                    except BaseException:
+                        self.metrics.inflight.dec()
+                        raise
+                    response.body = self._counted(response.body, request, route, started, inference, request_id)
+                    return response
+                response = self._service(request)
+            except errors.ApiError as error:
+                response = json_response(error, request_id)
+            except asyncio.CancelledError:
+                self._finish(request, route, "499", started, 0, inference, request_id, complete=False)
+                raise
+            except Exception:
+                log.exception("unexpected error in the bridge")
+                response = json_response(errors.error("bridge_error", "the bridge failed unexpectedly; see its log"),
+                                         request_id)
+            self._finish(request, route, str(response.status), started, len(response.body), inference, request_id)
+            return response
 
-    def finish(self, environ, route: str, code: str, sent: int, started: float, complete: bool) -> None:
+    def _service(self, request: Request) -> Response:
+        path = request.path
+        methods = {"/healthcheck": ("GET", "POST"), "/ping": ("GET", "POST")}.get(path, ("GET", "HEAD"))
+        if path not in SERVICE_ROUTES:
+            raise errors.error("not_found", f"no route {path[:200]}; inference routes: {', '.join(self.pools)}")
+        if request.method not in methods:
+            raise errors.error("method_not_allowed", f"{path} takes {' or '.join(methods)}")
+        if path == "/healthcheck":
+            # Always 200: the Arterys app reads the body, and only "READY" means "send requests now".
+            reasons = self.not_ready_reasons()
+            return Response.text(200, "READY" if not reasons else "NOT READY: " + "; ".join(reasons))
+        if path == "/ping":
+            return Response.text(200, PING_TEXT)
+        if path == "/healthz":
+            return Response.text(200, "ok")
+        if path == "/readyz":
+            reasons = self.not_ready_reasons()
+            if reasons:
+                raise errors.no_worker("; ".join(reasons))
+            return Response.text(200, "READY")
+        self.not_ready_reasons()  # refresh bridge_worker_ready
+        return Response(200, [("Content-Type", CONTENT_TYPE_LATEST)], generate_latest(self.metrics.registry))
+
+    async def _counted(self, body: AsyncIterator[bytes], request: Request, route: str, started: float,
+                       inference: InferenceRequest, request_id: str) -> AsyncIterator[bytes]:
+        """The answer's body, counted; the request's log line and metrics once it has ended."""
+        sent, complete = 0, False
+        try:
+            async for chunk in body:
+                sent += len(chunk)
+                self.metrics.response_bytes.inc(len(chunk))
+                yield chunk
+            complete = True
+        finally:
+            self.metrics.inflight.dec()
+            code = "200" if complete else "499" if request.gone else "502"
+            self._finish(request, route, code, started, sent, inference, request_id, complete)
+
+    def _finish(self, request: Request, route: str, code: str, started: float, sent: int,
+                inference: InferenceRequest | None, request_id: str, complete: bool = True) -> None:
         elapsed = time.monotonic() - started
         self.metrics.requests.labels(route, code).inc()
         self.metrics.duration.labels(route).observe(elapsed)
-        if route in ("/healthcheck", "/ping", "/healthz", "/readyz", "/metrics") and code == "200":
+        if route in SERVICE_ROUTES and code == "200":
             return  # probes every few seconds would drown the log
-        with request_tags(input_hash=environ.get("bridge.input_hash", ""), request_id=environ["bridge.request_id"]):
-            log.info("%s %s -> %s in %.3f s, %d bytes out%s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-                     code, elapsed, sent, "" if complete else " (broken off)")
+        input_hash = inference.outcome.input_hash if inference is not None else ""
+        # Tagged here, not by the caller's context: a streamed answer ends in the connection's task.
+        with request_tags(input_hash=input_hash, request_id=request_id):
+            log.info("%s %s -> %s in %.3f s, %d bytes in, %d bytes out%s", request.method, request.path[:200], code,
+                     elapsed, request.received, sent, "" if complete else " (broken off)")
 
 
-class _CountingBody:
-    """Wraps the response iterable to count bytes and notice its end (or the client going away)."""
-
-    def __init__(self, body, owner: Instrumented, environ, route, status_holder, started) -> None:
-        self.body, self.owner, self.environ = body, owner, environ
-        self.route, self.status_holder, self.started = route, status_holder, started
-        self.sent = 0
-        self.complete = False
-
-    def __iter__(self):
-        for chunk in self.body:
-            self.sent += len(chunk)
-            self.owner.metrics.response_bytes.inc(len(chunk))
-            yield chunk
-        self.complete = True
-
-    def close(self):
-        try:
-            if hasattr(self.body, "close"):
-                self.body.close()
-        finally:
-            self.owner.finish(self.environ, self.route, self.status_holder.get("code", "500"), self.sent,
-                              self.started, self.complete)
+def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None,
+               pools: dict[str, WorkerPool] | None = None) -> BridgeApp:
+    """Builds the app on the running event loop (its worker channels belong to that loop)."""
+    metrics = metrics or BridgeMetrics()
+    pools = pools or {
+        route: WorkerPool(target, config.health_poll_seconds, config.limits.queue_wait_seconds).start()
+        for route, target in config.routes.items()
+    }
+    return BridgeApp(config, metrics, pools)

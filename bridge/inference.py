@@ -1,23 +1,24 @@
-"""One inference request: the HTTP body streams to the worker while it arrives, the answer streams back.
+"""One inference request: the HTTP body streams to an admitted worker call while it arrives, the answer
+streams back.
 
-The WSGI thread reads the JSON part, then hands the rest of the body to gRPC as a request iterator
-(gRPC pulls it from its own thread, so upload and forwarding overlap and memory stays at about one
-chunk). The WSGI thread waits for the worker's result header, checks it, and returns a response whose
-body is produced from the worker's binary chunks as they come. Nothing here imports a model or decodes
-pixels.
+The JSON part is read first and becomes the call's header; once a worker has admitted the call (see
+bridge/workers.py), a task forwards the rest of the body part by part while this one waits for the
+worker's result. Whichever side fails first decides the answer: a body that is malformed, too large, too
+slow or abandoned is the client's doing; a call that ends early is the worker's. The answer's
+Content-Length is exact before any mask byte arrives. Memory stays at about one chunk each way; nothing
+here imports a model or decodes pixels.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-import threading
-import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 
+from arterys_http import media
 from arterys_http.multipart import (
     LimitExceeded,
     MultipartError,
@@ -28,215 +29,150 @@ from arterys_http.multipart import (
     boundary_from_content_type,
     parse_content_type,
 )
-from arterys_http.protocol import sha256_hex
 from bridge import errors
-from bridge.disconnect import DisconnectWatcher
+from bridge.config import BridgeLimits
+from bridge.httpserver import BodyTimeout, ClientGone, Request, Response
 from bridge.translate import (
-    JSON_CONTENT_TYPES,
     BadWorkerAnswer,
     InvalidRequest,
     RequestTranslator,
-    ResponseEncoder,
-    plan_response,
+    encode_answer,
+    parse_json_object,
+    plan_answer,
     request_header,
 )
-from bridge.workers import WorkerPool
+from bridge.workers import Refused, WorkerPool, metadata_value
 from contract import inference_pb2 as pb
 from contract.logs import set_tags
 
 log = logging.getLogger("bridge.inference")
 
-READ_SIZE = 1 << 20
+ACCEPTED_TYPES = (media.MULTIPART_RELATED, media.MULTIPART_FORM_DATA, media.JSON)
+
+
+def client_error(failure: BaseException) -> errors.ApiError:
+    """The answer for a failure of the request body, which is the client's doing."""
+    if isinstance(failure, errors.ApiError):
+        return failure
+    if isinstance(failure, LimitExceeded):
+        return errors.too_large(str(failure))
+    if isinstance(failure, MultipartError):
+        return errors.bad_request(f"malformed multipart body: {failure}")
+    if isinstance(failure, InvalidRequest):
+        return errors.bad_request(str(failure))
+    if isinstance(failure, BodyTimeout):
+        return errors.error("request_timeout", str(failure))
+    if isinstance(failure, ClientGone):
+        return errors.error("client_closed_request", "the client closed the connection")
+    raise failure
 
 
 @dataclass
-class Limits:
-    max_body_bytes: int = 4 << 30
-    max_parts: int = 20_000
-    max_part_bytes: int = 1 << 30
-    max_json_bytes: int = 1 << 20
-    deadline_seconds: float = 600.0
+class Outcome:
+    """What the app's log line and metrics need to know about an inference once it is decided."""
 
-
-class ClientGone(Exception):
-    """The HTTP client closed the connection."""
-
-
-class BodyReader:
-    """Reads wsgi.input in chunks, counts bytes, and lets the WSGI thread take over (drain) safely."""
-
-    def __init__(self, stream, on_bytes=lambda n: None) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._on_bytes = on_bytes
-        self.abandoned = False
-        self.exhausted = False
-        self.total = 0
-
-    def read(self) -> bytes:
-        with self._lock:
-            if self.abandoned:
-                raise ClientGone("the request was abandoned")
-            return self._read_locked()
-
-    def _read_locked(self) -> bytes:
-        if self.exhausted:
-            return b""
-        try:
-            data = self._stream.read(READ_SIZE)
-        except (OSError, ValueError) as error:  # a reset connection, or cheroot's socket closed under us
-            raise ClientGone(f"reading the request failed: {error}") from error
-        if not data:
-            self.exhausted = True
-        self.total += len(data)
-        self._on_bytes(len(data))
-        return data
-
-    def drain(self, limit: int) -> None:
-        """Stops forwarding and reads the rest of the body (up to `limit`), so the client can read our answer."""
-        with self._lock:
-            self.abandoned = True
-            try:
-                while not self.exhausted and self.total < limit:
-                    self._read_locked()
-            except ClientGone:
-                pass
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: Iterator[bytes]
     input_hash: str = ""
 
 
 class InferenceRequest:
-    """Runs one request against a worker pool; `run()` returns the answer or raises errors.ApiError."""
+    """Runs one request against a worker pool: `await run()` returns the answer or raises errors.ApiError."""
 
-    def __init__(self, environ: dict, route: str, pool: WorkerPool, limits: Limits, on_request_bytes) -> None:
-        self.environ = environ
+    def __init__(self, request: Request, route: str, pool: WorkerPool, limits: BridgeLimits, request_id: str,
+                 on_request_bytes) -> None:
+        self.request = request
         self.route = route
         self.pool = pool
         self.limits = limits
-        self.request_id = environ.get("bridge.request_id") or uuid.uuid4().hex[:12]
-        self.reader = BodyReader(environ["wsgi.input"], on_request_bytes)
-        self._failure: BaseException | None = None  # what went wrong on gRPC's side of the body
-        self.input_hash = ""
+        self.request_id = request_id
+        self.on_request_bytes = on_request_bytes
+        self.outcome = Outcome()
 
-    # ------------------------------------------------------------------------------------------- run
+    async def read(self) -> bytes:
+        data = await self.request.read()
+        self.on_request_bytes(len(data))
+        return data
 
-    def run(self) -> Answer:
+    async def run(self) -> Response:
         media_type, params = self._content_type()
-        self._check_declared_length()
-        if media_type == "application/json":
-            messages = self._study_path_messages()
-        else:
-            messages = self._multipart_messages(params)
-        call = self.pool.stub.Infer(messages, timeout=self.limits.deadline_seconds,
-                                    metadata=(("x-request-id", self.request_id),))
-        watcher = DisconnectWatcher(
-            self.environ.get("bridge.client_socket"), lambda: self.reader.exhausted, call.cancel
-        )
+        declared = self.request.content_length
+        if declared is not None and declared > self.limits.max_body_bytes:
+            raise errors.too_large(f"the request body is {declared} bytes; this bridge accepts at most "
+                                   f"{self.limits.max_body_bytes}")
         try:
-            with watcher:
-                first = next(call)
-        except grpc.RpcError as error:
-            if watcher.disconnected:
-                raise errors.ApiError(499, "client_closed_request", "the client closed the connection") from error
-            raise self._failure_error(error) from error
-        except StopIteration:
-            raise errors.bad_worker_answer(["the worker ended the call without a result"]) from None
-        if first.WhichOneof("message") != "result":
-            call.cancel()
-            raise errors.bad_worker_answer(["the worker's first message is not the result"])
-        try:
-            plan = plan_response(first.result)
-        except BadWorkerAnswer as error:
-            call.cancel()
-            raise errors.bad_worker_answer(error.problems) from error
-        encoder = ResponseEncoder(plan, self.input_hash)
-        headers = {
-            "Content-Type": plan.content_type,
-            "Content-Length": str(plan.content_length()),
-            "X-Request-Id": self.request_id,
-        }
-        return Answer(200, headers, self._stream_body(call, encoder), self.input_hash)
+            if media_type == media.JSON:
+                header, forward = await self._study_path()
+            else:
+                header, forward = await self._multipart()
+        except (MultipartError, InvalidRequest, BodyTimeout, ClientGone) as failure:
+            raise client_error(failure) from None
+        call = await self._admit(header)
+        return await self._exchange(call, forward)
+
+    # ---------------------------------------------------------------------------------- request side
 
     def _content_type(self) -> tuple[str, dict[str, str]]:
-        raw = self.environ.get("CONTENT_TYPE", "")
+        raw = self.request.header("content-type")
         try:
             media_type, params = parse_content_type(raw) if raw else ("", {})
         except MultipartError:
             raise errors.unsupported_media_type(raw) from None
-        if media_type not in ("multipart/related", "multipart/form-data", "application/json"):
+        if media_type not in ACCEPTED_TYPES:
             raise errors.unsupported_media_type(raw)
         return media_type, params
 
-    def _check_declared_length(self) -> None:
-        declared = self.environ.get("CONTENT_LENGTH")
-        if declared and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
-            raise errors.too_large(
-                f"the request body is {int(declared)} bytes; this bridge accepts at most {self.limits.max_body_bytes}"
-            )
-
-    # ------------------------------------------------------------------------------ request messages
-
-    def _study_path_messages(self) -> Iterator[pb.InferRequest]:
+    async def _study_path(self):
         body = bytearray()
-        while chunk := self.reader.read():
+        while chunk := await self.read():
             body += chunk
             if len(body) > self.limits.max_json_bytes:
                 raise errors.too_large(f"a JSON request may be at most {self.limits.max_json_bytes} bytes")
         body = bytes(body)
-        header = self._header(body)
-        try:
-            study_path = json.loads(body).get("studyPath")
-        except (ValueError, AttributeError):
-            study_path = None
+        study_path = parse_json_object(body, "the request body").get("studyPath")
         if not isinstance(study_path, str) or not study_path:
             raise errors.bad_request(
                 "an application/json request must name a studyPath (a folder of DICOM files the worker can read); "
                 "to send the DICOM files themselves use multipart/related"
             )
-        header.study_path = study_path
-        self.input_hash = sha256_hex([body])
-        set_tags(input_hash=self.input_hash)
-        return iter([pb.InferRequest(header=header),
-                     pb.InferRequest(end=pb.RequestEnd(input_hash=self.input_hash, part_count=0))])
+        header = request_header(body, self.route, self.request_id, study_path=study_path)
 
-    def _header(self, json_part: bytes) -> pb.RequestHeader:
-        try:
-            return request_header(json_part, self.route, self.request_id)
-        except InvalidRequest as error:
-            raise errors.bad_request(str(error)) from error
+        async def forward(call) -> None:
+            await call.write(pb.InferRequest(end=pb.RequestEnd(part_count=0)))
+            await call.done_writing()
 
-    def _multipart_messages(self, params: dict[str, str]) -> Iterator[pb.InferRequest]:
-        try:
-            parser = MultipartParser(
-                boundary_from_content_type(self.environ.get("CONTENT_TYPE", "")),
-                max_body_size=self.limits.max_body_bytes,
-                max_parts=self.limits.max_parts,
-                max_part_size=self.limits.max_part_bytes,
-            )
-            json_part, leftover = self._read_json_part(parser)
-        except LimitExceeded as error:
-            raise errors.too_large(str(error)) from error
-        except MultipartError as error:
-            raise errors.bad_request(f"malformed multipart body: {error}") from error
-        translator = RequestTranslator(json_part)
-        return self._forward(parser, translator, leftover)
+        return header, forward
 
-    def _read_json_part(self, parser: MultipartParser) -> tuple[bytes, list]:
+    async def _multipart(self):
+        limits = self.limits
+        parser = MultipartParser(
+            boundary_from_content_type(self.request.header("content-type")), max_body_size=limits.max_body_bytes,
+            max_parts=limits.max_parts, max_part_size=limits.max_part_bytes,
+        )
+        json_part, leftover = await self._read_json_part(parser)
+        header = request_header(json_part, self.route, self.request_id)
+        translator = RequestTranslator()
+
+        async def forward(call) -> None:
+            for message in translator.translate(leftover):
+                await call.write(message)
+            while data := await self.read():
+                for message in translator.translate(parser.feed(data)):
+                    await call.write(message)
+            parser.close()
+            await call.write(translator.end())
+            await call.done_writing()
+
+        return header, forward
+
+    async def _read_json_part(self, parser: MultipartParser) -> tuple[bytes, list]:
         """Reads up to the end of the first part (the request JSON); returns it and the events after it."""
         json_part = bytearray()
         started = False
         while True:
-            data = self.reader.read()
+            data = await self.read()
             events = parser.feed(data) if data else parser.close()
             for position, event in enumerate(events):
                 if isinstance(event, PartStart):
-                    if event.content_type not in JSON_CONTENT_TYPES:
+                    if event.content_type not in media.JSON_PART_TYPES:
                         raise errors.bad_request(
                             f"the first part must be the request JSON (application/json), got {event.content_type}"
                         )
@@ -251,57 +187,86 @@ class InferenceRequest:
                 raise errors.bad_request("the request has no parts: the first part must be the request JSON"
                                          if not started else "the body ended inside the request JSON part")
 
-    def _forward(self, parser: MultipartParser, translator: RequestTranslator, leftover: list):
-        header = self._header(translator.json_part)
+    # ------------------------------------------------------------------------------------ the call
 
-        def messages() -> Iterator[pb.InferRequest]:
-            try:
-                yield pb.InferRequest(header=header)
-                yield from translator.translate(leftover)
-                while data := self.reader.read():
-                    yield from translator.translate(parser.feed(data))
-                yield from translator.translate(parser.close())
-                end = translator.end()
-                self.input_hash = translator.input_hash
-                yield end
-            except BaseException as error:  # noqa: BLE001 - kept for the WSGI thread, which answers
-                self._failure = error
-                raise
-
-        return messages()
-
-    def _failure_error(self, error: grpc.RpcError) -> errors.ApiError:
-        """The answer for a failed call: our own reading failure wins over the cancellation it caused."""
-        failure = self._failure
-        if isinstance(failure, LimitExceeded):
-            return errors.too_large(str(failure))
-        if isinstance(failure, MultipartError):
-            return errors.bad_request(f"malformed multipart body: {failure}")
-        if isinstance(failure, errors.ApiError):
-            return failure
-        if isinstance(failure, ClientGone):
-            return errors.ApiError(499, "client_closed_request", str(failure))
-        if not self.reader.exhausted:
-            # The worker answered before the upload ended (busy, unknown command): read the rest so
-            # that the client, still sending, gets to read the answer.
-            self.reader.drain(self.limits.max_body_bytes)
-        return errors.from_grpc(error)
-
-    # ---------------------------------------------------------------------------------- response body
-
-    def _stream_body(self, call, encoder: ResponseEncoder) -> Iterator[bytes]:
-        def chunks():
-            for response in call:
-                if response.WhichOneof("message") != "binary":
-                    raise BadWorkerAnswer(["a second result message arrived among the binary chunks"])
-                yield response.binary
-
+    async def _admit(self, header: pb.RequestHeader):
         try:
-            yield from encoder.encode(chunks())
-        except (BadWorkerAnswer, grpc.RpcError) as error:
-            # Status and Content-Length are already sent: dropping the connection short of
-            # Content-Length is the only honest signal left, and the server does it when we raise.
+            return await self.pool.admit(pb.InferRequest(header=header), self.limits.deadline_seconds,
+                                         (("x-request-id", self.request_id),))
+        except Refused as refused:
+            raise self._worker_error(refused.status, refused.details, refused.error_code) from None
+
+    async def _exchange(self, call, forward) -> Response:
+        forwarder = asyncio.ensure_future(forward(call))
+        first = asyncio.ensure_future(call.read())
+        try:
+            await asyncio.wait((forwarder, first), return_when=asyncio.FIRST_COMPLETED)
+            if forwarder.done() and forwarder.exception() is not None:
+                failure = forwarder.exception()
+                if not isinstance(failure, (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError)):
+                    raise client_error(failure)  # the body is at fault: the call is cancelled below
+            message = await first  # the worker answered, or ended the call (early: the rest of the body waits)
+        except grpc.aio.AioRpcError as error:
+            raise await self._call_error(call) from error
+        except BaseException:
+            call.cancel()
+            raise
+        finally:
+            if not first.done():
+                first.cancel()
+            if not forwarder.done():
+                forwarder.cancel()
+        if message is grpc.aio.EOF:
+            if call.done() and await call.code() != grpc.StatusCode.OK:
+                raise await self._call_error(call)
+            call.cancel()
+            raise errors.bad_worker_answer(["the worker ended the call without a result"])
+        if message.WhichOneof("message") != "result":
+            call.cancel()
+            raise errors.bad_worker_answer(["the worker's first message is not the result"])
+        try:
+            layout = plan_answer(message.result)
+        except BadWorkerAnswer as error:
+            call.cancel()
+            raise errors.bad_worker_answer(error.problems) from None
+        self.outcome.input_hash = message.result.input_hash
+        set_tags(input_hash=message.result.input_hash)
+        headers = [("Content-Type", layout.content_type), ("X-Request-Id", self.request_id)]
+        body = self._answer_body(call, encode_answer(layout, message.result.input_hash, _binary_chunks(call)))
+        return Response(200, headers, body, content_length=layout.content_length())
+
+    async def _answer_body(self, call, encoded: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for data in encoded:
+                yield data
+        except (BadWorkerAnswer, grpc.aio.AioRpcError) as error:
             log.error("the answer broke off while streaming: %s", error)
             raise
         finally:
             call.cancel()  # a no-op after a complete call; stops the worker when the client went away
+
+    async def _call_error(self, call) -> errors.ApiError:
+        trailing = await call.trailing_metadata()
+        input_hash = metadata_value(trailing, "input-hash")
+        if input_hash:
+            self.outcome.input_hash = input_hash
+            set_tags(input_hash=input_hash)
+        return self._worker_error(await call.code(), await call.details() or "",
+                                  metadata_value(trailing, "error-code"))
+
+    def _worker_error(self, status: grpc.StatusCode, details: str, error_code: str) -> errors.ApiError:
+        if error_code or status not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            log.info("the worker ended the call: %s %s", status.name, details)
+        else:
+            log.warning("worker target %s: %s %s", self.pool.target, status.name, details)
+        return errors.from_worker(status, details, error_code)
+
+
+async def _binary_chunks(call) -> AsyncIterator[pb.BinaryChunk]:
+    while True:
+        message = await call.read()
+        if message is grpc.aio.EOF:
+            return
+        if message.WhichOneof("message") != "binary":
+            raise BadWorkerAnswer(["a second result message arrived among the binary chunks"])
+        yield message.binary

@@ -19,5 +19,17 @@ class BridgeMetrics:
         self.request_bytes = Counter("bridge_request_bytes", "Request body bytes read.", registry=r)
         self.response_bytes = Counter("bridge_response_bytes", "Response body bytes written.", registry=r)
         self.inflight = Gauge("bridge_inflight_requests", "Inference requests in progress.", registry=r)
+        self.open_connections = Gauge("bridge_http_open_connections", "Client connections open now.", registry=r)
+        # Connections the HTTP server ended itself, by reason: header_timeout, idle, send_timeout, bad_request,
+        # request_header_fields_too_large, uri_too_long, too_many_connections.
+        self.rejected = Counter("bridge_http_rejected", "Connections ended by the server's limits and timeouts.",
+                                ["reason"], registry=r)
         self.worker_ready = Gauge("bridge_worker_ready", "1 when the route's worker target has a SERVING worker.",
                                   ["route"], registry=r)
+
+    def http_stats(self, what: str, value) -> None:
+        """The HTTP server's reports (see bridge.httpserver.HttpServer.stats)."""
+        if what == "open_connections":
+            self.open_connections.set(value)
+        elif what == "rejected":
+            self.rejected.labels(value).inc()

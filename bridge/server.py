@@ -1,71 +1,111 @@
-"""Runs the bridge on cheroot, a production multi-threaded WSGI server that streams request bodies
-(Content-Length and chunked) to the application as they arrive, instead of buffering them first.
+"""Runs the bridge: its application on its HTTP server, on one event loop (uvloop when installed).
 
-`create_server` binds (port 0 picks a free port) and reports the port; `serve` blocks until SIGTERM.
+`create_server(config)` runs it on a loop of its own thread, bound (port 0 picks a free one) and
+reporting its port: for tests and embedding. `serve(config)` runs it on the main thread until SIGTERM or
+SIGINT, then lets requests in progress finish within the grace period.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
 
-from cheroot import wsgi
-
-from bridge.app import create_app
+from bridge.app import BridgeApp, create_app
 from bridge.config import BridgeConfig
+from bridge.httpserver import HttpServer
+from bridge.metrics import BridgeMetrics
 
 log = logging.getLogger("bridge")
 
 
-class SocketGateway(wsgi.Gateway_10):
-    """cheroot's WSGI gateway, also exposing the client socket so that a hang-up during a long
-    inference cancels the worker's call (bridge.disconnect)."""
+class PortInUse(OSError):
+    pass
 
-    def get_environ(self):
-        environ = super().get_environ()
-        environ["bridge.client_socket"] = self.req.conn.socket
-        return environ
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is pinned; plain asyncio works, a little slower
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def start(config: BridgeConfig, metrics: BridgeMetrics | None = None) -> tuple[BridgeApp, HttpServer]:
+    metrics = metrics or BridgeMetrics()
+    app = create_app(config, metrics)
+    server = HttpServer(app, asyncio.get_running_loop(), config.http, metrics.http_stats)
+    host, _, port = config.listen.rpartition(":")
+    try:
+        await server.listen(host.strip("[]") or "0.0.0.0", int(port))
+    except OSError as error:
+        await app.close()
+        raise PortInUse(f"cannot listen on {config.listen}: {error.strerror or error}") from None
+    return app, server
+
+
+async def stop(app: BridgeApp, server: HttpServer, grace: float) -> None:
+    await server.shutdown(grace)
+    await app.close()
 
 
 class BridgeServer:
-    def __init__(self, config: BridgeConfig, app=None) -> None:
-        self.app = app or create_app(config)
-        host, _, port = config.listen.rpartition(":")
-        self.server = wsgi.Server(
-            (host or "0.0.0.0", int(port)), self.app, numthreads=config.threads, server_name="arterys-bridge",
-            timeout=int(config.socket_timeout_seconds), shutdown_timeout=int(config.grace_seconds),
-        )
-        self.server.gateway = SocketGateway
-        self.server.prepare()  # binds now, so the port is known before serving
-        self.port = self.server.bind_addr[1]
-        self._thread: threading.Thread | None = None
+    """The bridge on a loop of its own thread: `port`, `app`, and `stop()`."""
+
+    def __init__(self, config: BridgeConfig, metrics: BridgeMetrics | None = None) -> None:
+        self.config = config
+        self.loop = new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), name="bridge-loop", daemon=True)
+        self.thread.start()
+        ready.wait()
+        try:
+            self.app, self.http = asyncio.run_coroutine_threadsafe(start(config, metrics), self.loop).result()
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise
+        self.port = self.http.port
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.run_forever()
 
     def start(self) -> BridgeServer:
-        self._thread = threading.Thread(target=self.server.serve, name="http", daemon=True)
-        self._thread.start()
-        return self
+        return self  # already serving: kept so that callers read like the worker's create_server/start
 
-    def stop(self) -> None:
-        self.server.stop()
-        for pool in self.app.extensions["bridge_pools"].values():
-            pool.close()
+    def stop(self, grace: float | None = None) -> None:
+        grace = self.config.grace_seconds if grace is None else grace
+        try:
+            asyncio.run_coroutine_threadsafe(stop(self.app, self.http, grace), self.loop).result(grace + 10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
 
 
-def create_server(config: BridgeConfig) -> BridgeServer:
-    return BridgeServer(config)
+def create_server(config: BridgeConfig, metrics: BridgeMetrics | None = None) -> BridgeServer:
+    return BridgeServer(config, metrics)
 
 
 def serve(config: BridgeConfig) -> int:
-    server = create_server(config)
-    stopping = threading.Event()
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    server.start()
-    log.info("bridge listening on %s (port %d), routes %s", config.listen, server.port,
-             ", ".join(f"{r} -> {t}" for r, t in config.routes.items()))
-    stopping.wait()
-    log.info("bridge stopping: finishing in-flight requests (up to %.0f s)", config.grace_seconds)
-    server.stop()
-    log.info("bridge stopped")
+        loop.add_signal_handler(signum, stopping.set)
+
+    async def main() -> None:
+        app, server = await start(config)
+        log.info("bridge listening on %s (port %d), routes %s", config.listen, server.port,
+                 ", ".join(f"{r} -> {t}" for r, t in config.routes.items()))
+        await stopping.wait()
+        log.info("bridge stopping: finishing in-flight requests (up to %.0f s)", config.grace_seconds)
+        await stop(app, server, config.grace_seconds)
+        log.info("bridge stopped")
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
     return 0

@@ -1,27 +1,29 @@
 """Translation between the Arterys HTTP protocol and the worker contract, both ways, with no IO.
 
-Inbound: multipart events become `InferRequest` messages (header from the JSON part, then one `part`
-plus `chunk`s per later part, then `end` with the input hash). Outbound: the worker's `InferResult`
-becomes the multipart/related response: JSON part, one binary part per entry of `parts`, hashes last.
-Hashes follow PROTOCOL.md and are computed on the bytes as they stream past.
+Inbound: multipart events become `InferRequest` messages (header from the JSON part, then one `part` plus
+`chunk`s per later part, then `end`). Outbound: the worker's `InferResult` becomes the multipart/related
+answer: JSON part, one binary part per entry of `parts`, hashes last. The input hash is the worker's (it
+hashes what it received, once); the output hash is computed here, on the bytes as they stream past.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import secrets
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from arterys_http import media
 from arterys_http.multipart import Epilogue, MultipartError, PartData, PartEnd, PartStart
-from arterys_http.protocol import DICOM_TYPES, check_result, hashes_line
+from arterys_http.protocol import check_result, hashes_line
+from arterys_http.writer import AnswerLayout, new_boundary
 from contract import inference_pb2 as pb
 from contract.result_json import binary_type_name, encode_result, from_proto
 
-DICOM_CONTENT_TYPE = "application/dicom"
-JSON_CONTENT_TYPES = ("application/json", "text/json", "")
-CHUNK_SIZE = 1 << 20  # messages of about 1 MiB keep gRPC Python's per-message cost low (DESIGN.md)
+CHUNK_SIZE = 1 << 20  # messages of about 1 MiB keep gRPC's per-message cost low
+MAX_COMMAND_LENGTH = 256
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class InvalidRequest(ValueError):
@@ -33,23 +35,35 @@ class BadWorkerAnswer(Exception):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("the worker's answer breaks the Arterys protocol: " + "; ".join(problems))
+        super().__init__("; ".join(problems))
 
 
 # --------------------------------------------------------------------------------------------- inbound
 
 
+def parse_json_object(raw: bytes, what: str) -> dict:
+    """`raw` as a JSON object, or InvalidRequest saying why not (deep nesting and huge integers included)."""
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except RecursionError:
+        raise InvalidRequest(f"{what} is nested too deeply to be read") from None
+    except (UnicodeDecodeError, ValueError) as error:  # ValueError: bad JSON, or an integer of thousands of digits
+        reason = str(error)
+        raise InvalidRequest(f"{what} is not valid JSON: {reason[:200]}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def request_header(json_part: bytes, route: str, request_id: str, study_path: str = "") -> pb.RequestHeader:
     """The header message for the request's JSON part (checked to be a JSON object)."""
-    try:
-        value = json.loads(json_part) if json_part.strip() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidRequest(f"the first part must be the request JSON, but it is not valid JSON: {error}") from error
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"the request JSON must be an object, got {type(value).__name__}")
+    value = parse_json_object(json_part, "the request JSON (the first part)")
     command = value.get("inference_command", "")
     if not isinstance(command, str):
-        raise InvalidRequest(f"inference_command must be a string, got {command!r}")
+        raise InvalidRequest(f"inference_command must be a string, got {type(command).__name__}")
+    if len(command) > MAX_COMMAND_LENGTH:
+        raise InvalidRequest(f"inference_command is {len(command)} characters long; at most {MAX_COMMAND_LENGTH} "
+                             "are accepted")
     return pb.RequestHeader(
         request_json=json_part, inference_command=command, study_path=study_path, request_id=request_id, route=route
     )
@@ -57,166 +71,108 @@ def request_header(json_part: bytes, route: str, request_id: str, study_path: st
 
 def part_kind(content_type: str) -> int:
     """DICOM instances are the parts sent as application/dicom; every other part is an attachment."""
-    return pb.PART_KIND_DICOM if content_type == DICOM_CONTENT_TYPE else pb.PART_KIND_ATTACHMENT
+    return pb.PART_KIND_DICOM if content_type == media.DICOM else pb.PART_KIND_ATTACHMENT
 
 
 @dataclass
 class RequestTranslator:
-    """Turns the multipart events after the JSON part into request messages, hashing as it goes.
+    """Turns the multipart events after the JSON part into request messages.
 
-    Feed it the events of the parser in order; `messages()` yields what to send. `input_hash` is the
-    hash of every part's content in order; seed it with the JSON part.
+    Feed it the parser's events in order; it yields what to send, part data coalesced into messages of
+    about `chunk_size` bytes (joined once, not grown piece by piece).
     """
 
-    json_part: bytes
     chunk_size: int = CHUNK_SIZE
     part_count: int = 0
-    _digest: hashlib._Hash = field(init=False, repr=False)
-    _pending: bytearray = field(default_factory=bytearray, repr=False)
     finished: bool = False
-
-    def __post_init__(self) -> None:
-        self._digest = hashlib.sha256(self.json_part)
-
-    @property
-    def input_hash(self) -> str:
-        return self._digest.hexdigest()
+    _pending: list = field(default_factory=list, repr=False)
+    _pending_size: int = 0
 
     def translate(self, events: Iterable) -> Iterator[pb.InferRequest]:
         for event in events:
-            if isinstance(event, PartStart):
+            if isinstance(event, PartData):
+                data = event.data
+                if not self._pending and len(data) >= self.chunk_size:
+                    yield pb.InferRequest(chunk=data)
+                    continue
+                self._pending.append(data)
+                self._pending_size += len(data)
+                if self._pending_size >= self.chunk_size:
+                    yield self._flush()
+            elif isinstance(event, PartStart):
                 self.part_count += 1
                 yield pb.InferRequest(part=pb.PartHeader(
                     kind=part_kind(event.content_type), content_type=event.content_type,
                     filename=event.filename, name=event.name,
                 ))
-            elif isinstance(event, PartData):
-                self._digest.update(event.data)
-                # Coalesce small reads into ~1 MiB messages; pass big ones through without copying.
-                if not self._pending and len(event.data) >= self.chunk_size:
-                    yield pb.InferRequest(chunk=event.data)
-                    continue
-                self._pending += event.data
-                if len(self._pending) >= self.chunk_size:
-                    yield from self._flush()
             elif isinstance(event, PartEnd):
-                yield from self._flush()
+                if self._pending:
+                    yield self._flush()
             elif isinstance(event, Epilogue):
                 self.finished = True
 
-    def _flush(self) -> Iterator[pb.InferRequest]:
-        if self._pending:
-            yield pb.InferRequest(chunk=bytes(self._pending))
-            self._pending.clear()
+    def _flush(self) -> pb.InferRequest:
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending, self._pending_size = [], 0
+        return pb.InferRequest(chunk=data)
 
     def end(self) -> pb.InferRequest:
         if not self.finished:
             raise MultipartError("the request body ended before the closing boundary")
-        return pb.InferRequest(end=pb.RequestEnd(input_hash=self.input_hash, part_count=self.part_count))
+        return pb.InferRequest(end=pb.RequestEnd(part_count=self.part_count))
 
 
 # -------------------------------------------------------------------------------------------- outbound
 
 
-def new_boundary() -> str:
-    # 128 random bits: the chance that it occurs inside a mask is negligible.
-    return "arterys-" + secrets.token_hex(16)
-
-
-def binary_content_type(part: pb.Part) -> str:
-    return "application/dicom" if binary_type_name(part) in DICOM_TYPES else "application/binary"
-
-
-def part_head(boundary: str, content_type: str, first: bool = False) -> bytes:
-    return (b"" if first else b"\r\n") + f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
-
-
-def closing(boundary: str) -> bytes:
-    return f"\r\n--{boundary}--\r\n".encode()
-
-
-HASHES_LENGTH = 64 + 1 + 64
-
-
-@dataclass
-class ResponsePlan:
-    """Everything known about the response once the worker's result header has arrived."""
-
-    boundary: str
-    result_json: dict
-    json_bytes: bytes
-    sizes: list[int]
-    content_types: list[str]
-
-    @property
-    def content_type(self) -> str:
-        return f"multipart/related; boundary={self.boundary}"
-
-    def content_length(self) -> int:
-        """Exact body length: declared sizes make it known before any mask byte arrives, so a worker
-        that under-delivers leaves a response the client sees as truncated, never a shorter 200."""
-        length = len(part_head(self.boundary, "application/json", first=True)) + len(self.json_bytes)
-        for size, content_type in zip(self.sizes, self.content_types, strict=True):
-            length += len(part_head(self.boundary, content_type)) + size
-        length += len(part_head(self.boundary, "text/plain")) + HASHES_LENGTH + len(closing(self.boundary))
-        return length
-
-
-def plan_response(result: pb.InferResult) -> ResponsePlan:
-    """Checks the worker's result header against the protocol and plans the response; raises BadWorkerAnswer."""
+def plan_answer(result: pb.InferResult) -> AnswerLayout:
+    """Checks the worker's result header against the protocol and lays out the answer; raises BadWorkerAnswer."""
     result_json = from_proto(result)
     sizes = [part.binary_size for part in result.parts]
     problems = check_result(result_json, sizes)
+    if not SHA256_HEX.fullmatch(result.input_hash):
+        problems.append(f"the worker's input hash {result.input_hash[:80]!r} is not 64 hex digits")
     if problems:
         raise BadWorkerAnswer(problems)
-    return ResponsePlan(
+    return AnswerLayout(
         boundary=new_boundary(),
-        result_json=result_json,
         json_bytes=encode_result(result_json),
         sizes=sizes,
-        content_types=[binary_content_type(p) for p in result.parts],
+        content_types=[media.binary_content_type(binary_type_name(p)) for p in result.parts],
     )
 
 
-class ResponseEncoder:
-    """Streams the multipart response for a plan from the worker's binary chunks, checking them.
+async def encode_answer(layout: AnswerLayout, input_hash: str,
+                        chunks: AsyncIterator[pb.BinaryChunk]) -> AsyncIterator[bytes]:
+    """Streams the multipart answer from the worker's binary chunks, checking them as they pass.
 
     Chunks must come in part order and add up to each part's declared size; anything else raises
     BadWorkerAnswer mid-stream (the server then drops the connection short of Content-Length).
     """
-
-    def __init__(self, plan: ResponsePlan, input_hash: str) -> None:
-        self.plan = plan
-        self.input_hash = input_hash
-        self._digest = hashlib.sha256()
-
-    def encode(self, chunks: Iterable[pb.BinaryChunk]) -> Iterator[bytes]:
-        plan = self.plan
-        yield part_head(plan.boundary, "application/json", first=True)
-        self._digest.update(plan.json_bytes)
-        yield plan.json_bytes
-        current, received = -1, 0
-        for chunk in chunks:
-            while current < chunk.part_index:
-                if current >= 0 and received != plan.sizes[current]:
-                    raise BadWorkerAnswer([f"parts[{current}]: {received} bytes sent, {plan.sizes[current]} declared"])
-                current, received = current + 1, 0
-                if current >= len(plan.sizes):
-                    raise BadWorkerAnswer([f"binary chunk for parts[{chunk.part_index}], which does not exist"])
-                yield part_head(plan.boundary, plan.content_types[current])
-            if chunk.part_index != current:
-                raise BadWorkerAnswer([f"binary chunks out of order: parts[{chunk.part_index}] after parts[{current}]"])
-            received += len(chunk.data)
-            if received > plan.sizes[current]:
-                raise BadWorkerAnswer([f"parts[{current}]: more bytes sent than the {plan.sizes[current]} declared"])
-            self._digest.update(chunk.data)
-            yield chunk.data
-        while current < len(plan.sizes):
-            if current >= 0 and received != plan.sizes[current]:
-                raise BadWorkerAnswer([f"parts[{current}]: {received} bytes sent, {plan.sizes[current]} declared"])
+    digest = hashlib.sha256(layout.json_bytes)
+    yield layout.head_of_json() + layout.json_bytes
+    sizes = layout.sizes
+    current, received = -1, 0
+    async for chunk in chunks:
+        index, data = chunk.part_index, chunk.data
+        while current < index:
+            if current >= 0 and received != sizes[current]:
+                raise BadWorkerAnswer([f"parts[{current}]: {received} bytes sent, {sizes[current]} declared"])
             current, received = current + 1, 0
-            if current < len(plan.sizes):
-                yield part_head(plan.boundary, plan.content_types[current])
-        yield part_head(plan.boundary, "text/plain")
-        yield hashes_line(self.input_hash, self._digest.hexdigest()).encode()
-        yield closing(plan.boundary)
+            if current >= len(sizes):
+                raise BadWorkerAnswer([f"binary chunk for parts[{index}], which does not exist"])
+            yield layout.head_of_part(current)
+        if index != current:
+            raise BadWorkerAnswer([f"binary chunks out of order: parts[{index}] after parts[{current}]"])
+        received += len(data)
+        if received > sizes[current]:
+            raise BadWorkerAnswer([f"parts[{current}]: more bytes sent than the {sizes[current]} declared"])
+        digest.update(data)
+        yield data
+    while current < len(sizes):
+        if current >= 0 and received != sizes[current]:
+            raise BadWorkerAnswer([f"parts[{current}]: {received} bytes sent, {sizes[current]} declared"])
+        current, received = current + 1, 0
+        if current < len(sizes):
+            yield layout.head_of_part(current)
+    yield layout.head_of_hashes() + hashes_line(input_hash, digest.hexdigest()).encode() + layout.end()

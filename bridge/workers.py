@@ -1,16 +1,24 @@
-"""gRPC channels to the model workers, and whether they are ready.
+"""gRPC channels to the model workers: readiness, and getting a call admitted by some worker.
 
-One channel per target. The service config asks for gRPC's own `round_robin` over every address the
-target resolves to, and for client-side health checking, so calls go only to workers whose health says
-SERVING: a replica still loading its model gets no request. Readiness is watched in the background so
-that `/healthcheck` answers at once, whether or not any worker is reachable.
+One asyncio channel per target. The service config asks for gRPC's own `round_robin` over every address
+the target resolves to, and for client-side health checking, so calls go only to workers whose health says
+SERVING: a replica still loading its model gets no request. Keepalive pings notice a hung worker (kill
+-STOP, a frozen VM) within 10 s, and reconnect backoff stays short, so a worker that comes back is used
+within a second or two, however long it was gone.
+
+A call is *admitted* when the worker sends its initial metadata, before any study byte leaves the bridge
+(worker/admission.py). A call refused before that (RESOURCE_EXHAUSTED: every place taken; UNAVAILABLE: no
+ready worker or a broken connection) has cost nothing, so it is tried again: round_robin gives each new
+call the next worker. A full worker is retried, with a short growing pause, for up to `queue_wait`
+seconds; 503 comes only when every worker stayed full that long.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
+import random
 from dataclasses import dataclass, field
 
 import grpc
@@ -22,7 +30,9 @@ from contract import inference_pb2_grpc as pb_grpc
 log = logging.getLogger("bridge.workers")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
-MESSAGE_LIMIT = 64 << 20
+MESSAGE_LIMIT = 16 << 20
+UNAVAILABLE_ATTEMPTS = 3
+ADMISSION_TIMEOUT = 10.0  # a worker admits or refuses at once; one that does neither is as good as gone
 
 
 def channel_options(max_message_bytes: int = MESSAGE_LIMIT) -> list[tuple[str, object]]:
@@ -34,60 +44,114 @@ def channel_options(max_message_bytes: int = MESSAGE_LIMIT) -> list[tuple[str, o
         ("grpc.service_config", json.dumps(service_config)),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        # Long inferences send nothing for minutes: keepalive pings keep idle-killing proxies away.
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 0),
+        # A ping every 5 s, 5 s to answer: a hung worker is known within 10 s, even between calls.
+        ("grpc.keepalive_time_ms", 5_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Reconnect within about a second whatever the outage (gRPC's default backoff grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.min_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
         # Re-resolve DNS promptly when a connection drops, so new replicas are found.
         ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+        # Large windows and frames: a study streams without waiting for window updates (see BENCHMARKS.md).
+        ("grpc.http2.lookahead_bytes", 8 << 20),
+        ("grpc.http2.max_frame_size", (1 << 24) - 1),
     ]
+
+
+class Refused(Exception):
+    """No worker admitted the call: `status`, the worker's `details` and its `error_code` (may be empty)."""
+
+    def __init__(self, status: grpc.StatusCode, details: str, error_code: str) -> None:
+        super().__init__(details)
+        self.status, self.details, self.error_code = status, details, error_code
+
+
+def metadata_value(metadata, key: str) -> str:
+    for name, value in metadata or ():
+        if name == key:
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return ""
 
 
 @dataclass
 class WorkerPool:
-    """The channel and readiness of one worker target."""
+    """The channel and readiness of one worker target. Create and use it on the bridge's event loop."""
 
     target: str
     poll_seconds: float = 0.5
-    channel: grpc.Channel = field(init=False)
+    queue_wait: float = 10.0
+    channel: grpc.aio.Channel = field(init=False)
     stub: pb_grpc.InferenceStub = field(init=False)
-    _ready: threading.Event = field(default_factory=threading.Event, init=False)
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    ready: bool = field(default=False, init=False)
     last_problem: str = field(default="not checked yet", init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(self.target, options=channel_options())
+        self.channel = grpc.aio.insecure_channel(self.target, options=channel_options())
         self.stub = pb_grpc.InferenceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
-        self._thread = threading.Thread(target=self._watch, name=f"health {self.target}", daemon=True)
+        self._task: asyncio.Task | None = None
 
     def start(self) -> WorkerPool:
-        self._thread.start()
+        self._task = asyncio.get_running_loop().create_task(self._watch())
         return self
 
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
-
-    def check_now(self) -> bool:
+    async def check_now(self) -> bool:
         """Asks a worker's health service; with client-side health checking only SERVING workers answer."""
         try:
-            response = self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1.0)
+            response = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1.0)
             serving = response.status == health_pb2.HealthCheckResponse.SERVING
             self.last_problem = "" if serving else "the worker's model is not loaded yet"
-        except grpc.RpcError as error:
+        except grpc.aio.AioRpcError as error:
             serving = False
             self.last_problem = f"{error.code().name}: {error.details()}"
-        if serving != self._ready.is_set():
+        if serving != self.ready:
             log.info("worker target %s is %s", self.target, "ready" if serving else f"not ready ({self.last_problem})")
-        (self._ready.set if serving else self._ready.clear)()
+        self.ready = serving
         return serving
 
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            self.check_now()
-            self._stop.wait(self.poll_seconds)
+    async def _watch(self) -> None:
+        while True:
+            await self.check_now()
+            await asyncio.sleep(self.poll_seconds)
 
-    def close(self) -> None:
-        self._stop.set()
-        self.channel.close()
+    async def admit(self, header: pb.InferRequest, timeout: float, metadata: tuple) -> grpc.aio.StreamStreamCall:
+        """Opens a call that a worker has admitted (its header sent, nothing else); raises Refused."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        busy_attempts = unavailable_attempts = 0
+        while True:
+            call = self.stub.Infer(timeout=max(timeout - (loop.time() - started), 0.001), metadata=metadata)
+            try:
+                await call.write(header)
+                async with asyncio.timeout(ADMISSION_TIMEOUT):
+                    admitted = metadata_value(await call.initial_metadata(), "admitted") == "1"
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                admitted = False
+            except TimeoutError:
+                call.cancel()
+                log.warning("worker target %s did not admit a call within %g s", self.target, ADMISSION_TIMEOUT)
+                raise Refused(grpc.StatusCode.UNAVAILABLE, "the worker did not answer", "") from None
+            except BaseException:
+                call.cancel()
+                raise
+            if admitted:
+                return call
+            status = await call.code()
+            details = await call.details() or ""
+            error_code = metadata_value(await call.trailing_metadata(), "error-code")
+            if status == grpc.StatusCode.RESOURCE_EXHAUSTED and loop.time() - started < self.queue_wait:
+                busy_attempts += 1
+                await asyncio.sleep(min(0.005 * 2 ** busy_attempts, 0.2) * random.uniform(0.5, 1.0))
+                continue
+            if status == grpc.StatusCode.UNAVAILABLE and unavailable_attempts < UNAVAILABLE_ATTEMPTS - 1:
+                unavailable_attempts += 1
+                continue
+            raise Refused(status, details, error_code)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.channel.close()

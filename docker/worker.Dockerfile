@@ -1,21 +1,27 @@
 # The model worker: one model behind gRPC (health, reflection, metrics). Scale it with
 # `docker compose up --scale worker=3`; the bridge spreads requests over every replica.
-# For your own model: add its package and pins, and set WORKER_MODEL.
+# For your own model: build FROM this image, add your package and pins, set WORKER_MODEL
+# (deploy/examples/my-model shows how; docs/deployment.md explains).
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
 COPY requirements-worker.txt ./
 RUN pip install --no-cache-dir -r requirements-worker.txt
 
 COPY logging.yaml ./
+COPY arterys_http/ arterys_http/
 COPY contract/ contract/
 COPY worker/ worker/
 COPY mock_model/ mock_model/
 
-RUN useradd --system --uid 10001 model && mkdir -p /spool && chown model /spool
-USER model
+# A numeric user (not a name), so Kubernetes' runAsNonRoot can check it; /spool is the only place the
+# worker writes, so the root file system can be mounted read-only.
+RUN groupadd --system --gid 10001 model \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin model \
+    && mkdir -p /spool && chown 10001:10001 /spool
+USER 10001:10001
 
 ENV WORKER_MODEL=mock_model \
     WORKER_LISTEN=0.0.0.0:50051 \
@@ -23,6 +29,8 @@ ENV WORKER_MODEL=mock_model \
     WORKER_SPOOL_DIR=/spool \
     WORKER_GRACE_SECONDS=30
 EXPOSE 50051 9464
-HEALTHCHECK --interval=5s --timeout=5s --start-period=10s CMD ["python", "-m", "worker.probe"]
+# A success ends the start period at once, so a long one costs nothing for a fast model and lets a big
+# one load (docker-compose.yml makes it configurable: WORKER_START_PERIOD).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 CMD ["python", "-m", "worker.probe"]
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "worker"]

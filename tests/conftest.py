@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import settings
 
 from contract import inference_pb2_grpc as pb_grpc
 from contract.logs import configure_logging
@@ -196,3 +197,15 @@ def worker_process(tmp_path):
     yield start
     for worker in started:
         worker.close()
+
+
+# ------------------------------------------------------------------------------- hypothesis profiles
+
+# The fuzz tests (tests/test_fuzz_*.py) run with the "ci" profile unless HYPOTHESIS_PROFILE names
+# another. "ci" is derandomized (the same examples every run, so CI never flakes on a new find) and sized
+# to keep each fuzz file at a few seconds; "long" (`make fuzz`) draws 20x as many fresh random examples and
+# prints a reproduction blob for any failure. Tests scale their own counts from max_examples (100 = 1x).
+# Neither keeps an example database; hypothesis still caches source constants in .hypothesis/ (ignored by git).
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, database=None)
+settings.register_profile("long", max_examples=2000, deadline=None, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -5,7 +5,9 @@ Tests talk to them exactly as users do: gRPC to the worker, HTTP to the bridge.
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -134,3 +136,9 @@ def mock_stack(tmp: Path, study_root: Path) -> Iterator[dict]:
     finally:
         for service in (bridge, worker, probe):
             service.stop()
+
+
+def environment_variables(service: str) -> set[str]:
+    """The environment variables `python -m SERVICE` reads: each flag's help names its own in brackets."""
+    module = importlib.import_module(f"{service}.config")
+    return set(re.findall(r"\[([A-Z][A-Z0-9_]+)", module.build_parser().format_help()))

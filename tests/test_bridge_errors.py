@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client as httpclient
 import json
 import socket
@@ -75,7 +76,7 @@ def test_unsupported_media_types(stack):
         ('multipart/related; boundary=""', b"--x\r\n\r\n{}\r\n--x--\r\n", "boundary"),
         ("multipart/related; boundary=other", b"--x\r\n\r\n{}\r\n--x--\r\n" + b"y" * 70000, "boundary"),
         ("multipart/related; boundary=x", b"--x\r\n\r\n{not json}\r\n--x--\r\n", "not valid JSON"),
-        ("multipart/related; boundary=x", b"--x\r\n\r\n[1, 2]\r\n--x--\r\n", "must be an object"),
+        ("multipart/related; boundary=x", b"--x\r\n\r\n[1, 2]\r\n--x--\r\n", "must be a JSON object"),
         ("multipart/related; boundary=x", b'--x\r\n\r\n{"inference_command": 3}\r\n--x--\r\n', "inference_command"),
         ("multipart/related; boundary=x", b"--x\r\nContent-Type: application/dicom\r\n\r\nDICM\r\n--x--\r\n",
          "first part must be the request JSON"),
@@ -97,20 +98,20 @@ def test_invalid_json_in_the_study_path_form(stack):
 
 def test_a_part_that_is_not_dicom(stack):
     body = http.hand_built_body([("application/json", b"{}"), ("application/dicom", b"not a dicom file")], "b")
-    message = error_of(post_raw(stack["url"], body, "multipart/related; boundary=b"), 400, "invalid_input")
+    message = error_of(post_raw(stack["url"], body, "multipart/related; boundary=b"), 400, "bad_request")
     assert "not a readable DICOM file" in message
 
 
 def test_unknown_command_names_the_valid_ones(stack, study):
     response = http.post_like_original_tool(stack["url"] + "/", {"inference_command": "get-nothing"},
                                             instances(study))
-    message = error_of(response, 400, "invalid_input")
+    message = error_of(response, 400, "bad_request")
     assert "get-nothing" in message and "get-probability-mask" in message
 
 
 def test_a_study_without_instances_is_rejected_by_the_model(stack):
     body = http.hand_built_body([("application/json", b"{}")], "b")
-    message = error_of(post_raw(stack["url"], body, "multipart/related; boundary=b"), 400, "invalid_input")
+    message = error_of(post_raw(stack["url"], body, "multipart/related; boundary=b"), 400, "bad_request")
     assert "no DICOM instance" in message
 
 
@@ -158,7 +159,10 @@ def test_model_refusing_the_study_is_422(stack, study):
 def test_model_raising_is_500_and_the_worker_keeps_serving(stack, study):
     for _ in range(2):
         response = http.post_like_original_tool(stack["url"] + "/failing", {}, instances(study))
-        assert "mock failure" in error_of(response, 500, "model_error")
+        # The body says the model failed; its exception stays in the worker's log.
+        message = error_of(response, 500, "model_error")
+        assert "model failed" in message and "mock failure" not in message
+        assert response.json()["error"]["request_id"] == response.headers["X-Request-Id"]
     assert requests.get(stack["url"] + "/healthcheck").text == "READY"
 
 
@@ -214,7 +218,7 @@ def test_model_still_loading_then_ready(tmp_path, study):
 def test_overloaded_worker_fails_fast_with_retry_after(tmp_path, study):
     worker = start_worker(tmp_path, "mock_model.faults:SlowModel", "--concurrency", "1", "--queue-size", "0",
                           env={"MOCK_INFER_SECONDS": "3"})
-    bridge = start_bridge(tmp_path, worker.address)
+    bridge = start_bridge(tmp_path, worker.address, "--queue-wait-seconds", "0")
     try:
         url = f"http://{bridge.address}/"
         results = {}
@@ -260,8 +264,10 @@ class RogueServicer(pb_grpc.InferenceServicer):
 
     def Infer(self, request_iterator, context):
         header = next(request_iterator).header
-        for _ in request_iterator:
-            pass
+        context.send_initial_metadata((("admitted", "1"),))  # the contract's admission, then the study
+        digest = hashlib.sha256(header.request_json)
+        for message in request_iterator:
+            digest.update(message.chunk)
         kind = header.inference_command
         shape = pb.BinaryDataShape(timepoints=1, depth=2, width=4, height=3)
         part = pb.Part(label="m", binary_type=pb.PROBABILITY_MASK, binary_data_shape=shape,
@@ -275,7 +281,8 @@ class RogueServicer(pb_grpc.InferenceServicer):
         elif kind == "bad-palette":
             part.binary_type = pb.HEATMAP
             part.palette = "missing"
-        yield pb.InferResponse(result=pb.InferResult(protocol_version="1.0", parts=[part]))
+        yield pb.InferResponse(result=pb.InferResult(protocol_version="1.0", parts=[part],
+                                                     input_hash=digest.hexdigest()))
         if kind == "short-stream":
             yield pb.InferResponse(binary=pb.BinaryChunk(part_index=0, data=b"\x01" * 10))
             return

@@ -1,7 +1,7 @@
 """docker-compose.yml and the Dockerfiles: consistent with the code, and their processes run as configured.
 
 No Docker engine runs on these machines, so the same commands and environment the containers use are
-started directly, on loopback.
+started directly, on loopback: the services, and the compose health checks themselves.
 """
 
 from __future__ import annotations
@@ -10,40 +10,47 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from tests.services import ROOT, free_port, spawn, wait_for_health, wait_for_http
+from tests.deploy_files import (
+    CORE_SERVICES,
+    DOCKERFILES,
+    DockerIgnore,
+    copy_sources,
+    dockerfile_env,
+    dockerfile_instructions,
+    interpolate,
+    load_compose,
+)
+from tests.services import ROOT, environment_variables, free_port, spawn, wait_for_health, wait_for_http
 
-DOCKERFILES = {"worker": ROOT / "docker/worker.Dockerfile", "bridge": ROOT / "docker/bridge.Dockerfile"}
-CONFIG_MODULES = {"worker": ROOT / "worker/config.py", "bridge": ROOT / "bridge/config.py"}
+# What each image runs: its entry points and the modules they load (the worker's mock model too).
+IMAGE_MODULES = {"bridge": "bridge.__main__,bridge.server,bridge.app",
+                 "worker": "worker.__main__,worker.server,worker.probe,mock_model,mock_model.faults"}
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return load_compose()
 
 
-def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
-    text = path.read_text().replace("\\\n", " ")
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    return [tuple(line.split(None, 1)) for line in lines]
-
-
-def dockerfile_env(path: Path) -> dict[str, str]:
-    env = {}
-    for instruction, argument in dockerfile_instructions(path):
-        if instruction == "ENV":
-            env.update(dict(re.findall(r"(\w+)=(\S+)", argument)))
-    return env
+def duration_seconds(value: str) -> float:
+    """A Compose duration such as 300s, 5m or 1m30s."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, value
+    return sum(float(number) * units[unit] for number, unit in parts)
 
 
 def test_compose_services_are_scalable_and_wired(compose):
     services = compose["services"]
-    assert set(services) == {"worker", "bridge"}
+    core = {name for name, service in services.items() if not service.get("profiles")}
+    assert core == set(CORE_SERVICES)
     worker, bridge = services["worker"], services["bridge"]
     # Scaling needs no fixed name and no host port on the worker.
     assert "container_name" not in worker and "ports" not in worker
@@ -52,20 +59,81 @@ def test_compose_services_are_scalable_and_wired(compose):
     # The bridge resolves the service name to every replica (dns:///), round_robin does the rest.
     assert bridge["environment"]["BRIDGE_WORKER"] == f"dns:///worker:{listen_port}"
     assert bridge["ports"] == ["8900:8900"]
-    for name, service in services.items():
+    for name in CORE_SERVICES:
+        service = services[name]
         assert Path(ROOT / service["build"]["context"], service["build"]["dockerfile"]) == DOCKERFILES[name]
-        assert service["stop_grace_period"]
+        # Built images get a known name: images for other models are built FROM the worker's.
+        assert interpolate(service["image"]) == f"arterys-grpc-bridge/{name}:latest"
+        assert service["restart"] == "unless-stopped"
+
+
+def test_compose_waits_for_loaded_models_and_drains_on_stop(compose):
+    services = compose["services"]
+    worker, bridge = services["worker"], services["bridge"]
+    # The bridge starts once the workers are healthy, i.e. their model has loaded.
+    assert bridge["depends_on"] == {"worker": {"condition": "service_healthy"}}
+    assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.probe"]
+    # The start period is configurable and long enough for a real model by default.
+    start_period = worker["healthcheck"]["start_period"]
+    assert "${WORKER_START_PERIOD:-" in start_period
+    assert duration_seconds(interpolate(start_period)) >= 120
+    assert interpolate(start_period, {"WORKER_START_PERIOD": "20m"}) == "20m"
+    assert "/readyz" in " ".join(bridge["healthcheck"]["test"])
+    # Stopping lets in-flight work finish: the stop grace period exceeds each service's own grace.
+    for name, service in (("worker", worker), ("bridge", bridge)):
+        grace = float(service["environment"][f"{name.upper()}_GRACE_SECONDS"])
+        assert duration_seconds(service["stop_grace_period"]) > grace
+
+
+def test_monitoring_profile_runs_prometheus_and_grafana_on_the_shipped_files(compose):
+    services = compose["services"]
+    monitoring = {name for name, service in services.items() if "monitoring" in service.get("profiles", [])}
+    assert monitoring == {"prometheus", "grafana"}
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    mounts = {}
+    for name in monitoring:
+        for volume in services[name]["volumes"]:
+            source, target, *_ = volume.split(":")
+            if source.startswith("./"):
+                assert (ROOT / source).is_dir(), volume
+                assert volume.endswith(":ro"), f"{name} mounts configuration read-only: {volume}"
+                mounts[target] = ROOT / source
+    config_flag = next(arg for arg in prometheus["command"] if arg.startswith("--config.file="))
+    config_path = Path(config_flag.split("=", 1)[1])
+    assert (mounts[str(config_path.parent)] / config_path.name).is_file()
+    for rule_file in yaml.safe_load((mounts[str(config_path.parent)] / config_path.name).read_text())["rule_files"]:
+        assert (mounts[str(config_path.parent)] / rule_file).is_file()
+    # Grafana: the provisioned data source is the compose Prometheus; the dashboards folder is mounted.
+    provisioning = mounts["/etc/grafana/provisioning"]
+    (datasource,) = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"]
+    assert datasource["url"] == "http://prometheus:9090" and datasource["type"] == "prometheus"
+    (provider,) = yaml.safe_load((provisioning / "dashboards/arterys.yml").read_text())["providers"]
+    assert list(mounts[provider["options"]["path"]].glob("*.json"))
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (mounts[str(Path(home).parent)] / Path(home).name).is_file()
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    # No authentication in front of either: published on loopback only.
+    for name in monitoring:
+        assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"]), name
+    # Pinned images, not :latest.
+    for name in monitoring:
+        assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", services[name]["image"]), services[name]["image"]
+
+
+def test_gpu_override_reserves_a_gpu_per_worker(compose):
+    override = yaml.safe_load((ROOT / "deploy/compose/gpu.yml").read_text())
+    assert set(override["services"]) == {"worker"}
+    (device,) = override["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] >= 1
+    assert "ports" not in override["services"]["worker"]  # still scalable
 
 
 @pytest.mark.parametrize("name", ["worker", "bridge"])
 def test_dockerfile_matches_the_repository(name):
     path = DOCKERFILES[name]
     instructions = dockerfile_instructions(path)
-    for instruction, argument in instructions:
-        if instruction == "COPY":
-            *sources, _ = argument.split()
-            for source in sources:
-                assert (ROOT / source).exists(), f"{path.name}: COPY {source} does not exist"
+    for source in copy_sources(path):
+        assert (ROOT / source).exists(), f"{path.name}: COPY {source} does not exist"
     installs = [a for i, a in instructions if i == "RUN" and "pip install" in a]
     (requirement_file,) = re.findall(r"-r (\S+)", installs[0])
     assert requirement_file == f"requirements-{name}.txt"
@@ -74,18 +142,48 @@ def test_dockerfile_matches_the_repository(name):
             assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][\w.]*", line.strip()), f"unpinned: {line}"
     (cmd,) = [a for i, a in instructions if i == "CMD"]
     assert cmd == f'["python", "-m", "{name}"]'
-    config_source = CONFIG_MODULES[name].read_text()
+    read = environment_variables(name)
     for variable in dockerfile_env(path):
         if variable.startswith(name.upper() + "_"):
-            assert f'"{variable}"' in config_source, f"{variable} is set in {path.name} but never read"
+            assert variable in read, f"{variable} is set in {path.name} but never read"
     assert ("STOPSIGNAL", "SIGTERM") in instructions
+    # Runs as a numeric non-root user (Kubernetes' runAsNonRoot cannot check a user name).
+    (user,) = [a for i, a in instructions if i == "USER"]
+    assert user == "10001:10001"
+
+
+@pytest.mark.parametrize("name", ["worker", "bridge"])
+def test_image_holds_every_package_its_code_imports(name):
+    """Every first-party package the image's entry points import is COPY'd and passes .dockerignore."""
+    script = textwrap.dedent("""
+        import importlib, pathlib, sys
+        root = pathlib.Path.cwd().resolve()
+        for module in sys.argv[1].split(","):
+            importlib.import_module(module)
+        packages = set()
+        for module in list(sys.modules.values()):
+            path = pathlib.Path(getattr(module, "__file__", None) or "/").resolve()
+            if path.is_relative_to(root) and not path.is_relative_to(root / ".venv"):
+                packages.add(module.__name__.split(".")[0])
+        print(" ".join(sorted(packages)))
+    """)
+    result = subprocess.run([sys.executable, "-c", script, IMAGE_MODULES[name]], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    packages = result.stdout.split()
+    assert name in packages
+    copied = {source.rstrip("/") for source in copy_sources(DOCKERFILES[name])}
+    ignore = DockerIgnore((ROOT / ".dockerignore").read_text())
+    for package in packages:
+        assert package in copied, f"{DOCKERFILES[name].name} does not COPY {package}/, which {name} imports"
+        assert not ignore.excluded(f"{package}/__init__.py"), f".dockerignore leaves {package}/ out of the context"
 
 
 def test_compose_environment_is_read_by_the_services(compose):
-    for name, service in compose["services"].items():
-        source = CONFIG_MODULES[name].read_text()
-        for variable in service["environment"]:
-            assert f'"{variable}"' in source, f"{variable} in docker-compose.yml is never read by {name}"
+    for name in CORE_SERVICES:
+        read = environment_variables(name)
+        for variable in compose["services"][name]["environment"]:
+            assert variable in read, f"{variable} in docker-compose.yml is never read by {name}"
 
 
 BLOCKER = textwrap.dedent("""
@@ -104,9 +202,8 @@ BLOCKER = textwrap.dedent("""
 
 @pytest.mark.parametrize(("modules", "absent"), [
     # The bridge image has no numpy, pydicom, Pillow, requests: importing them would fail there.
-    ("bridge.__main__,bridge.server,bridge.app", "numpy,pydicom,PIL,requests,requests_toolbelt,mock_model,worker"),
-    ("worker.__main__,worker.server,worker.probe,mock_model,mock_model.faults",
-     "flask,cheroot,werkzeug,PIL,requests,requests_toolbelt,bridge,testtool"),
+    (IMAGE_MODULES["bridge"], "numpy,pydicom,PIL,requests,requests_toolbelt,mock_model,worker"),
+    (IMAGE_MODULES["worker"], "flask,cheroot,werkzeug,PIL,requests,requests_toolbelt,bridge,testtool"),
 ])
 def test_each_image_imports_only_what_it_installs(modules, absent):
     result = subprocess.run([sys.executable, "-c", BLOCKER, absent, modules], cwd=ROOT, capture_output=True,
@@ -114,31 +211,50 @@ def test_each_image_imports_only_what_it_installs(modules, absent):
     assert result.returncode == 0, result.stderr
 
 
+def healthcheck_command(service: dict, port_from: str, port_to: int) -> list[str]:
+    """A compose CMD health check as a local command: our Python, the container port moved."""
+    kind, program, *args = service["healthcheck"]["test"]
+    assert kind == "CMD" and program == "python"
+    return [sys.executable, *(arg.replace(f":{port_from}/", f":{port_to}/") for arg in args)]
+
+
 def test_services_start_with_the_container_environment(compose, tmp_path):
-    """The compose environment, hosts moved to loopback: worker health, the probe, bridge READY."""
+    """The compose environment, hosts moved to loopback: worker health, the compose health checks,
+    the bridge READY, worker metrics on their own port."""
     worker_port, metrics_port, bridge_port = free_port(), free_port(), free_port()
-    worker_env = {k: str(v) for k, v in {**dockerfile_env(DOCKERFILES["worker"]),
-                                         **compose["services"]["worker"]["environment"]}.items()}
+    worker_env = {k: str(interpolate(v)) for k, v in {**dockerfile_env(DOCKERFILES["worker"]),
+                                                      **compose["services"]["worker"]["environment"]}.items()}
     worker_env.update(WORKER_LISTEN=f"127.0.0.1:{worker_port}", WORKER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
                       WORKER_SPOOL_DIR=str(tmp_path))
-    bridge_env = {k: str(v) for k, v in {**dockerfile_env(DOCKERFILES["bridge"]),
-                                         **compose["services"]["bridge"]["environment"]}.items()}
+    bridge_env = {k: str(interpolate(v)) for k, v in {**dockerfile_env(DOCKERFILES["bridge"]),
+                                                      **compose["services"]["bridge"]["environment"]}.items()}
     bridge_env.update(BRIDGE_LISTEN=f"127.0.0.1:{bridge_port}",
                       BRIDGE_WORKER=bridge_env["BRIDGE_WORKER"].replace("worker:", "localhost:").replace(
                           ":50051", f":{worker_port}"))
+    worker_check = healthcheck_command(compose["services"]["worker"], "50051", worker_port)
+    bridge_check = healthcheck_command(compose["services"]["bridge"], "8900", bridge_port)
     worker = spawn(tmp_path, "worker", ["-m", "worker"], worker_port, worker_env)
     bridge = spawn(tmp_path, "bridge", ["-m", "bridge"], bridge_port, bridge_env)
     try:
         wait_for_health(worker)
-        probe = subprocess.run([sys.executable, "-m", "worker.probe"], cwd=ROOT, capture_output=True, text=True,
+        probe = subprocess.run(worker_check, cwd=ROOT, capture_output=True, text=True,
                                env={**worker_env, "PATH": ""})
         assert probe.returncode == 0, probe.stderr
         wait_for_http(bridge, "/healthcheck", "READY")
         assert requests.get(f"http://127.0.0.1:{bridge_port}/readyz").status_code == 200
+        check = subprocess.run(bridge_check, cwd=ROOT, capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
         assert "worker_model_loaded 1.0" in requests.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert "bridge_worker_ready" in requests.get(f"http://127.0.0.1:{bridge_port}/metrics").text
+        # With its worker gone, the bridge's health check fails (not ready), though the bridge runs.
+        worker.stop()
+        deadline = time.monotonic() + 15
+        while subprocess.run(bridge_check, cwd=ROOT, capture_output=True, timeout=30).returncode == 0:
+            assert time.monotonic() < deadline, "the bridge's health check still passes without a worker"
+            time.sleep(0.2)
+        assert requests.get(f"http://127.0.0.1:{bridge_port}/healthz").status_code == 200
     finally:
         bridge.stop()
         worker.stop()
-    probe = subprocess.run([sys.executable, "-m", "worker.probe"], cwd=ROOT, capture_output=True, text=True,
-                           env={**worker_env, "PATH": ""})
+    probe = subprocess.run(worker_check, cwd=ROOT, capture_output=True, text=True, env={**worker_env, "PATH": ""})
     assert probe.returncode == 1

@@ -94,15 +94,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def Infer(self, request_iterator: AsyncIterator[pb.InferRequest], context) -> None:
         call = _Call(self, context)
-        with request_tags(request_id=uuid.uuid4().hex[:12]):
+        sent_id = next((value for key, value in context.invocation_metadata() or () if key == "x-request-id"), "")
+        with request_tags(request_id=clean_request_id(sent_id)):
             try:
                 await call.run(request_iterator)
                 call.outcome = "ok"
             except errors.WorkerError as error:
                 call.outcome = error.outcome
                 serious = isinstance(error, (errors.ModelFailed, errors.InvalidResult))
-                log.log(logging.ERROR if serious else logging.INFO, "inference failed (%s): %s",
-                        error.status.name, error.message)
+                # Refusals of a busy worker are routine (the bridge tries again): the metrics count them.
+                level = logging.ERROR if serious else logging.DEBUG if isinstance(error, errors.Busy) else logging.INFO
+                log.log(level, "inference failed (%s): %s", error.status.name, error.message)
+                call.finish()  # before the status leaves: whoever sees it sees the metrics too
                 context.set_trailing_metadata(call.trailers(error.error_code))
                 await context.abort(error.status, error.message)
             except asyncio.CancelledError:
@@ -112,6 +115,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             except Exception:
                 call.outcome = "worker_error"
                 log.exception("inference failed: unexpected error in the worker")
+                call.finish()
                 context.set_trailing_metadata(call.trailers("worker_error"))
                 await context.abort(grpc.StatusCode.INTERNAL, "the worker failed unexpectedly; see its log")
             finally:
@@ -144,6 +148,9 @@ class _Call:
         self.ticket: Ticket | None = None
         self.spool: Spool | None = None
         self.input_hash = ""
+        self.finished = False
+        remaining = context.time_remaining()
+        self.deadline_at = time.monotonic() + remaining if remaining is not None else None
         self.gone = threading.Event()  # set when the call ends for any reason: study.is_cancelled() reads it
         context.add_done_callback(lambda _context: self.gone.set())
 
@@ -288,10 +295,16 @@ class _Call:
         return out + (((errors.ERROR_CODE_KEY, error_code),) if error_code else ())
 
     def gone_outcome(self) -> str:
-        remaining = self.context.time_remaining()
-        return "deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled"
+        # The deadline as it was at the start: gRPC may cancel a hair before time_remaining() reaches 0.
+        if self.deadline_at is not None and time.monotonic() >= self.deadline_at - 0.1:
+            return "deadline_exceeded"
+        return "cancelled"
 
     def finish(self) -> None:
+        """Counts the call and frees what it held; once, whichever way the call ended."""
+        if self.finished:
+            return
+        self.finished = True
         self.gone.set()
         if self.ticket is not None:
             self.ticket.leave()
