@@ -6,20 +6,21 @@ reach the viewer byte for byte like the typed MockModel's.
 
 from __future__ import annotations
 
-import numpy
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from dicom_geometry import slice_order
 from mock_model import shapes
 from mock_model.conformance import conformance_checks
 from worker import LegacyHandlerModel
 
 
 def _series(dicom_instances):
-    """Headers grouped by series, each ordered by position along the slice normal (as MockModel).
+    """Headers grouped by series, each in the protocol's slice order, with its number of time points.
 
-    The original gateway passes attachments (reports, JSON, images) ahead of the instances in the same
-    list, so buffers that are not DICOM are skipped, as a real handler must.
+    The order is `dicom_geometry.slice_order`, the worker's own rule, so that this handler's masks line
+    up with the typed MockModel's. The original gateway passes attachments (reports, JSON, images) ahead
+    of the instances in the same list, so buffers that are not DICOM are skipped, as a real handler must.
     """
     groups = {}
     for buffer in dicom_instances:
@@ -28,10 +29,11 @@ def _series(dicom_instances):
         except InvalidDicomError:
             continue
         groups.setdefault(dcm.SeriesInstanceUID, []).append(dcm)
-    for headers in groups.values():
-        normal = numpy.cross(headers[0].ImageOrientationPatient[:3], headers[0].ImageOrientationPatient[3:])
-        headers.sort(key=lambda d: float(numpy.dot(normal, d.ImagePositionPatient)))
-    return groups
+    ordered = {}
+    for uid, headers in groups.items():
+        order = slice_order(headers)
+        ordered[uid] = ([headers[index] for index in order.order], order.timepoints)
+    return ordered
 
 
 def handler(json_input, dicom_instances, input_hash):
@@ -39,7 +41,7 @@ def handler(json_input, dicom_instances, input_hash):
     groups = _series(dicom_instances)
     if command == "get-bounding-box-2d":
         boxes = []
-        for headers in groups.values():
+        for headers, _ in groups.values():
             frames = [(d, f) for d in headers for f in range(int(getattr(d, "NumberOfFrames", 1) or 1))]
             dcm, frame = frames[len(frames) // 2]
             top_left, bottom_right = shapes.box_corners(dcm.Rows, dcm.Columns)
@@ -51,13 +53,13 @@ def handler(json_input, dicom_instances, input_hash):
         return {"protocol_version": "1.0", "parts": [], "bounding_boxes_2d": boxes}, []
 
     parts, masks = [], []
-    for uid, headers in groups.items():
-        depth = sum(int(getattr(d, "NumberOfFrames", 1) or 1) for d in headers)
+    for uid, (headers, timepoints) in groups.items():
+        depth = sum(int(getattr(d, "NumberOfFrames", 1) or 1) for d in headers) // timepoints
         rows, cols = headers[0].Rows, headers[0].Columns
-        mask = shapes.volume(shapes.probability_slice, 1, depth, rows, cols)[0]
+        mask = shapes.volume(shapes.probability_slice, timepoints, depth, rows, cols)
         parts.append({
             "label": "mock probability_mask", "binary_type": "probability_mask",
-            "binary_data_shape": {"timepoints": 1, "depth": depth, "width": cols, "height": rows},
+            "binary_data_shape": {"timepoints": timepoints, "depth": depth, "width": cols, "height": rows},
             "SeriesInstanceUID": uid,
             "probability_threshold": 0.5,
             "dicomConformance": {"recommended": conformance_checks(headers)},

@@ -32,10 +32,11 @@ from mock_model import MockModel
 from tests import http_helpers as http
 from tests.dicom_factory import write_big_study, write_standard_study
 from tests.services import ROOT, free_port, mock_stack
+from testtool.loading import load_study
 from testtool.render import write_pngs
-from testtool.study import load_study
 
 SCRIPT = ROOT / "testtool" / "send-inference-request.sh"
+SLICE_PNGS = "series*_slice*_frame*.png"
 DICOM_COMMANDS = ("get-secondary-capture", "get-structured-report")
 MASK_COMMANDS = ("get-probability-mask", "get-probability-mask-2d", "get-boolean-mask", "get-heatmap",
                  "get-label-mask")
@@ -121,9 +122,11 @@ def test_every_mock_command(stack, study, blank_pngs, tmp_path, command):
         expected_sizes = sorted(spec.count * spec.frames * spec.rows * spec.cols for spec in study.series)
         assert sorted(p.stat().st_size for p in masks) == expected_sizes
 
-    pngs = sorted(p.name for p in out.glob("*.png"))
+    pngs = sorted(p.name for p in out.glob(SLICE_PNGS))
     assert len(pngs) == frame_count(study) == 18
     assert pngs == sorted(p.name for p in blank_pngs.glob("*.png"))
+    assert sorted(p.name for p in out.glob("series*_sheet.png")) == [f"series{n:02d}_sheet.png" for n in (1, 2, 3, 4)]
+    assert (out / "index.html").is_file() and f"Report: {out / 'index.html'}" in run.stdout
     changed = [name for name in pngs if not np.array_equal(pixels(out / name), pixels(blank_pngs / name))]
     if command in MASK_COMMANDS:
         assert len(changed) >= 1, "no mask drawn on any PNG"
@@ -138,7 +141,7 @@ def test_the_shell_script_from_another_directory(stack, study, tmp_path):
     assert '"inference_command": "get-bounding-box-2d"' in run.stdout
     saved = json.loads((tmp_path / "output" / "response.json").read_text())  # -o defaults to ./output
     assert len(saved["bounding_boxes_2d"]) == len(study.series)
-    assert len(list((tmp_path / "output").glob("*.png"))) == 18
+    assert len(list((tmp_path / "output").glob(SLICE_PNGS))) == 18
 
 
 def test_help_explains_every_flag():
@@ -184,7 +187,7 @@ def test_request_study_path(stack, study_root, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "studyPath 'cases/case1'" in run.stdout
     assert len(list(out.glob("output_masks_*.npy"))) == len(study.series)
-    assert len(list(out.glob("*.png"))) == 18
+    assert len(list(out.glob(SLICE_PNGS))) == 18
 
 
 def test_an_unknown_command_exits_2_with_the_bridge_message(stack, study, tmp_path):
@@ -265,6 +268,10 @@ def test_a_protocol_violation_is_caught_and_explained(broken_server, study, tmp_
     assert (out / "output_masks_1.npy").stat().st_size == 100
     assert "part 2 (swapped): height x width = 48x32, but the image has 32 rows x 48 columns (width and height " \
            "look swapped); not drawn" in run.stdout
+    page = (out / "index.html").read_text(encoding="utf-8")  # the report says the same
+    assert "4 protocol violation(s)" in page and "4 violation(s)" in page
+    assert "needs 1536 bytes (one uint8 per voxel) but the binary has 100" in page
+    assert "(width and height look swapped); not drawn" in page
 
 
 # ---------------------------------------------------------------------------------- progress bars

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from tests.dicom_factory import write_standard_study
-from testtool.render import (
+from tests.dicom_factory import SAGITTAL, TILTED, write_enhanced_series, write_standard_study
+from testtool.drawing import draw_box, draw_legend, draw_measurement, draw_text_lines
+from testtool.findings import (
     BooleanMask,
     Box,
     Heatmap,
@@ -22,24 +23,21 @@ from testtool.render import (
     Measurement,
     ProbabilityMask,
     TextLines,
-    choose_scale,
-    draw_box,
-    draw_legend,
-    draw_measurement,
-    draw_text_lines,
     findings_for_study,
-    label_colors,
     measurement_length,
+    world_to_pixel,
+)
+from testtool.loading import load_study
+from testtool.overlay import (
+    label_colors,
     overlay_boolean,
     overlay_heatmap,
     overlay_labels,
     overlay_probability,
     palette_lookup,
-    render_image,
-    save_png,
-    write_pngs,
 )
-from testtool.study import InputImage, LoadedStudy, load_study
+from testtool.render import choose_scale, render_frame, render_image, save_png, write_pngs
+from testtool.study import InputImage, LoadedStudy
 
 GRAY = 100
 ROWS, COLS = 4, 5
@@ -264,12 +262,16 @@ def test_text_lines_stay_at_the_top_and_never_overflow():
     draw_text_lines(crowded, [f"line {n}" for n in range(100)])  # more than fits: cut, no error
 
 
-def test_legend_shows_each_class_colour():
-    img = _black(200, 120)
-    draw_legend(img, {"2": "spleen", "1": "liver"}, {1: (255, 0, 0), 2: (0, 0, 255)})
-    pixels = np.asarray(img)
-    assert (pixels == (255, 0, 0)).all(axis=2).any()
-    assert (pixels == (0, 0, 255)).all(axis=2).any()
+def test_legend_goes_in_a_panel_below_the_image_with_each_class_colour():
+    img = _black(300, 120)
+    out = draw_legend(img, {"2": "spleen", "1": "liver"}, {1: (255, 0, 0), 2: (0, 0, 255)})
+    pixels = np.asarray(out)
+    assert out.width == 300 and out.height > 120
+    assert not pixels[:120].any()  # the image itself is untouched
+    red_rows = np.flatnonzero((pixels == (255, 0, 0)).all(axis=2).any(axis=1))
+    blue_rows = np.flatnonzero((pixels == (0, 0, 255)).all(axis=2).any(axis=1))
+    assert red_rows.min() >= 120 and blue_rows.min() > red_rows.max()  # class 1 first, then class 2
+    assert draw_legend(img, {}, {}) is img  # nothing to list: no panel
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,20 +294,32 @@ def test_render_image_blends_masks_before_enlarging_and_draws_boxes_after():
     img = render_image(display, findings, scale=8)
     pixels = np.asarray(img)
 
-    assert img.size == (384, 256)
+    assert img.width == 384 and img.height > 256  # the image, then the legend panel below it
     assert (pixels[24:32, 40:48] == (178, 50, 50)).all()  # mask pixel (row 3, col 5) as one 8x8 block
     assert pixels[23, 40].tolist() == [GRAY] * 3 and pixels[24, 39].tolist() == [GRAY] * 3
     assert pixels[160, 80].tolist() == [255, 255, 0]  # box corner: row 20 * 8, col 10 * 8
     assert pixels[170, 90].tolist() == [GRAY] * 3  # the inside of the box is untouched
-    legend = pixels[200:, :40]  # bottom-left: the swatch of the mask's colour
+    assert (pixels[200:256, :40] == GRAY).all()  # no legend over the anatomy any more
+    legend = pixels[256:, :40]  # below the image: the swatch of the mask's colour
     assert (legend == (255, 0, 0)).all(axis=2).any()
+    assert render_frame(display, findings, scale=8).image.size == (384, 256)
+
+
+def test_classification_text_goes_below_the_image():
+    display = np.full((32, 48), GRAY, np.uint8)
+    rendered = render_frame(display, [TextLines(("malignancy: 0.83", "finding: nodule"))], scale=8)
+    assert rendered.lines == ["malignancy: 0.83", "finding: nodule"]
+    assert (np.asarray(rendered.image) == GRAY).all()
+    picture = np.asarray(rendered.picture())
+    assert picture.shape[0] > 256 and (picture[:256] == GRAY).all()
+    assert (picture[256:] == 255).all(axis=2).any()  # white text in the panel
 
 
 def test_render_image_at_scale_one_changes_only_mask_pixels():
     display = np.full((ROWS, COLS), GRAY, np.uint8)
     mask = np.zeros((ROWS, COLS), np.uint8)
     mask[1, 3] = 1
-    img = render_image(display, [BooleanMask(mask, label="")], scale=1)
+    img = render_frame(display, [BooleanMask(mask, label="")], scale=1).image
     assert _changed(display, np.asarray(img)) == {(1, 3)}
 
 
@@ -326,6 +340,10 @@ def _image(sop: str, series: str, *, frames: int = 1, slice_index: int = 0, time
     ds = Dataset()
     if spacing:
         ds.PixelSpacing = list(spacing)
+    if position:
+        ds.ImagePositionPatient = list(position)
+    if orientation:
+        ds.ImageOrientationPatient = list(orientation)
     return InputImage(path=None, source=Path(f"{sop}.dcm"), dataset=ds, sop_instance_uid=sop,
                       series_instance_uid=series, rows=rows, cols=cols, frames=frames, position=position,
                       orientation=orientation, slice_index=slice_index, timepoint=timepoint)
@@ -372,7 +390,7 @@ def test_3d_mask_slices_follow_the_protocol_layout_on_non_square_images():
         (finding,) = findings[(f"sop{k}", 0)]
         assert isinstance(finding, ProbabilityMask) and finding.threshold == 0.5
         np.testing.assert_array_equal(finding.mask, volume[0, k])
-        assert _changed(display, np.asarray(render_image(display, [finding]))) == {(k, k + 1)}
+        assert _changed(display, np.asarray(render_frame(display, [finding]).image)) == {(k, k + 1)}
 
 
 def test_3d_mask_with_time_points_and_multi_frame_instances():
@@ -438,7 +456,7 @@ def test_numeric_label_mask_keeps_its_label_map():
     assert notes == []
     (finding,) = findings[("a", 0)]
     assert isinstance(finding, LabelMask) and finding.label_map == label_map
-    img = render_image(np.full((ROWS, COLS), GRAY, np.uint8), [finding])
+    img = render_frame(np.full((ROWS, COLS), GRAY, np.uint8), [finding]).image
     assert _changed(np.full((ROWS, COLS), GRAY, np.uint8), np.asarray(img)) == {(1, 1), (2, 2)}
 
 
@@ -468,6 +486,48 @@ def test_boxes_and_measurements_go_to_their_image():
     assert findings[("b", 1)] == [Measurement((0.0, 0.0), (3.0, 4.0), "e", "5.0 px")]
     # world (1, 2) mm with 0.25 mm columns and 0.5 mm rows is column 4, row 4
     assert findings[("c", 0)] == [Measurement((0.0, 0.0), (4.0, 4.0), "w", "2.2 mm")]
+
+
+def _patient_point(image, frame: int, col: float, row: float) -> list[float]:
+    """The patient point of pixel (col, row) of a frame, straight from the DICOM definition."""
+    geometry = image.geometry(frame)
+    row_spacing, col_spacing = geometry.pixel_spacing
+    point = (np.asarray(geometry.position) + col * col_spacing * np.asarray(geometry.orientation[:3])
+             + row * row_spacing * np.asarray(geometry.orientation[3:]))
+    return [round(float(v), 4) for v in point]
+
+
+def test_world_measurements_use_each_frame_s_own_geometry(tmp_path):
+    write_enhanced_series(tmp_path / "study", stacks=1, frames=4, orientation=TILTED, shear=1.5)
+    study = load_study(tmp_path / "study")
+    (image,) = study.images
+    start, end = _patient_point(image, 2, 3, 2), _patient_point(image, 2, 10, 7)
+    # frame 1's geometry would misplace it: the frames are sheared 1.5 mm (2.1 columns) per slice
+    assert world_to_pixel(image, 0, start)[0] == pytest.approx(3 + 2 * 1.5 / 0.7, abs=1e-3)
+    answer = _answer(linear_measurements_2d=[
+        {"label": "xyz", "SOPInstanceUID": image.sop_instance_uid, "frame_number": 3, "coordinates_type": "world",
+         "start": start, "end": end},
+        {"label": "xy", "SOPInstanceUID": image.sop_instance_uid, "frame_number": 3, "coordinates_type": "world",
+         "start": start[:2], "end": end[:2]},
+    ])
+
+    findings, notes = findings_for_study(study, answer, [], False)
+
+    assert notes == []
+    xyz, xy = findings[(image.sop_instance_uid, 2)]
+    for found in (xyz, xy):
+        assert found.start == pytest.approx((3, 2), abs=1e-3) and found.end == pytest.approx((10, 7), abs=1e-3)
+        assert found.length_text == f"{np.hypot(7 * 0.7, 5 * 0.8):.1f} mm"  # the length on the plane
+
+
+def test_world_x_y_on_a_sagittal_image_is_text_with_a_reason():
+    study = _study(_image("s", "S", spacing=(1.0, 1.0), position=(0.0, 0.0, 0.0), orientation=SAGITTAL))
+    answer = _answer(linear_measurements_2d=[{"label": "w", "SOPInstanceUID": "s", "coordinates_type": "world",
+                                              "start": [0.0, 1.0], "end": [0.0, 3.0]}])
+    findings, notes = findings_for_study(study, answer, [], False)
+    assert findings[("s", 0)] == [TextLines(("w: 2.0 mm",))]
+    assert notes == ["linear measurement 1: world [x, y] names no single point of this image, whose plane contains "
+                     "the z axis (sagittal or coronal); give [x, y, z] to place it; shown as text only"]
 
 
 def test_ml_json_becomes_text_lines_only_when_asked():
@@ -574,7 +634,7 @@ def test_write_pngs_one_file_per_frame_in_send_order(tmp_path):
     boxed = tmp_path / "out" / f"series{series_number:02d}_slice0003_frame01.png"
     with Image.open(boxed) as img:
         pixels = np.asarray(img.convert("RGB"))
-    assert img.size == (48 * 8, 32 * 8)
+    assert img.width == 48 * 8 and img.height > 32 * 8  # the study_ml_json text is in a panel below
     assert pixels[6 * 8, 5 * 8].tolist() == [255, 255, 0]  # the box's top-left corner
     multiframe = next(i for i, images in enumerate(study.series.values(), 1) if images[0].frames == 5)
     assert [p.name for p in paths if p.name.startswith(f"series{multiframe:02d}")] == [

@@ -17,13 +17,9 @@ from pydicom.fileset import FileSet
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless, generate_uid
 
 from tests.dicom_factory import SAGITTAL, SeriesSpec, _pixels, make_dataset, write_standard_study, write_study
-from testtool.study import (
-    SECONDARY_CAPTURE_STORAGE,
-    frame_pixels,
-    load_study,
-    to_display,
-    window_linear,
-)
+from testtool.conversion import SECONDARY_CAPTURE_STORAGE
+from testtool.display import frame_pixels, to_display, window_linear
+from testtool.loading import load_study
 
 
 def _paths(images) -> list[Path]:
@@ -85,17 +81,21 @@ def test_loading_twice_gives_the_same_send_order(tmp_path):
     assert [i.sop_instance_uid for i in first.images] == [i.sop_instance_uid for i in second.images]
 
 
-def test_without_geometry_instance_number_then_file_name_decide(tmp_path):
+def test_without_geometry_instance_number_then_sop_instance_uid_decide(tmp_path):
+    """Ties are broken by the data, not by file names: the worker sees no file names (dicom_geometry.order)."""
     spec = SeriesSpec("scout", rows=8, cols=10, count=1)
     study_uid = generate_uid()
+    uids = {}
     for name, number in [("c.dcm", 2), ("a.dcm", 3), ("b.dcm", 1), ("d.dcm", 3)]:
         ds = make_dataset(study_uid=study_uid, spec=spec, number=number, position=(0.0, 0.0, 0.0))
         del ds.ImagePositionPatient, ds.ImageOrientationPatient
         ds.save_as(tmp_path / name, enforce_file_format=True)
+        uids[name] = ds.SOPInstanceUID
 
     images = load_study(tmp_path).series[spec.series_uid]
 
-    assert [image.source.name for image in images] == ["b.dcm", "c.dcm", "a.dcm", "d.dcm"]
+    tied = sorted(["a.dcm", "d.dcm"], key=lambda name: uids[name])
+    assert [image.source.name for image in images] == ["b.dcm", "c.dcm", *tied]
     assert [image.position for image in images] == [None] * 4
     assert [image.timepoint for image in images] == [0] * 4
 

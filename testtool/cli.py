@@ -3,9 +3,10 @@
 Why this tool exists: the original Arterys test tool drew whatever came back, so a mask with width and
 depth swapped looked fine there and wrong in the viewer. This one loads the study the way it sends it
 (testtool.study), streams the request (testtool.send), reads the answer as it streams in
-(testtool.answer), checks it against PROTOCOL.md (testtool.check), draws every finding it can place
-(testtool.render) and prints a summary (testtool.report). The flags are the original tool's, so existing
-scripts keep working.
+(testtool.answer), checks it against PROTOCOL.md (testtool.check), maps the findings onto the images
+(testtool.findings), draws them (testtool.render), prints a summary (testtool.report) and writes an HTML
+report beside the PNGs (testtool.html_report). The flags are the original tool's, so existing scripts
+keep working. docs/testtool.md is the user's guide.
 
 Exit codes: 0 the answer follows the protocol; 1 it violates it (each violation is printed); 2 no usable
 answer: HTTP error status (the server's message is printed), connection failure, or bad arguments.
@@ -25,7 +26,10 @@ from tqdm import tqdm
 from arterys_http.protocol import sha256_hex
 from testtool.answer import DICOM_FILE, MASK_FILE, ReceivedAnswer, read_answer
 from testtool.check import check_answer, study_index
-from testtool.render import findings_for_study, write_pngs
+from testtool.findings import findings_for_study
+from testtool.html_report import REPORT_FILE, ReportInput, write_report
+from testtool.loading import load_study
+from testtool.render import SHEET_FILE, write_pictures
 from testtool.report import summary
 from testtool.send import (
     DEFAULT_COMMANDS,
@@ -35,7 +39,7 @@ from testtool.send import (
     request_parts,
     study_path_body,
 )
-from testtool.study import LoadedStudy, load_study
+from testtool.study import LoadedStudy
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_FAILURE = 0, 1, 2
 CHUNK_SIZE = 1 << 20
@@ -43,7 +47,8 @@ CONNECT_TIMEOUT = 10.0
 LARGE_ANSWER = 4 << 20  # below this a download bar would only flicker
 ERROR_BODY_LIMIT = 1 << 20
 # Files of an earlier run that this run would otherwise leave mixed with its own.
-OWN_FILES = ("response.json", "hashes.txt", MASK_FILE.format("*"), DICOM_FILE.format("*"), "series*_slice*_frame*.png")
+OWN_FILES = ("response.json", "hashes.txt", MASK_FILE.format("*"), DICOM_FILE.format("*"), "series*_slice*_frame*.png",
+             SHEET_FILE.format("*"), REPORT_FILE)
 
 DESCRIPTION = """\
 Send a DICOM study to an Arterys-protocol inference service (e.g. the bridge), check the answer
@@ -64,7 +69,11 @@ files written to OUTPUT (created if needed; files with these names left by an ea
   sc_N.dcm              the Nth DICOM output (secondary capture, structured report, GSPS), N from 1
   hashes.txt            the answer's last part, <input_hash>:<output_hash>
   seriesSS_sliceNNNN_frameFF.png
-                        one picture per input image frame with every finding drawn
+                        one picture per input image frame with every finding drawn (legend and
+                        classification text in a panel below the image)
+  seriesSS_sheet.png    contact sheet: every frame of series SS, frames with findings outlined
+  index.html            the report: summary, contact sheets, findings, protocol checks, request and
+                        answer JSON; open it in a browser (works offline, from file://)
 
 exit status:
   0  the answer follows the protocol (PROTOCOL.md)
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILURE
         _remove_own_files(args.output)
         answer, broken = _receive(response, args.output, bars)
-    return _finish(args, study, answer, input_hash, broken)
+    return _finish(args, study, answer, input_hash, broken, url, request_json)
 
 
 def _post(url, args, study: LoadedStudy, request_json: dict, timeout, bars: bool):
@@ -282,7 +291,8 @@ def _receive(response: requests.Response, out_dir: Path, bars: bool) -> tuple[Re
     return answer, (broken[0] if broken else None)
 
 
-def _finish(args, study: LoadedStudy, answer: ReceivedAnswer, input_hash: str, broken: str | None) -> int:
+def _finish(args, study: LoadedStudy, answer: ReceivedAnswer, input_hash: str, broken: str | None, url: str,
+            request_json: dict) -> int:
     out_dir: Path = args.output
     result, json_error = answer.result_json()
     if answer.parts:
@@ -298,10 +308,14 @@ def _finish(args, study: LoadedStudy, answer: ReceivedAnswer, input_hash: str, b
         findings, notes = findings_for_study(study, result, binaries, draw_labels=args.include_label_plots)
     else:
         findings, notes = {}, []
-    pngs = write_pngs(study, findings, out_dir)
+    pictures = write_pictures(study, findings, out_dir)
+    pngs = [picture.path for series in pictures for picture in series.frames]
+    status = EXIT_FAILURE if broken else EXIT_VIOLATIONS if violations else EXIT_OK
+    report = write_report(ReportInput(out_dir, url, request_json, input_hash, study, result, answer, findings,
+                                      violations, notes, pictures, status, broken))
     print()
-    print(summary(study, result, answer, findings, violations, notes, out_dir, pngs))
+    print(summary(study, result, answer, findings, violations, notes, out_dir, pngs,
+                  sheets=sum(series.sheet is not None for series in pictures), report=report))
     if broken:
         print(f"error: {broken}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_VIOLATIONS if violations else EXIT_OK
+    return status

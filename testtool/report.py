@@ -12,19 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from testtool.answer import ReceivedAnswer
-from testtool.render import (
-    BooleanMask,
-    Box,
-    FindingMap,
-    Heatmap,
-    LabelMask,
-    Measurement,
-    ProbabilityMask,
-    TextLines,
-)
+from testtool.findings import MASK_FINDINGS, Box, FindingMap, Measurement, TextLines
 from testtool.study import LoadedStudy
-
-MASK_FINDINGS = (ProbabilityMask, BooleanMask, Heatmap, LabelMask)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -38,10 +27,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
-
-
-def short_uid(uid: str, keep: int = 14) -> str:
-    return uid if len(uid) <= keep + 1 else "…" + uid[-keep:]
 
 
 def series_rows(study: LoadedStudy, findings: FindingMap) -> list[list[object]]:
@@ -64,7 +49,7 @@ def series_rows(study: LoadedStudy, findings: FindingMap) -> list[list[object]]:
     for number, (uid, images) in enumerate(study.series.items(), start=1):
         description = str(images[0].dataset.get("SeriesDescription", "") or "-")
         frames = sum(image.frames for image in images if image.has_pixels)
-        rows.append([number, description, short_uid(uid), len(images), frames, counts[uid]["boxes"],
+        rows.append([number, description, uid, len(images), frames, counts[uid]["boxes"],
                      counts[uid]["masks"], counts[uid]["measurements"], counts[uid]["labels"]])
     return rows
 
@@ -111,6 +96,8 @@ def summary(
     notes: Sequence[str],
     out_dir: Path,
     pngs: Sequence[Path],
+    sheets: int = 0,
+    report: Path | None = None,
 ) -> str:
     sections = []
     if study.series:
@@ -132,6 +119,9 @@ def summary(
     fixed = [name for name in ("response.json", "hashes.txt") if (Path(out_dir) / name).exists()]
     sections.append(
         f"Files in {out_dir}: {', '.join(fixed) or 'no response.json'}, {masks} mask file(s) output_masks_N.npy "
-        f"(raw uint8, no .npy header), {dicoms} DICOM file(s) sc_N.dcm, {len(pngs)} PNG(s)"
+        f"(raw uint8, no .npy header), {dicoms} DICOM file(s) sc_N.dcm, {len(pngs)} PNG(s), "
+        f"{sheets} contact sheet(s)"
     )
+    if report is not None:
+        sections.append(f"Report: {report} (open it in a browser)")
     return "\n\n".join(sections)

@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 
 from arterys_http.protocol import ImageInfo, StudyIndex
+from dicom_geometry import slice_order
 from worker.config import StudyLimits
 from worker.errors import BadRequest, WorkerError, short
 from worker.pixels import NotDicom, check_pixel_data
@@ -163,26 +164,10 @@ class Series:
 
     @classmethod
     def ordered(cls, uid: str, instances: list[Instance]) -> Series:
-        def number(instance: Instance) -> int:
-            return int(instance.header.get("InstanceNumber", 0) or 0)
-
-        normal = next((i.normal for i in instances if i.normal is not None), None)
-        if normal is None or any(i.position is None for i in instances):
-            return cls(uid, sorted(instances, key=lambda i: (number(i), i.index)))
-        def along_normal(instance: Instance) -> float:
-            return round(float(np.dot(normal, instance.position)), 4)
-
-        positions = sorted({along_normal(i) for i in instances})
-        timepoints = len(instances) // len(positions) if len(instances) % len(positions) == 0 else 1
-        if timepoints > 1:
-            # Same slice seen several times: the n-th instance at a position (by number) is time point n.
-            by_position: dict[float, list[Instance]] = {}
-            for instance in sorted(instances, key=lambda i: (number(i), i.index)):
-                by_position.setdefault(along_normal(instance), []).append(instance)
-            if all(len(group) == timepoints for group in by_position.values()):
-                ordered = [by_position[p][t] for t in range(timepoints) for p in positions]
-                return cls(uid, ordered, timepoints)
-        return cls(uid, sorted(instances, key=lambda i: (along_normal(i), number(i), i.index)))
+        # One rule shared with the test tool and the legacy mock (dicom_geometry.order documents it), so
+        # that a mask the model writes for this order is drawn on the same images everywhere.
+        order = slice_order([instance.header for instance in instances])
+        return cls(uid, [instances[index] for index in order.order], order.timepoints)
 
     @property
     def rows(self) -> int:

@@ -1,0 +1,99 @@
+"""dicom_geometry.frames: each frame's geometry (classic and enhanced headers) and placing patient points."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from dicom_geometry import FrameGeometry, frame_geometry
+from tests.dicom_factory import SAGITTAL, TILTED, _unit_normal, write_enhanced_series
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def in_plane(geometry: FrameGeometry, col: float, row: float) -> np.ndarray:
+    """The patient point of pixel (col, row), straight from the DICOM definition (PS3.3 C.7.6.2.1.1)."""
+    row_spacing, col_spacing = geometry.pixel_spacing
+    return (np.asarray(geometry.position) + col * col_spacing * np.asarray(geometry.orientation[:3])
+            + row * row_spacing * np.asarray(geometry.orientation[3:]))
+
+
+def test_enhanced_frames_take_their_own_position_and_the_shared_orientation(tmp_path):
+    case = write_enhanced_series(tmp_path, stacks=1, frames=4)
+    (path,) = case.paths
+    ds = dcmread(path, stop_before_pixels=True)
+    assert "ImagePositionPatient" not in ds and "ImageOrientationPatient" not in ds
+    normal, row_direction = _unit_normal(TILTED), np.asarray(TILTED[:3])
+
+    for frame in range(4):
+        geometry = frame_geometry(ds, frame)
+        # 3 mm apart along the normal, sheared 1.5 mm per slice along the rows (write_enhanced_series)
+        expected = np.array([30.0, -12.0, 40.0]) + normal * 3.0 * frame + row_direction * 1.5 * frame
+        np.testing.assert_allclose(geometry.position, expected, atol=1e-5)
+        assert geometry.orientation == pytest.approx(TILTED)
+        assert geometry.pixel_spacing == (0.8, 0.7)
+
+
+def test_the_frame_s_own_group_wins_over_the_shared_one_and_the_top_level():
+    ds = Dataset()
+    ds.ImagePositionPatient = [9, 9, 9]
+    ds.PixelSpacing = [2, 2]
+    shared = Dataset()
+    shared.PlanePositionSequence = [Dataset()]
+    shared.PlanePositionSequence[0].ImagePositionPatient = [5, 5, 5]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    own = Dataset()
+    own.PlanePositionSequence = [Dataset()]
+    own.PlanePositionSequence[0].ImagePositionPatient = [1, 2, 3]
+    ds.PerFrameFunctionalGroupsSequence = [own, Dataset()]
+
+    assert frame_geometry(ds, 0).position == (1.0, 2.0, 3.0)
+    assert frame_geometry(ds, 1).position == (5.0, 5.0, 5.0)  # no position of its own: the shared one
+    assert frame_geometry(ds, 7).position == (5.0, 5.0, 5.0)
+    assert frame_geometry(ds, 0).pixel_spacing == (2.0, 2.0)  # only at the top level
+    assert frame_geometry(ds, 0).orientation is None and frame_geometry(ds, 0).normal is None
+
+
+@pytest.mark.parametrize("bad", [[1, 2], [1, 2, 3, 4], [1, float("nan"), 3]])
+def test_malformed_positions_are_absent(bad):
+    ds = Dataset()
+    ds.ImagePositionPatient = bad
+    assert frame_geometry(ds).position is None
+
+
+def test_points_of_a_tilted_plane_round_trip():
+    geometry = FrameGeometry((12.5, -30.0, 7.25), TILTED, (0.8, 0.7))
+    for col, row in [(0, 0), (13.0, 4.0), (2.5, 9.75)]:
+        point = in_plane(geometry, col, row)
+        assert geometry.pixel_of(point) == pytest.approx((col, row), abs=1e-4)
+        assert geometry.pixel_of(point + 6.0 * geometry.normal) == pytest.approx((col, row), abs=1e-4)
+        assert geometry.distance_from_plane(point + 6.0 * geometry.normal) == pytest.approx(6.0)
+        # the protocol's [x, y] form: the point of the plane with that x and y
+        assert geometry.pixel_of_xy(point[0], point[1]) == pytest.approx((col, row), abs=1e-4)
+
+
+def test_x_and_y_name_no_point_of_a_sagittal_plane():
+    geometry = FrameGeometry((0.0, 0.0, 0.0), SAGITTAL, (1.0, 1.0))
+    assert geometry.pixel_of_xy(0.0, 5.0) is None
+    assert geometry.pixel_of((0.0, 5.0, -3.0)) == pytest.approx((5.0, 3.0))
+    assert FrameGeometry(None, SAGITTAL, (1.0, 1.0)).pixel_of((0, 0, 0)) is None
+
+
+def test_dicom_geometry_depends_on_numpy_and_pydicom_only():
+    allowed = {"numpy", "pydicom", "dicom_geometry", "__future__"} | set(sys.stdlib_module_names)
+    for path in sorted((ROOT / "dicom_geometry").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
