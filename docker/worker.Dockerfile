@@ -13,6 +13,7 @@ RUN pip install --no-cache-dir -r requirements-worker.txt
 COPY logging.yaml ./
 COPY arterys_http/ arterys_http/
 COPY contract/ contract/
+COPY dicom_geometry/ dicom_geometry/
 COPY worker/ worker/
 COPY mock_model/ mock_model/
 
