@@ -95,8 +95,19 @@ def study(tmp_path_factory) -> Study:
     return write_export_study(tmp_path_factory.mktemp("export-study"))[0]
 
 
+_RUNS: dict = {}
+
+
 def run(study: Study, command: str, keep_arterys: bool = False):
-    """The mock model's checked answer to `command`, and that answer with DICOM outputs."""
+    """The mock model's checked answer to `command`, and that answer with DICOM outputs (made once per
+    study, command and keep_arterys: tests only read them)."""
+    key = (id(study), command, keep_arterys)
+    if key not in _RUNS:
+        _RUNS[key] = _run(study, command, keep_arterys)
+    return _RUNS[key]
+
+
+def _run(study: Study, command: str, keep_arterys: bool):
     study.command = command
     wire = checked(*from_result(MockModel().infer(study)), study.index())
     out, binaries = export_dicom(wire.json, wire.binaries, study, keep_arterys=keep_arterys,
