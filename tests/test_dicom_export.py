@@ -487,3 +487,34 @@ def test_segments_and_private_codes_follow_the_labels(tmp_path):
                        model=("unnamed model", "unknown"))
     assert_valid(bytes(binaries[0]), tmp_path, "labels")
 
+
+
+def test_an_image_without_frame_of_reference_gets_a_segmentation_but_a_series_does_not(tmp_path):
+    """Computed radiographs (pydicom's bundled files) have no frame of reference: a 2D mask can still be
+    tied to its image; a 3D mask over several such images cannot be placed, and says so."""
+    folder = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "77654033"
+    study = as_study(sorted((folder / "CR1").iterdir()) + sorted((folder / "CR2").iterdir()))
+    image = study.instances[0]
+    assert "FrameOfReferenceUID" not in image.header
+    mask = np.zeros((image.rows, image.columns), np.uint8)
+    mask[3:8, 4:9] = 1
+    part = {"label": "cr", "binary_type": "boolean_mask", "dicom_image": {"SOPInstanceUID": image.sop_instance_uid},
+            "binary_data_shape": {"width": image.columns, "height": image.rows}}
+    out, binaries = export_dicom({"protocol_version": "1.0", "parts": [part]}, [mask.tobytes()], study,
+                                 keep_arterys=False)
+    ds = read(binaries[0])
+    np.testing.assert_array_equal(ds.pixel_array, mask)
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == image.sop_instance_uid
+    assert_valid(bytes(binaries[0]), tmp_path, "cr")
+
+    paths = []  # two radiographs made one series
+    for index, source in enumerate(sorted((folder / "CR2").iterdir()) + sorted((folder / "CR3").iterdir())):
+        ds = pydicom.dcmread(source)
+        ds.SeriesInstanceUID = "1.2.3.4"
+        paths.append(tmp_path / f"cr{index}.dcm")
+        ds.save_as(paths[-1])
+    series_study = as_study(paths)
+    volume = {"label": "v", "binary_type": "boolean_mask", "SeriesInstanceUID": "1.2.3.4",
+              "binary_data_shape": {"timepoints": 1, "depth": 2, "width": 16, "height": 16}}
+    with pytest.raises(DicomExportError, match="no FrameOfReferenceUID"):
+        export_dicom({"protocol_version": "1.0", "parts": [volume]}, [bytes(512)], series_study, keep_arterys=True)

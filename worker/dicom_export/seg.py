@@ -161,6 +161,9 @@ def segmentations(part: dict, binary, study: Study, device: Device, series_uid: 
             )
         except ValueError as error:
             raise DicomExportError(f"{where}: highdicom cannot make a Segmentation of it: {error}") from error
+        if "FrameOfReferenceUID" not in dataset:
+            # General Image: without a frame of reference, Patient Orientation (Type 2C) says which way is up.
+            dataset.PatientOrientation = chunk.planes[0].instance.header.get("PatientOrientation", "")
         outputs.append(SegOutput(dataset, label, reference["SeriesInstanceUID"], segments, reference))
     return outputs
 
