@@ -23,6 +23,7 @@ from pydicom.sr.codedict import codes
 from mock_model.model import MockModel
 from tests import dicom_factory as factory
 from tests.test_dicom_export_studies import as_study, write_export_study
+from worker.api import UnsupportedStudy
 from worker.dicom_export import DicomExportError, export_dicom
 from worker.results import checked, from_legacy, from_result
 from worker.study import Study
@@ -461,8 +462,9 @@ def test_frames_without_positions_are_refused_with_the_reason(tmp_path):
     study = as_study([i.path for i in record.instances])
     part = {"label": "m", "binary_type": "boolean_mask", "SeriesInstanceUID": study.series[0].uid,
             "binary_data_shape": {"timepoints": 1, "depth": 4, "width": 9, "height": 8}}
-    with pytest.raises(DicomExportError, match=r"parts\[0\] \('m'\).*no functional groups"):
+    with pytest.raises(DicomExportError, match=r"parts\[0\] \('m'\).*no functional groups") as caught:
         export_dicom({"protocol_version": "1.0", "parts": [part]}, [bytes(4 * 8 * 9)], study, keep_arterys=True)
+    assert isinstance(caught.value, UnsupportedStudy)  # HTTP 422 where the worker maps UnsupportedStudy
 
 
 def test_segments_and_private_codes_follow_the_labels(tmp_path):

@@ -12,6 +12,7 @@ import highdicom as hd
 from highdicom._standard_utils import is_multiframe_image  # private, but the rule highdicom applies
 from pydicom import Dataset
 
+from worker.api import UnsupportedStudy
 from worker.study import Instance, Series
 
 # Type 2 attributes of the Patient and General Study modules that highdicom copies from the source and
@@ -22,8 +23,10 @@ _TYPE2_EMPTY = (
 )
 
 
-class DicomExportError(Exception):
-    """A result cannot be written as DICOM for this study (geometry missing, highdicom refused it)."""
+class DicomExportError(UnsupportedStudy):
+    """A result cannot be written as DICOM for this study (geometry missing, highdicom refused it).
+
+    An UnsupportedStudy (HTTP 422): the study is fine for the model, not for the format asked for."""
 
 
 @dataclass(frozen=True)
