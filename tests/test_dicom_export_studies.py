@@ -129,7 +129,7 @@ def test_enhanced_ct_input_is_valid_dicom(tmp_path):
 
 
 def test_dciodvfy_reports_errors_in_a_broken_file(tmp_path):
-    """The validator check can fail: a CT without its Type 1 SOP Class UID and Rows is an error."""
+    """The validator check can fail: an enhanced CT without Rows (Type 1) is an error."""
     from tests.test_dicom_export import dciodvfy_errors
 
     path = write_enhanced_ct(tmp_path, generate_uid())

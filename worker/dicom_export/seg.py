@@ -91,7 +91,7 @@ def _content_label(label: str) -> str:
     return text or "SEGMENTATION"
 
 
-def _chunk_planes(part: dict, study: Study, where: str) -> list[tuple[Chunk, dict]]:
+def _chunk_planes(part: dict, study: Study) -> list[tuple[Chunk, dict]]:
     shape = part["binary_data_shape"]
     if "depth" in shape or "timepoints" in shape:
         series = study.series_by_uid(part["SeriesInstanceUID"])
@@ -133,7 +133,7 @@ def segmentations(part: dict, binary, study: Study, device: Device, series_uid: 
         for s in segments
     ]
     fractional = part["binary_type"] in FRACTIONAL_TYPES
-    pieces = _chunk_planes(part, study, where)
+    pieces = _chunk_planes(part, study)
     outputs = []
     for number, (chunk, reference) in enumerate(pieces, start=first_number):
         check_geometry(chunk.planes, where)
