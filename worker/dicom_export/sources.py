@@ -1,0 +1,152 @@
+"""The source images behind each mask plane, and header copies that highdicom accepts.
+
+Only headers are needed (no pixel data): a mask plane is tied to one source frame, and a Segmentation
+copies that frame's frame of reference, orientation, pixel spacing and position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highdicom as hd
+from highdicom._standard_utils import is_multiframe_image  # private, but the rule highdicom applies
+from pydicom import Dataset
+
+from worker.api import UnsupportedStudy
+from worker.study import Instance, Series
+
+# Type 2 attributes of the Patient and General Study modules that highdicom copies from the source and
+# that real studies (and anonymised ones) often lack: present but empty is what DICOM asks for.
+_TYPE2_EMPTY = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+
+
+class DicomExportError(UnsupportedStudy):
+    """A result cannot be written as DICOM for this study (geometry missing, highdicom refused it).
+
+    An UnsupportedStudy (HTTP 422): the study is fine for the model, not for the format asked for."""
+
+
+@dataclass(frozen=True)
+class Plane:
+    """One source frame: a single-frame instance (frame None) or frame `frame` (1-based) of a multi-frame one."""
+
+    instance: Instance
+    frame: int | None = None
+
+
+@dataclass
+class Chunk:
+    """Planes that become one Segmentation: one time point, and at most one multi-frame instance."""
+
+    planes: list[Plane]
+    start: int  # index of the first plane in the mask's (timepoints * depth) planes
+    timepoint: int = 0  # 0-based
+
+
+def series_planes(series: Series) -> list[Plane]:
+    """Every frame of the series in the protocol's mask order (instances in series order, frames in order)."""
+    planes = []
+    for instance in series.instances:
+        if is_multiframe(instance):
+            planes.extend(Plane(instance, number) for number in range(1, instance.frames + 1))
+        else:
+            planes.append(Plane(instance))
+    return planes
+
+
+def is_multiframe(instance: Instance) -> bool:
+    """Whether the instance's IOD is a multi-frame one (an Enhanced CT of one frame is): highdicom's own test,
+    so that frames are addressed the way highdicom will address them."""
+    return instance.frames > 1 or is_multiframe_image(instance.header)
+
+
+def volume_chunks(series: Series, timepoints: int, depth: int) -> list[Chunk]:
+    """Splits a 3D/4D mask's planes at time points and at multi-frame instance boundaries.
+
+    Why: a Segmentation derives from one series of single-frame images or from exactly one multi-frame
+    image (highdicom's rule), and its planes may not repeat a position, which time points do.
+    """
+    planes = series_planes(series)
+    chunks: list[Chunk] = []
+    for timepoint in range(timepoints):
+        current: list[Plane] = []
+        start = timepoint * depth
+        for offset in range(depth):
+            plane = planes[timepoint * depth + offset]
+            if current and _instance_changes(current[-1], plane):
+                chunks.append(Chunk(current, start, timepoint))
+                current, start = [], timepoint * depth + offset
+            current.append(plane)
+        chunks.append(Chunk(current, start, timepoint))
+    return chunks
+
+
+def _instance_changes(previous: Plane, plane: Plane) -> bool:
+    multi = previous.frame is not None or plane.frame is not None
+    return multi and previous.instance is not plane.instance
+
+
+def source_dataset(instance: Instance) -> Dataset:
+    """A shallow copy of the header with the Type 2 attributes highdicom copies filled in empty."""
+    header = instance.header
+    copy = Dataset(header)
+    copy.file_meta = header.file_meta
+    for keyword in _TYPE2_EMPTY:
+        if keyword not in copy:
+            setattr(copy, keyword, "")
+    return copy
+
+
+def frame_position(dataset: Dataset, frame: int) -> list[float]:
+    """ImagePositionPatient of a frame (1-based) of an enhanced multi-frame image, from its functional groups."""
+    for groups in (_item(dataset, "PerFrameFunctionalGroupsSequence", frame - 1),
+                   _item(dataset, "SharedFunctionalGroupsSequence", 0)):
+        position = _item(groups, "PlanePositionSequence", 0)
+        if position is not None and "ImagePositionPatient" in position:
+            return [float(v) for v in position.ImagePositionPatient]
+    raise DicomExportError(
+        f"multi-frame instance {dataset.SOPInstanceUID} gives no position for frame {frame} "
+        "(PerFrameFunctionalGroupsSequence > PlanePositionSequence): a Segmentation needs the plane "
+        "position of every frame"
+    )
+
+
+def _item(dataset: Dataset | None, keyword: str, index: int) -> Dataset | None:
+    if dataset is None or keyword not in dataset or len(dataset[keyword].value) <= index:
+        return None
+    return dataset[keyword].value[index]
+
+
+def plane_positions(dataset: Dataset, planes: list[Plane]) -> list[hd.PlanePositionSequence]:
+    return [hd.PlanePositionSequence("PATIENT", frame_position(dataset, plane.frame)) for plane in planes]
+
+
+def check_geometry(planes: list[Plane], where: str) -> None:
+    """Refuses planes a Segmentation cannot place, with a reason the model author can act on."""
+    header = planes[0].instance.header
+    spatial = "FrameOfReferenceUID" in header
+    if not spatial and len(planes) > 1:
+        raise DicomExportError(
+            f"{where}: the source images have no FrameOfReferenceUID, so their {len(planes)} planes cannot be "
+            "placed in one Segmentation (only a single image without a frame of reference can be segmented)"
+        )
+    if spatial and planes[0].frame is not None:
+        if "SharedFunctionalGroupsSequence" not in header:
+            raise DicomExportError(
+                f"{where}: multi-frame instance {header.SOPInstanceUID} has no functional groups "
+                "(SharedFunctionalGroupsSequence/PerFrameFunctionalGroupsSequence), so the position of each "
+                "frame is unknown; send an enhanced multi-frame image or single-frame images"
+            )
+        for plane in planes:
+            frame_position(header, plane.frame)
+    elif spatial:
+        missing = [i.sop_instance_uid for i in {p.instance.sop_instance_uid: p.instance for p in planes}.values()
+                   if "ImagePositionPatient" not in i.header or "ImageOrientationPatient" not in i.header]
+        if missing:
+            raise DicomExportError(
+                f"{where}: {len(missing)} source image(s) have a frame of reference but no ImagePositionPatient/"
+                f"ImageOrientationPatient (first: {missing[0]})"
+            )
