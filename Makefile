@@ -21,8 +21,9 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-bridge.txt requirem
 run: setup
 	$(PY) -m tools.run_local --http $(LISTEN_HTTP) --worker $(WORKER_LISTEN) --metrics $(METRICS_LISTEN)
 
+# Tests spend most of their time waiting on real processes, so they run on 4 xdist workers, file by file.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 4 --dist loadfile
 
 # A longer fuzzing run than CI's: tests/test_fuzz_*.py (hypothesis, see tests/conftest.py) with the "long"
 # profile, 20x the examples of `make test` and fresh random ones each run. A failure prints the shrunk

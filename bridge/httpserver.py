@@ -43,6 +43,7 @@ from bridge.errors import ApiError
 log = logging.getLogger("bridge.http")
 
 SERVER_NAME = b"arterys-bridge"
+LINGER_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ class Connection(asyncio.Protocol):
         self.incoming: Request | None = None  # the request whose body is being parsed
         self.task: asyncio.Task | None = None
         self.closed = False
+        self.lingering = False  # answered and half-closed: what still arrives is dropped
         self._timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._in_head = False  # between a request's first byte and the end of its headers
@@ -236,7 +238,7 @@ class Connection(asyncio.Protocol):
         self._arm(self.limits.header_timeout, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self.lingering:
             return
         if self._body_left:
             data = self._pass_body(data)
@@ -252,7 +254,7 @@ class Connection(asyncio.Protocol):
             budget = self.limits.max_header_bytes + 4096 - self._head_bytes
             if len(data) > budget:
                 self._feed(data[:budget])
-                if self._in_head and not self.closed:
+                if self._in_head and not (self.closed or self.lingering):
                     return self._too_large_head()
                 data = data[budget:]
             else:
@@ -260,8 +262,8 @@ class Connection(asyncio.Protocol):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        if self.closed or not data:
-            return
+        if self.closed or self.lingering or not data:
+            return  # a rejected connection's parser is in error and is not fed again
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
@@ -525,14 +527,25 @@ class Connection(asyncio.Protocol):
 
     def _reject(self, error: ApiError) -> None:
         """Answers a request that cannot be handled (parse errors, limits) and closes the connection."""
-        if self.closed:
-            return
+        if self.closed or self.lingering:
+            return  # already answered
         body = error.json_bytes()
         head = (f"HTTP/1.1 {error.status} {_reason(error.status)}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode()
         extra = "".join(f"{name}: {value}\r\n" for name, value in error.headers().items()).encode()
         self.transport.write(head + extra + b"\r\n" + body)
-        self.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Ends the connection without losing the answer: closing at once with unread input makes the kernel
+        reset the connection, and a client still sending (a 20 MB header, a body) would never read the
+        answer. So: half-close, drop whatever still arrives, close after LINGER_SECONDS or at the client's end."""
+        self.lingering = True
+        self._disarm()
+        self.want_data()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._timer = self.loop.call_later(LINGER_SECONDS, self.close)
 
     def close(self) -> None:
         if not self.closed:

@@ -102,11 +102,13 @@ def test_idle_and_slowloris_connections_delay_no_one(stack, study):
     sender = threading.Thread(target=trickle, daemon=True)
     sender.start()
     try:
+        # Broken, each waited for a connection thread (up to the 60 s socket timeout); the bound is loose
+        # because the machine is shared, the point is "not stalled".
         for path in ("/ping", "/healthcheck"):
             response, seconds = timed(requests.get, stack["url"] + path, timeout=10)
-            assert response.status_code == 200 and seconds < 1, (path, seconds)
+            assert response.status_code == 200 and seconds < 2, (path, seconds)
         response, seconds = timed(http.post_like_original_tool, stack["url"] + "/", {}, instances(study), timeout=10)
-        assert response.status_code == 200 and seconds < 1, seconds
+        assert response.status_code == 200 and seconds < 2, seconds
         assert metric(stack["port"], "bridge_http_open_connections") >= 220
     finally:
         stop.set()
@@ -196,7 +198,7 @@ def test_a_client_that_never_reads_its_answer_holds_no_model(tmp_path):
                  timeout=20, what="the model to return")
         assert metric(metrics_port, "worker_inflight_inferences") == 0
         response, seconds = timed(requests.get, f"http://{bridge.address}/ping", timeout=10)
-        assert response.status_code == 200 and seconds < 1
+        assert response.status_code == 200 and seconds < 2
         wait_for(lambda: metric(bridge.port, "bridge_http_rejected_total", reason="send_timeout") == 1, timeout=15,
                  what="the unread answer to be cut off")
         # Nothing else is held: the worker's call has ended (sent into the buffers, or cancelled with the
@@ -242,9 +244,9 @@ def test_a_hung_worker_is_noticed_and_avoided(tmp_path, study):
         assert http.post_like_original_tool(url, {}, instances(study), timeout=10).status_code == 200
         hung.process.send_signal(signal.SIGSTOP)
         time.sleep(10)  # keepalive: a ping every 5 s, 4 s to answer
-        for _ in range(6):
+        for _ in range(6):  # none waits for the hung one (that would take the 5 s admission timeout)
             response, seconds = timed(http.post_like_original_tool, url, {}, instances(study), timeout=10)
-            assert response.status_code == 200 and seconds < 1, seconds
+            assert response.status_code == 200 and seconds < 2, seconds
         hung.process.send_signal(signal.SIGCONT)
     finally:
         bridge.stop()
