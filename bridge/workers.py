@@ -83,13 +83,17 @@ class WorkerPool:
     target: str
     poll_seconds: float = 0.5
     queue_wait: float = 10.0
+    credentials: grpc.ChannelCredentials | None = None  # TLS to the workers (bridge/security.py)
+    extra_options: list = field(default_factory=list)
     channel: grpc.aio.Channel = field(init=False)
     infer: grpc.aio.StreamStreamMultiCallable = field(init=False)
     ready: bool = field(default=False, init=False)
     last_problem: str = field(default="not checked yet", init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.target, options=channel_options())
+        options = channel_options() + self.extra_options
+        self.channel = (grpc.aio.secure_channel(self.target, self.credentials, options=options) if self.credentials
+                        else grpc.aio.insecure_channel(self.target, options=options))
         # Study and answer chunks are written and read with contract.wire (no copies); the rest as generated.
         self.infer = self.channel.stream_stream(wire.INFER_METHOD, request_serializer=wire.serialize_request,
                                                 response_deserializer=wire.parse_response)
