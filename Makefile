@@ -7,7 +7,7 @@ LISTEN_HTTP ?= 127.0.0.1:8900
 WORKER_LISTEN ?= 127.0.0.1:50051
 METRICS_LISTEN ?= 127.0.0.1:9464
 
-.PHONY: setup run test fuzz proto lint bench clean
+.PHONY: setup run test fuzz soak proto lint bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,12 @@ test: setup
 # example and a @reproduce_failure line to replay it. Takes a few minutes.
 fuzz: setup
 	HYPOTHESIS_PROFILE=long $(PY) -m pytest tests/test_fuzz_*.py --timeout=3600
+
+# 2,000 mixed requests (every command, 5% malformed, 5% clients hanging up) from 16 clients through real
+# worker and bridge processes; fails when an answer, the memory growth or a leak misses its target
+# (benchmarks/soak.py). A few minutes.
+soak: setup
+	$(PY) -m benchmarks.soak
 
 # Regenerates the committed gRPC stubs from proto/ (tests/test_proto_stubs.py fails when they are stale).
 proto: setup

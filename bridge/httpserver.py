@@ -32,6 +32,7 @@ import collections
 import email.utils
 import logging
 import socket
+import ssl as ssl_module
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -577,9 +578,13 @@ class HttpServer:
         self._server: asyncio.AbstractServer | None = None
         self.port = 0
 
-    async def listen(self, host: str, port: int, backlog: int = 1024) -> int:
+    async def listen(self, host: str, port: int, backlog: int = 1024, ssl: ssl_module.SSLContext | None = None) -> int:
+        # With TLS, a connection reaches Connection (and its header timeout) only once its handshake is done:
+        # the handshake gets the header timeout of its own, and a peer that ignores close_notify a short wait.
+        tls = {"ssl": ssl, "ssl_handshake_timeout": self.limits.header_timeout, "ssl_shutdown_timeout": 5.0} if ssl \
+            else {}
         self._server = await self.loop.create_server(lambda: Connection(self), host or None, port, backlog=backlog,
-                                                     reuse_address=True)
+                                                     reuse_address=True, **tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

@@ -74,6 +74,53 @@ class Refused(Exception):
         self.status, self.details, self.error_code = status, details, error_code
 
 
+class FirstStatusCall:
+    """A call that reports the status the worker sent, even when grpc.aio replaced it afterwards.
+
+    grpc.aio bug (grpc/grpc#36066; fix proposed in grpc/grpc#43486): when the worker ends a call while a
+    write of the bridge is in flight (it refuses a damaged study at its first part while the rest still
+    streams), the failed write sets INTERNAL "Internal error from Core" with no metadata over the status
+    that had arrived, and the client's 400 became a 502 (one request in six in tests/test_fuzz_regressions.py).
+    Every status change calls the done callbacks, the first one with the worker's status: it is kept here.
+    Everything else is the call's own.
+    """
+
+    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+        self._call = call
+        self._first: tuple | None = None
+        call.add_done_callback(self._remember)
+
+    def __getattr__(self, name: str):
+        return getattr(self._call, name)
+
+    def _remember(self, call) -> None:
+        if self._first is None:
+            try:  # the status is set when callbacks run, so these coroutines finish without waiting
+                self._first = (_finished(call.code()), _finished(call.details()),
+                               _finished(call.trailing_metadata()))
+            except Exception:  # never break gRPC's own callback; the call's status is used then
+                self._first = None
+
+    async def code(self) -> grpc.StatusCode:
+        return self._first[0] if self._first else await self._call.code()
+
+    async def details(self) -> str:
+        return self._first[1] if self._first else await self._call.details()
+
+    async def trailing_metadata(self):
+        return self._first[2] if self._first else await self._call.trailing_metadata()
+
+
+def _finished(coroutine):
+    """The value of a coroutine that completes without suspending (else RuntimeError)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("the coroutine did not finish at once")
+
+
 def metadata_value(metadata, key: str) -> str:
     for name, value in metadata or ():
         if name == key:
@@ -88,13 +135,17 @@ class WorkerPool:
     target: str
     poll_seconds: float = 0.5
     queue_wait: float = 10.0
+    credentials: grpc.ChannelCredentials | None = None  # TLS to the workers (bridge/security.py)
+    extra_options: list = field(default_factory=list)
     channel: grpc.aio.Channel = field(init=False)
     infer: grpc.aio.StreamStreamMultiCallable = field(init=False)
     ready: bool = field(default=False, init=False)
     last_problem: str = field(default="not checked yet", init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.target, options=channel_options())
+        options = channel_options() + self.extra_options
+        self.channel = (grpc.aio.secure_channel(self.target, self.credentials, options=options) if self.credentials
+                        else grpc.aio.insecure_channel(self.target, options=options))
         # Study and answer chunks are written and read with contract.wire (no copies); the rest as generated.
         self.infer = self.channel.stream_stream(wire.INFER_METHOD, request_serializer=wire.serialize_request,
                                                 response_deserializer=wire.parse_response)
@@ -136,7 +187,8 @@ class WorkerPool:
         attempts = 0
         while True:
             attempts += 1
-            call = self.infer(timeout=max(timeout - (loop.time() - started), 0.001), metadata=metadata)
+            call = FirstStatusCall(self.infer(timeout=max(timeout - (loop.time() - started), 0.001),
+                                              metadata=metadata))
             try:
                 await call.write(header)
                 async with asyncio.timeout(ADMISSION_TIMEOUT):

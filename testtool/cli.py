@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                         help="how long to wait for the server to accept the connection (at most 10 s) and for each "
                              "piece of its answer; 0 waits forever (default: %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("TESTTOOL_TOKEN") or None,
+                        help="bearer token sent as 'Authorization: Bearer TOKEN', for a bridge that requires one "
+                             "(default: $TESTTOOL_TOKEN; prefer it, a flag shows in the process list)")
+    parser.add_argument("--https", action="store_true", help="talk HTTPS to the service")
+    parser.add_argument("--cacert", type=Path, metavar="FILE",
+                        help="CA certificate (PEM) the service's HTTPS certificate is checked against, for a "
+                             "private CA; implies --https")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars (they are also off when the output is not a terminal)")
     legacy = parser.add_argument_group(
@@ -148,10 +156,10 @@ def parse_options(parser: argparse.ArgumentParser, values: list[str]) -> dict[st
     return options
 
 
-def url_of(host: str, port: int, route: str) -> str:
+def url_of(host: str, port: int, route: str, scheme: str = "http") -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 address
-    return f"http://{host}:{port}{route if route.startswith('/') else '/' + route}"
+    return f"{scheme}://{host}:{port}{route if route.startswith('/') else '/' + route}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = args.inference_command or DEFAULT_COMMANDS.get(args.model_type or "")
     request_json = build_request_json(command, study, args.send_study_size, options)
-    url = url_of(args.host, args.port, args.route)
+    url = url_of(args.host, args.port, args.route, "https" if args.https or args.cacert else "http")
     timeout = (min(CONNECT_TIMEOUT, args.timeout), args.timeout) if args.timeout > 0 else None
     try:
         response, input_hash = _post(url, args, study, request_json, timeout, bars)
@@ -196,13 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     return _finish(args, study, answer, input_hash, broken, url, request_json)
 
 
+def _connection(args) -> dict:
+    """requests' keyword arguments for the token and the HTTPS certificate check."""
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    return {"headers": headers, "verify": str(args.cacert) if args.cacert else True}
+
+
 def _post(url, args, study: LoadedStudy, request_json: dict, timeout, bars: bool):
     """(streamed response, SHA-256 of the parts sent)."""
+    connection = _connection(args)
     if args.request_study_path:
         body = study_path_body(args.request_study_path, request_json)
         print(f"Sending studyPath {args.request_study_path!r} to {url} with {json.dumps(request_json)}")
-        response = requests.post(url, data=body, headers={"Content-Type": "application/json"},
-                                 timeout=timeout, stream=True)
+        response = requests.post(url, data=body, headers={**connection["headers"], "Content-Type": "application/json"},
+                                 verify=connection["verify"], timeout=timeout, stream=True)
         return response, sha256_hex([body])
     parts = request_parts(request_json, args.attachments, study.images)
     size = sum(part.size for part in parts[1 + len(args.attachments):])
@@ -220,8 +235,9 @@ def _post(url, args, study: LoadedStudy, request_json: dict, timeout, bars: bool
 
         body.on_bytes = count
         try:
-            response = requests.post(url, data=body, headers={"Content-Type": body.content_type},
-                                     timeout=timeout, stream=True)
+            headers = {**connection["headers"], "Content-Type": body.content_type}
+            response = requests.post(url, data=body, headers=headers, verify=connection["verify"], timeout=timeout,
+                                     stream=True)
         except requests.ConnectionError as exc:
             if not sent or isinstance(exc, requests.Timeout):
                 raise  # never connected, or no answer in time: main() explains those

@@ -6,6 +6,8 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
+from worker import security
+
 MIB = 1 << 20
 
 
@@ -40,6 +42,7 @@ class WorkerConfig:
     max_connection_age_seconds: float = 300.0
     max_message_bytes: int = 16 * MIB
     limits: StudyLimits = field(default_factory=StudyLimits)
+    security: security.WorkerSecurity = field(default_factory=security.WorkerSecurity)
 
 
 def _env(name: str, default):
@@ -93,12 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
              "[WORKER_MAX_IMAGE_BYTES]")
     add("--max-result-bytes", type=int, default=int(_env("WORKER_MAX_RESULT_BYTES", defaults.max_result_bytes)),
         help="largest answer (all binary parts) a model may return [WORKER_MAX_RESULT_BYTES]")
+    security.add_flags(parser)
     return parser
 
 
 def parse_config(argv: list[str] | None = None) -> WorkerConfig:
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    secure = security.from_args(parser, args)
     limits = StudyLimits(**{name: args.pop(name) for name in (
         "max_study_bytes", "max_parts", "max_part_bytes", "max_image_bytes", "max_result_bytes")})
     spool_memory_bytes = int(args.pop("spool_memory_mib") * MIB)
-    return WorkerConfig(**args, spool_memory_bytes=spool_memory_bytes, limits=limits)
+    return WorkerConfig(**args, spool_memory_bytes=spool_memory_bytes, limits=limits, security=secure)
