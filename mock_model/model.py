@@ -1,4 +1,4 @@
-"""The mock model: every output type of PROTOCOL.md, chosen by `inference_command`.
+"""The mock model: every output type of docs/protocol.md, chosen by `inference_command`.
 
 Outputs follow the real input: mask sizes come from each instance's rows, columns and frames, 3D masks
 cover one series each with slices ordered along the slice normal, 2D masks come one per image (one per

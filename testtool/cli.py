@@ -3,7 +3,7 @@
 Why this tool exists: the original Arterys test tool drew whatever came back, so a mask with width and
 depth swapped looked fine there and wrong in the viewer. This one loads the study the way it sends it
 (testtool.study), streams the request (testtool.send), reads the answer as it streams in
-(testtool.answer), checks it against PROTOCOL.md (testtool.check), maps the findings onto the images
+(testtool.answer), checks it against docs/protocol.md (testtool.check), maps the findings onto the images
 (testtool.findings), draws them (testtool.render), prints a summary (testtool.report) and writes an HTML
 report beside the PNGs (testtool.html_report). The flags are the original tool's, so existing scripts
 keep working. docs/testtool.md is the user's guide.
@@ -77,7 +77,7 @@ files written to OUTPUT (created if needed; files with these names left by an ea
                         answer JSON; open it in a browser (works offline, from file://)
 
 exit status:
-  0  the answer follows the protocol (PROTOCOL.md)
+  0  the answer follows the protocol (docs/protocol.md)
   1  the answer violates the protocol: every violation is printed
   2  no usable answer: HTTP error status (the server's message is printed), connection failure,
      or invalid arguments

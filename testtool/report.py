@@ -113,7 +113,7 @@ def summary(
         sections.append(f"{len(violations)} protocol violation(s)\n"
                         + "\n".join(f"- {problem}" for problem in violations))
     else:
-        sections.append("0 protocol violations: the answer follows PROTOCOL.md")
+        sections.append("0 protocol violations: the answer follows docs/protocol.md")
     masks = sum(1 for part in answer.binary_parts if part.path and part.path.suffix == ".npy")
     dicoms = sum(1 for part in answer.binary_parts if part.path and part.path.suffix == ".dcm")
     fixed = [name for name in ("response.json", "hashes.txt") if (Path(out_dir) / name).exists()]
