@@ -162,7 +162,8 @@ class _Call:
         self.ticket: Ticket | None = None
         self.spool: Spool | None = None
         self.input_hash = ""
-        self.formats: list[str] = []  # the answer formats asked for, once the request JSON is read
+        self.request: dict = {}  # the request JSON, read with the header
+        self.formats: list[str] = []  # the answer formats it asks for
         self.finished = False
         remaining = context.time_remaining()
         self.deadline_at = time.monotonic() + remaining if remaining is not None else None
@@ -225,15 +226,18 @@ class _Call:
         if self.s.commands and self.command not in self.s.commands:
             raise errors.BadRequest(f"unknown inference_command {errors.short(self.command)!r}; this model accepts: "
                                     f"{', '.join(self.s.commands)}")
+        # Read here, before the call is admitted: a refusal after it would race the study's first bytes, which
+        # the sender starts streaming on admission (the bridge then sees gRPC's "Internal error", not the 400).
+        self.request = parse_request_json(bytes(header.request_json))
+        try:
+            self.formats = output_formats(self.request, self.s.config.output_formats)
+        except UnknownOutputFormat as error:
+            raise errors.BadRequest(str(error)) from error
         return header
 
     async def _receive(self, header: pb.RequestHeader, messages) -> Study:
         config = self.s.config
-        request = parse_request_json(bytes(header.request_json))
-        try:  # before any study byte is read: a wrong format costs the sender no upload
-            self.formats = output_formats(request, config.output_formats)
-        except UnknownOutputFormat as error:
-            raise errors.BadRequest(str(error)) from error
+        request = self.request
         self.spool = Spool(config.spool_root, self.s.memory_budget)
         spool, limits = self.spool, config.limits
 
