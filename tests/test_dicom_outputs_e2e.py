@@ -104,7 +104,8 @@ def check_references(answer, study) -> None:
         assert ds.StudyInstanceUID == study.instances[0].header.StudyInstanceUID
 
 
-def check_segmentations_equal_masks(study, masks, segs, folder: Path, in_order: bool = True) -> None:
+def check_segmentations_equal_masks(study, masks, segs, folder: Path, in_order: bool = True,
+                                    model: tuple[str, str] = ("mock_model", "1.0")) -> None:
     """Each SEG against the mask (and time point of a 4D mask) its first frame derives from: one SEG for each,
     in the masks' order when `in_order` (a studyPath study may list its series in another order)."""
     covered = [(part, mask[t * len(planes):(t + 1) * len(planes)], planes)
@@ -118,7 +119,7 @@ def check_segmentations_equal_masks(study, masks, segs, folder: Path, in_order: 
         key = (source.ReferencedSOPInstanceUID, source.get("ReferencedFrameNumber"))
         (index,) = [k for k, (_, _, planes) in enumerate(covered) if key in planes]
         part, mask, planes = covered[index]
-        check_segmentation(study, part, mask, ds, planes)
+        check_segmentation(study, part, mask, ds, planes, model)
         assert_valid(data, folder, f"seg{position}")
         matched.append(index)
     assert sorted(matched) == list(range(len(covered))) and matched
@@ -215,6 +216,14 @@ def test_hounsfield_model_in_dicom_gives_bone_and_air_segments_and_its_boxes(sta
     check_references(answer, as_study(stack.phantom))
     assert_valid(seg_data, tmp_path, "hounsfield-seg")
     assert_valid(sr_data, tmp_path, "hounsfield-sr")
+
+
+def test_hounsfield_model_in_arterys_and_dicom_keeps_its_label_mask_and_the_segmentation_equals_it(stack, tmp_path):
+    answer = parse_answer(post(stack.url, stack.phantom, "segment-hounsfield", ["arterys", "dicom"],
+                               route="/hounsfield"))
+    assert [p["binary_type"] for p in answer.json["parts"]] == ["numeric_label_mask", "dicom", "dicom"]
+    check_segmentations_equal_masks(as_study(stack.phantom), masks_of(answer), by_modality(answer, "SEG"), tmp_path,
+                                    model=(HounsfieldModel.name, HounsfieldModel.version))
 
 
 def test_study_path_requests_get_dicom_outputs_too(stack, tmp_path):

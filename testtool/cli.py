@@ -67,7 +67,7 @@ files written to OUTPUT (created if needed; files with these names left by an ea
                         as the original tool wrote them (ndarray.tofile). Read one back with
                         numpy.fromfile(path, dtype=numpy.uint8).reshape(timepoints, depth, height, width)
                         or .reshape(height, width) for a 2D mask
-  sc_N.dcm              the Nth DICOM output (secondary capture, structured report, GSPS), N from 1
+  sc_N.dcm              the Nth DICOM output (secondary capture, SEG, structured report, GSPS), N from 1
   hashes.txt            the answer's last part, <input_hash>:<output_hash>
   seriesSS_sliceNNNN_frameFF.png
                         one picture per input image frame with every finding drawn (legend and
