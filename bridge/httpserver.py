@@ -14,9 +14,9 @@ What a connection may do, and what happens when it does not:
   idle keep-alive pause); else it is closed, with 408 when it had started a request;
 - stay idle between requests at most `keepalive_timeout`;
 - keep the headers under `max_header_bytes` and `max_headers` (431), the target under `max_url_bytes` (414);
-- send its body at no less than `min_upload_rate` once `body_timeout` has passed: the allowance grows with
-  every byte received, and only time the application spends *waiting* for the client counts against it,
-  so a slow worker never makes an innocent client time out (408);
+- send its body at `min_upload_rate` or faster, measured over windows of `body_timeout` seconds: a client
+  that stalls, or trickles after a fast start, is answered 408 within one window; only time the
+  application spends *waiting* for the client counts, so a slow worker never makes a client time out;
 - read the response: a write that cannot progress for `send_timeout` closes the connection.
 
 Bodies stream both ways with flow control: reading pauses while `read_high_water` bytes wait for the
@@ -50,7 +50,7 @@ class HttpLimits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
     body_timeout: float = 20.0
-    min_upload_rate: int = 64 << 10  # bytes per second, once body_timeout has passed
+    min_upload_rate: int = 64 << 10  # bytes per second, over each body_timeout seconds of waiting
     send_timeout: float = 30.0
     max_header_bytes: int = 64 << 10
     max_headers: int = 100
@@ -111,7 +111,9 @@ class Request:
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._waiter: asyncio.Future | None = None
-        self._waited = 0.0
+        self._waited = 0.0  # seconds spent waiting for body bytes
+        self._mark_waited = 0.0  # start of the current rate window, in waited seconds
+        self._mark_received = 0
         self._expect_continue = self.header("expect").lower() == "100-continue"
 
     def header(self, name: str, default: str = "") -> str:
@@ -126,8 +128,8 @@ class Request:
         return int(value) if value.isdigit() else None
 
     async def read(self) -> bytes:
-        """The next piece of the body; b"" at its end. Raises ClientGone, or BodyTimeout for a client slower
-        than the minimum upload rate."""
+        """The next piece of the body; b"" at its end. Raises ClientGone, or BodyTimeout for a client that
+        sends less than `min_upload_rate` bytes per second over any `body_timeout` seconds of waiting."""
         if self._expect_continue:
             self._expect_continue = False
             if not self.complete:
@@ -140,14 +142,20 @@ class Request:
                 return b""
             if self.gone:
                 raise ClientGone("the client closed the connection")
-            allowance = limits.body_timeout + self.received / limits.min_upload_rate - self._waited
-            if allowance <= 0:
-                raise BodyTimeout(f"the request body arrived slower than {limits.min_upload_rate} bytes/s")
+            # Only time spent waiting for the client counts: while the application is slow to read (a busy
+            # worker), the client is held back by us, not slow by itself.
+            window_left = limits.body_timeout - (self._waited - self._mark_waited)
+            if window_left <= 0:
+                if self.received - self._mark_received < limits.min_upload_rate * limits.body_timeout:
+                    raise BodyTimeout(f"the request body arrived slower than {limits.min_upload_rate} bytes/s over "
+                                      f"{limits.body_timeout:g} s")
+                self._mark_waited, self._mark_received = self._waited, self.received
+                continue
             self._waiter = loop.create_future()
             self.conn.want_data()
             started = loop.time()
             try:
-                async with asyncio.timeout(allowance):
+                async with asyncio.timeout(window_left):
                     await self._waiter
             except TimeoutError:
                 pass  # the loop above decides, with the time waited counted

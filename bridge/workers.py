@@ -31,8 +31,11 @@ log = logging.getLogger("bridge.workers")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 MESSAGE_LIMIT = 16 << 20
-UNAVAILABLE_ATTEMPTS = 3
-ADMISSION_TIMEOUT = 10.0  # a worker admits or refuses at once; one that does neither is as good as gone
+FREE_ATTEMPTS = 4  # calls ended before admission, tried again at once
+ADMISSION_TIMEOUT = 5.0  # a worker admits or refuses at once; one that does neither is as good as gone
+# Ended before admission, nothing lost: full, unreachable, or the transport's own failure (gRPC reports a
+# call ended by the server while the client was still writing its header as INTERNAL, with no error code).
+RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
 
 
 def channel_options(max_message_bytes: int = MESSAGE_LIMIT) -> list[tuple[str, object]]:
@@ -44,9 +47,11 @@ def channel_options(max_message_bytes: int = MESSAGE_LIMIT) -> list[tuple[str, o
         ("grpc.service_config", json.dumps(service_config)),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        # A ping every 5 s, 5 s to answer: a hung worker is known within 10 s, even between calls.
+        # A ping every 5 s, 4 s to answer: a hung worker is known within 10 s, even between calls. (This
+        # gRPC's transport times pings out after grpc.http2.ping_timeout_ms, not keepalive_timeout_ms.)
         ("grpc.keepalive_time_ms", 5_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_timeout_ms", 4_000),
+        ("grpc.http2.ping_timeout_ms", 4_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         # Reconnect within about a second whatever the outage (gRPC's default backoff grows to 120 s).
@@ -120,11 +125,17 @@ class WorkerPool:
             await asyncio.sleep(self.poll_seconds)
 
     async def admit(self, header: pb.InferRequest, timeout: float, metadata: tuple) -> grpc.aio.StreamStreamCall:
-        """Opens a call that a worker has admitted (its header sent, nothing else); raises Refused."""
+        """Opens a call that a worker has admitted (its header sent, nothing else); raises Refused.
+
+        A call that ends before its admission has cost nothing, so it is tried again at once, up to
+        FREE_ATTEMPTS times (round_robin gives each new call the next worker); after that, a refusal by full
+        workers is retried with a growing pause for up to `queue_wait` seconds.
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        busy_attempts = unavailable_attempts = 0
+        attempts = 0
         while True:
+            attempts += 1
             call = self.infer(timeout=max(timeout - (loop.time() - started), 0.001), metadata=metadata)
             try:
                 await call.write(header)
@@ -132,10 +143,13 @@ class WorkerPool:
                     admitted = metadata_value(await call.initial_metadata(), "admitted") == "1"
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
                 admitted = False
-            except TimeoutError:
+            except TimeoutError:  # a worker that neither admits nor refuses is hung: try another
                 call.cancel()
-                log.warning("worker target %s did not admit a call within %g s", self.target, ADMISSION_TIMEOUT)
-                raise Refused(grpc.StatusCode.UNAVAILABLE, "the worker did not answer", "") from None
+                log.warning("worker target %s: a worker did not answer a call within %g s", self.target,
+                            ADMISSION_TIMEOUT)
+                if attempts < FREE_ATTEMPTS:
+                    continue
+                raise Refused(grpc.StatusCode.UNAVAILABLE, "no worker answered", "") from None
             except BaseException:
                 call.cancel()
                 raise
@@ -144,13 +158,12 @@ class WorkerPool:
             status = await call.code()
             details = await call.details() or ""
             error_code = metadata_value(await call.trailing_metadata(), "error-code")
-            if status == grpc.StatusCode.RESOURCE_EXHAUSTED and loop.time() - started < self.queue_wait:
-                busy_attempts += 1
-                await asyncio.sleep(min(0.005 * 2 ** busy_attempts, 0.2) * random.uniform(0.5, 1.0))
-                continue
-            if status == grpc.StatusCode.UNAVAILABLE and unavailable_attempts < UNAVAILABLE_ATTEMPTS - 1:
-                unavailable_attempts += 1
-                continue
+            if status in RETRYABLE and not (status == grpc.StatusCode.INTERNAL and error_code):
+                if attempts < FREE_ATTEMPTS:
+                    continue
+                if status == grpc.StatusCode.RESOURCE_EXHAUSTED and loop.time() - started < self.queue_wait:
+                    await asyncio.sleep(min(0.005 * 2 ** (attempts - FREE_ATTEMPTS), 0.2) * random.uniform(0.5, 1))
+                    continue
             raise Refused(status, details, error_code)
 
     async def close(self) -> None:

@@ -184,11 +184,13 @@ class _Call:
     async def run(self, messages: AsyncIterator[pb.InferRequest]) -> None:
         if not self.s.loaded:
             raise errors.NotReady("the model is still loading; retry shortly")
+        # The header is read before anything is decided: the sender's write of it has then completed, so a
+        # refusal reaches it with its own status (a refusal racing that write surfaces as INTERNAL).
+        header = await self._header(messages)
         self.ticket = self.s.admission.admit()
         if self.ticket is None:
             raise errors.Busy(f"the worker is busy: {self.s.admission.concurrency} inference(s) running or "
                               f"{self.s.admission.queue_size} admitted; retry later or elsewhere")
-        header = await self._header(messages)
         # Admitted: tell the sender now, before it sends any study byte, so that a refusal (above) can be
         # retried elsewhere by a sender that has lost nothing.
         await self.context.send_initial_metadata((("admitted", "1"),))
@@ -208,10 +210,14 @@ class _Call:
             await self._send(wire)
 
     async def _header(self, messages) -> pb.RequestHeader:
+        idle = self.s.config.idle_timeout_seconds
         try:
-            first = await anext(messages)
+            async with asyncio.timeout(idle):
+                first = await anext(messages)
         except StopAsyncIteration:
             first = None
+        except TimeoutError:
+            raise errors.Idle(f"the request stream sent no header for {idle:g} s and was ended") from None
         if first is None or first.WhichOneof("message") != "header":
             raise errors.BadRequest("the request stream must start with a header")
         header = first.header
