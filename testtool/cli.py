@@ -27,6 +27,7 @@ from tqdm import tqdm
 from arterys_http.protocol import sha256_hex
 from testtool.answer import DICOM_FILE, MASK_FILE, ReceivedAnswer, read_answer
 from testtool.check import check_answer, study_index
+from testtool.dicom_outputs import merge_findings, read_dicom_outputs
 from testtool.findings import findings_for_study
 from testtool.html_report import REPORT_FILE, ReportInput, write_report
 from testtool.loading import load_study
@@ -67,7 +68,7 @@ files written to OUTPUT (created if needed; files with these names left by an ea
                         as the original tool wrote them (ndarray.tofile). Read one back with
                         numpy.fromfile(path, dtype=numpy.uint8).reshape(timepoints, depth, height, width)
                         or .reshape(height, width) for a 2D mask
-  sc_N.dcm              the Nth DICOM output (secondary capture, structured report, GSPS), N from 1
+  sc_N.dcm              the Nth DICOM output (secondary capture, SEG, structured report, GSPS), N from 1
   hashes.txt            the answer's last part, <input_hash>:<output_hash>
   seriesSS_sliceNNNN_frameFF.png
                         one picture per input image frame with every finding drawn (legend and
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send the application/json form {\"studyPath\": PATH, ...} instead of the files: PATH "
                              "is a folder the server's model can read. STUDY_DIR is still loaded here, to check "
                              "and draw the answer, so it should hold the same study")
+    parser.add_argument("--output-formats", "--output_formats", type=_formats, metavar="FORMATS",
+                        help="output_formats of the request JSON, comma-separated: arterys (the protocol's masks), "
+                             "dicom (DICOM Segmentations and a TID 1500 report, drawn and listed like the rest); "
+                             "without it the request names none and the server's default applies")
     parser.add_argument("-l", "--include_label_plots", action="store_true",
                         help="also write study_ml_json / series_ml_json (classification labels) on the PNGs")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
@@ -144,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
                        const="classification",
                        help=f"classification model: inference command {DEFAULT_COMMANDS['classification']}")
     return parser
+
+
+def _formats(text: str) -> list[str]:
+    """Sent as given (the server names the formats it knows when it refuses one)."""
+    formats = [item.strip() for item in text.split(",") if item.strip()]
+    if not formats:
+        raise argparse.ArgumentTypeError("name at least one format, e.g. arterys,dicom")
+    return formats
 
 
 def parse_options(parser: argparse.ArgumentParser, values: list[str]) -> dict[str, str]:
@@ -180,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {args.input} holds no DICOM instance or PNG/JPEG picture")
 
     command = args.inference_command or DEFAULT_COMMANDS.get(args.model_type or "")
-    request_json = build_request_json(command, study, args.send_study_size, options)
+    request_json = build_request_json(command, study, args.send_study_size, options, args.output_formats)
     url = url_of(args.host, args.port, args.route, "https" if args.https or args.cacert else "http")
     timeout = (min(CONNECT_TIMEOUT, args.timeout), args.timeout) if args.timeout > 0 else None
     try:
@@ -322,16 +335,18 @@ def _finish(args, study: LoadedStudy, answer: ReceivedAnswer, input_hash: str, b
     if isinstance(result, dict):
         binaries = [part.data for part in answer.binary_parts]
         findings, notes = findings_for_study(study, result, binaries, draw_labels=args.include_label_plots)
+        dicom = read_dicom_outputs(study, result, binaries)  # SEGs drawn like masks, the report's regions
+        findings, notes = merge_findings(findings, dicom.findings), notes + dicom.notes
     else:
-        findings, notes = {}, []
+        findings, notes, dicom = {}, [], None
     pictures = write_pictures(study, findings, out_dir)
     pngs = [picture.path for series in pictures for picture in series.frames]
     status = EXIT_FAILURE if broken else EXIT_VIOLATIONS if violations else EXIT_OK
     report = write_report(ReportInput(out_dir, url, request_json, input_hash, study, result, answer, findings,
-                                      violations, notes, pictures, status, broken))
+                                      violations, notes, pictures, status, broken, dicom=dicom))
     print()
     print(summary(study, result, answer, findings, violations, notes, out_dir, pngs,
-                  sheets=sum(series.sheet is not None for series in pictures), report=report))
+                  sheets=sum(series.sheet is not None for series in pictures), report=report, dicom=dicom))
     if broken:
         print(f"error: {broken}", file=sys.stderr)
     return status

@@ -100,6 +100,7 @@ def build_request_json(
     study: LoadedStudy | None = None,
     send_study_size: bool = False,
     options: dict[str, str] | None = None,
+    output_formats: list[str] | None = None,
 ) -> dict:
     """The request JSON. Options come last so that a user can override any key on purpose.
 
@@ -115,6 +116,8 @@ def build_request_json(
         request["depth"] = len(study.images)
         request["height"] = first.rows if first else 0
         request["width"] = first.cols if first else 0
+    if output_formats:
+        request["output_formats"] = list(output_formats)
     request.update(options or {})
     return request
 

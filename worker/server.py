@@ -158,6 +158,7 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
         default_command=config.default_command, study_root=config.study_root or None, spool_root=spool.path,
         spool_memory_bytes=config.spool_memory_bytes, idle_timeout_seconds=config.idle_timeout_seconds,
         limits=config.limits,
+        output_formats=config.output_formats,
     )
     loop, thread = _loop_thread()
 
