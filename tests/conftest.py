@@ -10,7 +10,6 @@ import os
 import random
 import signal
 import subprocess
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -22,7 +21,7 @@ from hypothesis import settings
 from contract import inference_pb2_grpc as pb_grpc
 from contract.logs import configure_logging
 from tests.dicom_factory import StudyRecord, write_standard_study
-from tests.services import Service, free_port, spawn_process
+from tests.services import Service, free_port, spawn_process, wait_for
 from tests.worker_client import CHANNEL_OPTIONS, dicom_parts
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -141,14 +140,8 @@ class WorkerProcess(Service):
 
     def wait_serving(self, timeout: float = 60.0) -> None:
         channel = self.channel()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited with {self.process.returncode} before SERVING:\n{self.log()}")
-            if health_status(channel, timeout=1.0) == SERVING:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"worker not SERVING after {timeout} s:\n{self.log()}")
+        wait_for(lambda: health_status(channel, timeout=1.0) == SERVING, timeout, "SERVING", interval=0.05,
+                 service=self)
 
     def wait_exit(self, timeout: float = 60.0) -> int:
         try:

@@ -22,6 +22,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import services
 from tests.services import ROOT, free_port
 
 PROMETHEUS_DIR = ROOT / "deploy/prometheus"
@@ -68,14 +69,16 @@ class Prometheus:
 
     def wait_for(self, expr: str, accept: Callable[[list[float]], bool], timeout: float = 20) -> list[float]:
         """Polls `expr` until accept(values) holds; fails with the last values and the server's log."""
-        deadline = time.monotonic() + timeout
-        values: list[float] = []
-        while time.monotonic() < deadline:
-            values = self.values(expr)
-            if accept(values):
-                return values
-            time.sleep(0.25)
-        raise AssertionError(f"{expr}: still {values} after {timeout} s\n{self.log()[-3000:]}")
+        seen: list[list[float]] = [[]]
+
+        def accepted():
+            seen[0] = self.values(expr)
+            return accept(seen[0]) and seen[0]
+
+        try:
+            return services.wait_for(accepted, timeout, expr, interval=0.25) or seen[0]
+        except AssertionError:
+            raise AssertionError(f"{expr}: still {seen[0]} after {timeout} s\n{self.log()[-3000:]}") from None
 
 
 def loopback_config(targets: dict[str, list[str]]) -> dict:

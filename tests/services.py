@@ -6,6 +6,7 @@ Tests talk to them exactly as users do: gRPC to the worker, HTTP to the bridge.
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import re
 import signal
@@ -63,29 +64,50 @@ def spawn_process(args: list[str], env: dict | None, log_path: Path, base_env: d
                                 stderr=subprocess.STDOUT)
 
 
+_started = itertools.count(1)
+
+
 def spawn(tmp: Path, name: str, args: list[str], port: int, env: dict | None = None) -> Service:
-    """Starts `python ARGS` with its output in TMP/NAME-PORT.log; does not wait."""
-    log_path = tmp / f"{name}-{port}.log"
+    """Starts `python ARGS` with its output in TMP/NAME-N.log (N counts the processes started); does not wait."""
+    log_path = tmp / f"{name}-{next(_started)}.log"
     return Service(spawn_process(args, env, log_path), port, log_path)
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition", interval: float = 0.02):
-    """Polls `predicate` until it returns something true (returned), or fails after `timeout` seconds."""
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition", interval: float = 0.02,
+             service: Service | None = None):
+    """Polls `predicate` until it returns something true (returned), or fails after `timeout` seconds; with a
+    `service`, fails at once (with its log) when its process exits."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
+        if service is not None and service.process.poll() is not None:
+            raise AssertionError(f"the process exited with {service.process.returncode} while waiting for "
+                                 f"{what}:\n{service.log()}")
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            tail = f":\n{service.log()}" if service is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{tail}")
         time.sleep(interval)
+
+
+LISTENING = re.compile(r"listening on \S+ \(port (\d+)")
+
+
+def reported_port(service: Service, timeout: float = 60) -> int:
+    """The port a service bound to port 0 reports in its log ("... listening on HOST:0 (port N)")."""
+    match = wait_for(lambda: LISTENING.search(service.log()), timeout, "the service to report its port",
+                     interval=0.05, service=service)
+    return int(match[1])
 
 
 def start_worker(tmp: Path, model: str = "mock_model", *extra: str, env: dict | None = None,
                  wait_serving: bool = True, timeout: float = 60, port: int | None = None) -> Service:
-    port = port or free_port()
-    service = spawn(tmp, "worker", ["-m", "worker", "--model", model, "--listen", f"127.0.0.1:{port}", *extra], port,
-                    env)
+    """`python -m worker` on `port`, or on port 0 with the port it reports (no race for a free port)."""
+    service = spawn(tmp, "worker", ["-m", "worker", "--model", model, "--listen", f"127.0.0.1:{port or 0}", *extra],
+                    port or 0, env)
+    if not port:
+        service.port = reported_port(service, timeout)
     if wait_serving:
         wait_for_health(service, timeout)
     return service
@@ -101,38 +123,28 @@ def health_status(port: int, timeout: float = 1.0) -> str:
 
 
 def wait_for_health(service: Service, timeout: float = 60, want: str = "SERVING") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"the process exited with {service.process.returncode}:\n{service.log()}")
-        if health_status(service.port) == want:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"not {want} after {timeout} s:\n{service.log()}")
+    wait_for(lambda: health_status(service.port) == want, timeout, f"health {want}", interval=0.1, service=service)
 
 
 def start_bridge(tmp: Path, worker_target: str, *extra: str, env: dict | None = None,
                  wait_ready: bool = True, timeout: float = 60) -> Service:
-    port = free_port()
-    service = spawn(tmp, "bridge", ["-m", "bridge", "--worker", worker_target, "--listen", f"127.0.0.1:{port}", *extra],
-                    port, env)
+    """`python -m bridge` on port 0, with the port it reports."""
+    service = spawn(tmp, "bridge", ["-m", "bridge", "--worker", worker_target, "--listen", "127.0.0.1:0", *extra],
+                    0, env)
+    service.port = reported_port(service, timeout)
     wait_for_http(service, "/healthcheck" if wait_ready else "/ping", "READY" if wait_ready else None, timeout)
     return service
 
 
 def wait_for_http(service: Service, path: str, body: str | None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"the process exited with {service.process.returncode}:\n{service.log()}")
+    def answered() -> bool:
         try:
             response = requests.get(f"http://{service.address}{path}", timeout=2)
-            if response.status_code == 200 and (body is None or response.text == body):
-                return
         except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{path} not ready after {timeout} s:\n{service.log()}")
+            return False
+        return response.status_code == 200 and (body is None or response.text == body)
+
+    wait_for(answered, timeout, f"{path} to answer {body or '200'}", interval=0.1, service=service)
 
 
 @contextmanager

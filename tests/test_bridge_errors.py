@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.client as httpclient
 import json
-import socket
 import threading
 from concurrent import futures
 
@@ -331,7 +330,8 @@ def test_a_worker_that_breaks_off_mid_answer_never_yields_a_complete_200(rogue_b
     response = connection.getresponse()
     assert response.status == 200
     declared = int(response.getheader("Content-Length"))
-    with pytest.raises((httpclient.IncompleteRead, ConnectionError, socket.timeout)):
+    # A hanging bridge must fail this test: a timeout is not an incomplete answer.
+    with pytest.raises((httpclient.IncompleteRead, ConnectionError)):
         data = response.read()
         assert len(data) == declared, "a complete body here would be a malformed 200"
         raise AssertionError("unreachable")  # pragma: no cover

@@ -46,7 +46,9 @@ def test_tags_do_not_leak_between_concurrent_requests():
         thread.start()
     for thread in threads:
         thread.join()
-    for line in stream.getvalue().splitlines():
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines  # both captured: a check over no lines would pass whatever the tags
+    for line in lines:
         name = line.rsplit(" ", 1)[1]
         assert f"input_hash={name * 64} request_id={name}]" in line
 

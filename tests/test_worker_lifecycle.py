@@ -7,7 +7,6 @@ real `python -m worker` processes for what only a process has (flags, environmen
 from __future__ import annotations
 
 import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -23,7 +22,7 @@ from contract import inference_pb2 as pb
 from mock_model import MockModel
 from mock_model.faults import FailingModel, SlowLoadingModel, SlowModel
 from tests.conftest import NOT_SERVING, SERVING, health_status, serving
-from tests.services import free_port
+from tests.services import free_port, wait_for
 from tests.worker_client import collect, infer, request_messages
 from worker import Model, Result
 from worker.admission import Admission
@@ -40,16 +39,6 @@ class BrokenLoadModel(MockModel):
 
     def load(self) -> None:
         raise RuntimeError("weights missing: /models/weights.pt")
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Calls:
