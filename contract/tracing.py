@@ -77,7 +77,7 @@ def configure(default_service_name: str) -> bool:
                 trace_exporter_names=exporters,
                 resource_attributes={} if named else {"service.name": default_service_name},
             )
-        except (RuntimeError, ValueError) as error:  # unknown exporter, protocol or compression
+        except Exception as error:  # an unknown exporter, protocol, compression...: the SDK says which
             raise TracingConfigError(f"tracing: the OTEL_* settings are not usable: {error}") from error
     _provider = trace.get_tracer_provider()
     resource, sampler = getattr(_provider, "resource", None), getattr(_provider, "sampler", None)

@@ -92,24 +92,33 @@ def test_compose_override_sends_the_spans_of_both_services_to_its_collector(tmp_
 # ------------------------------------------------------------------------------------------- Kubernetes
 
 
-def render_with_component(tmp_path) -> dict:
-    """The base with the tracing component, as an overlay of the operator's would add it."""
+COLLECTOR_PATCH = {  # the overlay's patch that deploy/k8s/components/tracing/kustomization.yaml documents
+    "target": {"kind": "ConfigMap", "name": "arterys-tracing"},
+    "patch": '- {op: replace, path: /data/OTEL_EXPORTER_OTLP_ENDPOINT, value: "http://my-collector.telemetry:4317"}',
+}
+
+
+def render_with_component(tmp_path, patches: list) -> dict:
+    """The base with the tracing component, as an operator's overlay adds it."""
     overlay = tmp_path / "overlay"
-    overlay.mkdir()
+    overlay.mkdir(exist_ok=True)
     relative = os.path.relpath(K8S, overlay)
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "arterys",
-        "resources": [f"{relative}/base"], "components": [f"{relative}/components/tracing"]}))
+        "resources": [f"{relative}/base"], "components": [f"{relative}/components/tracing"], "patches": patches}))
     result = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return {(doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(result.stdout) if doc}
 
 
-def kubelet_environment(variables: list[dict], pod_name: str) -> dict[str, str]:
-    """A container's environment as the kubelet gives it: the downward API and $(NAME) of earlier variables."""
+def kubelet_environment(spec: dict, config_maps: dict, pod_name: str) -> dict[str, str]:
+    """A container's environment as the kubelet gives it: envFrom first, then env with the downward API and
+    $(NAME) of the variables before."""
     fields = {"metadata.name": pod_name, "metadata.namespace": "arterys"}
     out: dict[str, str] = {}
-    for variable in variables:
+    for source in spec.get("envFrom", []):
+        out.update(config_maps[source["configMapRef"]["name"]]["data"])
+    for variable in spec["env"]:
         if "valueFrom" in variable:
             out[variable["name"]] = fields[variable["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
@@ -119,20 +128,34 @@ def kubelet_environment(variables: list[dict], pod_name: str) -> dict[str, str]:
 
 def test_kubernetes_component_sends_the_spans_of_both_services(tmp_path, study):
     base = {(doc["kind"], doc["metadata"]["name"]): doc for doc in render("base")}
-    traced = render_with_component(tmp_path)
-    assert set(traced) == set(base)
+    traced = render_with_component(tmp_path, [])
     for doc in traced.values():
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    config_maps = {name: doc for (kind, name), doc in traced.items() if kind == "ConfigMap"}
+    (config_map,) = config_maps.values()
+    assert set(traced) - set(base) == {("ConfigMap", config_map["metadata"]["name"])}
+    assert config_map["metadata"]["namespace"] == "arterys"
+    host = re.fullmatch(r"http://([\w.-]+):4317", config_map["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"])[1]
+    assert host.endswith(".svc.cluster.local")  # a collector's Service in another namespace
     environments = {}
     for name in ("worker", "bridge"):
-        before, after = container(base["Deployment", name])["env"], container(traced["Deployment", name])["env"]
-        assert after[:len(before)] == before  # added, nothing changed
-        added = after[len(before):]
-        assert_sdk_variables({v["name"]: v for v in added}, name)
-        environments[name] = kubelet_environment(after, f"{name}-7d9f-abcde")
+        before, after = container(base["Deployment", name]), container(traced["Deployment", name])
+        assert after["env"][:len(before["env"])] == before["env"]  # added, nothing changed
+        added = {**config_map["data"], **{v["name"]: v for v in after["env"][len(before["env"]):]}}
+        assert_sdk_variables(added, name)
+        environments[name] = kubelet_environment(after, config_maps, f"{name}-7d9f-abcde")
         assert environments[name]["OTEL_RESOURCE_ATTRIBUTES"] == (
             f"k8s.pod.name={name}-7d9f-abcde,k8s.namespace.name=arterys")
     with Collector() as otlp:
         spans = traced_request(tmp_path, study, environments["worker"], environments["bridge"], otlp)
     assert {s.resource["k8s.pod.name"] for s in spans} == {"worker-7d9f-abcde", "bridge-7d9f-abcde"}
     assert {s.resource["k8s.namespace.name"] for s in spans} == {"arterys"}
+
+
+def test_kubernetes_component_points_at_your_collector_with_the_documented_patch(tmp_path):
+    traced = render_with_component(tmp_path, [COLLECTOR_PATCH])
+    (config_map,) = [doc for (kind, _), doc in traced.items() if kind == "ConfigMap"]
+    assert config_map["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://my-collector.telemetry:4317"
+    for name in ("worker", "bridge"):  # renamed by its new hash, and every reference with it
+        assert container(traced["Deployment", name])["envFrom"] == [
+            {"configMapRef": {"name": config_map["metadata"]["name"]}}]
