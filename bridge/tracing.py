@@ -19,6 +19,7 @@ from contract.inference_pb2 import DESCRIPTOR
 
 RPC_SERVICE = DESCRIPTOR.services_by_name["Inference"].full_name
 RPC_NAME = f"{RPC_SERVICE}/Infer"
+MAX_USER_AGENT = 256  # a header may be 64 KiB; a span attribute that size would only burden the backend
 
 
 def _scheme(request) -> str:
@@ -91,7 +92,7 @@ class RequestTrace:
                                      "http.route": route,
                                      "network.protocol.version": request.version,
                                      "client.address": request.client.rpartition(":")[0],
-                                     "user_agent.original": request.header("user-agent"),
+                                     "user_agent.original": request.header("user-agent")[:MAX_USER_AGENT],
                                      "arterys.request_id": request_id,
                                  })
         return cls(tracing.hex_trace_id(span), span)
