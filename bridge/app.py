@@ -21,6 +21,7 @@ from bridge.config import BridgeConfig
 from bridge.httpserver import Request, Response
 from bridge.inference import InferenceRequest
 from bridge.metrics import BridgeMetrics
+from bridge.tracing import NO_TRACE, RequestTrace
 from bridge.workers import WorkerPool
 from contract.logs import request_tags
 
@@ -68,7 +69,9 @@ class BridgeApp:
         started = time.monotonic()
         route = request.path if request.path in self.pools or request.path in SERVICE_ROUTES else "other"
         request_id = clean_request_id(request.header("x-request-id"))
-        with request_tags(request_id=request_id):
+        # Inference requests only: probes every few seconds would drown the traces.
+        trace = RequestTrace.start(request, route, request_id) if request.path in self.pools else NO_TRACE
+        with request_tags(request_id=request_id, trace_id=trace.trace_id):
             inference = None
             try:
                 if self.auth is not None:
@@ -78,25 +81,27 @@ class BridgeApp:
                         raise errors.error("method_not_allowed", f"{request.path} takes POST")
                     self.metrics.inflight.inc()
                     inference = InferenceRequest(request, request.path, self.pools[request.path], self.config.limits,
-                                                 request_id, self.metrics.request_bytes.inc)
+                                                 request_id, self.metrics.request_bytes.inc, trace)
                     try:
                         response = await inference.run()
                     except BaseException:
                         self.metrics.inflight.dec()
                         raise
-                    response.body = self._counted(response.body, request, route, started, inference, request_id)
+                    response.body = self._counted(response.body, request, route, started, inference, request_id,
+                                                  trace)
                     return response
                 response = self._service(request)
             except errors.ApiError as error:
                 response = json_response(error, request_id)
             except asyncio.CancelledError:
-                self._finish(request, route, "499", started, 0, inference, request_id, complete=False)
+                self._finish(request, route, "499", started, 0, inference, request_id, complete=False, trace=trace)
                 raise
             except Exception:
                 log.exception("unexpected error in the bridge")
                 response = json_response(errors.error("bridge_error", "the bridge failed unexpectedly; see its log"),
                                          request_id)
-            self._finish(request, route, str(response.status), started, len(response.body), inference, request_id)
+            self._finish(request, route, str(response.status), started, len(response.body), inference, request_id,
+                         trace=trace)
             return response
 
     def _service(self, request: Request) -> Response:
@@ -123,7 +128,7 @@ class BridgeApp:
         return Response(200, [("Content-Type", CONTENT_TYPE_LATEST)], generate_latest(self.metrics.registry))
 
     async def _counted(self, body: AsyncIterator[bytes], request: Request, route: str, started: float,
-                       inference: InferenceRequest, request_id: str) -> AsyncIterator[bytes]:
+                       inference: InferenceRequest, request_id: str, trace: RequestTrace) -> AsyncIterator[bytes]:
         """The answer's body, counted; the request's log line and metrics once it has ended."""
         sent, complete = 0, False
         try:
@@ -135,18 +140,20 @@ class BridgeApp:
         finally:
             self.metrics.inflight.dec()
             code = "200" if complete else "499" if request.gone else "502"
-            self._finish(request, route, code, started, sent, inference, request_id, complete)
+            self._finish(request, route, code, started, sent, inference, request_id, complete, trace)
 
     def _finish(self, request: Request, route: str, code: str, started: float, sent: int,
-                inference: InferenceRequest | None, request_id: str, complete: bool = True) -> None:
+                inference: InferenceRequest | None, request_id: str, complete: bool = True,
+                trace: RequestTrace = NO_TRACE) -> None:
         elapsed = time.monotonic() - started
         self.metrics.requests.labels(route, code).inc()
         self.metrics.duration.labels(route).observe(elapsed)
         if route in SERVICE_ROUTES and code == "200":
             return  # probes every few seconds would drown the log
         input_hash = inference.outcome.input_hash if inference is not None else ""
+        trace.finish(code, request.received, sent, input_hash, complete)
         # Tagged here, not by the caller's context: a streamed answer ends in the connection's task.
-        with request_tags(input_hash=input_hash, request_id=request_id):
+        with request_tags(input_hash=input_hash, request_id=request_id, trace_id=trace.trace_id):
             log.info("%s %s -> %s in %.3f s, %d bytes in, %d bytes out%s", request.method, request.path[:200], code,
                      elapsed, request.received, sent, "" if complete else " (broken off)")
 

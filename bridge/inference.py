@@ -33,6 +33,7 @@ from arterys_http.multipart import (
 from bridge import errors
 from bridge.config import BridgeLimits
 from bridge.httpserver import BodyTimeout, ClientGone, Request, Response
+from bridge.tracing import NO_TRACE, RequestTrace
 from bridge.translate import (
     BadWorkerAnswer,
     InvalidRequest,
@@ -82,13 +83,14 @@ class InferenceRequest:
     """Runs one request against a worker pool: `await run()` returns the answer or raises errors.ApiError."""
 
     def __init__(self, request: Request, route: str, pool: WorkerPool, limits: BridgeLimits, request_id: str,
-                 on_request_bytes) -> None:
+                 on_request_bytes, trace: RequestTrace = NO_TRACE) -> None:
         self.request = request
         self.route = route
         self.pool = pool
         self.limits = limits
         self.request_id = request_id
         self.on_request_bytes = on_request_bytes
+        self.trace = trace
         self.outcome = Outcome()
 
     async def read(self) -> bytes:
@@ -194,11 +196,18 @@ class InferenceRequest:
     # ------------------------------------------------------------------------------------ the call
 
     async def _admit(self, header: pb.RequestHeader):
+        traced = self.trace.call(self.pool.target)  # the call's span; its traceparent goes in the metadata
         try:
-            return await self.pool.admit(pb.InferRequest(header=header), self.limits.deadline_seconds,
-                                         (("x-request-id", self.request_id),))
+            call = await self.pool.admit(pb.InferRequest(header=header), self.limits.deadline_seconds,
+                                         (("x-request-id", self.request_id), *traced.metadata))
         except Refused as refused:
+            traced.end(refused.status)
             raise self._worker_error(refused.status, refused.details, refused.error_code) from None
+        except BaseException:
+            traced.end(None)
+            raise
+        traced.follow(call)
+        return call
 
     async def _exchange(self, call, forward) -> Response:
         forwarder = asyncio.ensure_future(forward(call))

@@ -16,6 +16,7 @@ from bridge.app import BridgeApp, create_app
 from bridge.config import BridgeConfig
 from bridge.httpserver import HttpServer
 from bridge.metrics import BridgeMetrics
+from contract import tracing
 
 log = logging.getLogger("bridge")
 
@@ -89,6 +90,11 @@ def create_server(config: BridgeConfig, metrics: BridgeMetrics | None = None) ->
 
 
 def serve(config: BridgeConfig) -> int:
+    try:
+        tracing.configure("arterys-bridge")  # on only when the OTEL_* variables say so
+    except tracing.TracingConfigError as error:
+        log.error("%s", error)
+        return 2
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     stopping = asyncio.Event()
@@ -112,4 +118,5 @@ def serve(config: BridgeConfig) -> int:
         loop.run_until_complete(main())
     finally:
         loop.close()
+        tracing.shutdown()  # exports the spans still buffered before the process exits
     return 0

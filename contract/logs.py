@@ -1,10 +1,11 @@
 """Logging set-up shared by every entry point, and the tagged logger of the original SDK.
 
 `configure_logging()` loads logging.yaml (dictConfig) before anything else logs. Tags live in a context
-variable, so every line logged while a request is handled carries its `input_hash` and `request_id`,
-including lines a model logs through its own loggers; `RequestTagFilter` (named in logging.yaml) puts
-them on each record. gRPC and WSGI servers run each request in its own thread, and every thread has
-its own context, so tags never leak between concurrent requests.
+variable, so every line logged while a request is handled carries its `input_hash`, `request_id` and
+`trace_id` (its W3C trace id, see contract/tracing.py), including lines a model logs through its own
+loggers; `RequestTagFilter` (named in logging.yaml) puts them on each record. gRPC and WSGI servers run
+each request in its own thread, and every thread has its own context, so tags never leak between concurrent
+requests.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "logging.yaml"
-TAG_NAMES = ("input_hash", "request_id")
+TAG_NAMES = ("input_hash", "request_id", "trace_id")
 
 _NO_TAGS: dict = {}  # never mutated: tags are replaced, not updated in place
 _tags: contextvars.ContextVar[dict] = contextvars.ContextVar("request_tags", default=_NO_TAGS)  # noqa: B039

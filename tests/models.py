@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
 from worker import Model, Result, Study, UnsupportedStudy
 
@@ -33,3 +34,21 @@ class UnprocessableModel(Model):
 
     def infer(self, study: Study) -> Result:
         raise UnsupportedStudy("this model reads chest X-rays; the study holds CT and MR series")
+
+
+class TracedModel(Model):
+    """A model with its own OpenTelemetry span and log line, as a model author would write them: both must
+    belong to the request's trace. The command "fail" raises (HTTP 500)."""
+
+    name = "traced"
+    commands = ("trace", "fail")
+
+    def infer(self, study: Study) -> Result:
+        from opentelemetry import trace
+
+        with trace.get_tracer("tests.models").start_as_current_span("model.forward") as span:
+            span.set_attribute("model.instances", len(study.instances))
+            logging.getLogger("tests.models").info("traced model inferring")
+            if study.command == "fail":
+                raise RuntimeError("the traced model failed on purpose")
+        return Result(study_ml_json={"instances": len(study.instances)})

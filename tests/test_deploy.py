@@ -201,7 +201,8 @@ BLOCKER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize(("modules", "absent"), [
-    # The bridge image has no numpy, pydicom, Pillow, requests: importing them would fail there.
+    # The bridge image has no numpy, pydicom, Pillow: importing them would fail there. It has requests, for
+    # the OTLP/HTTP span exporter only, which the bridge imports only when tracing is on.
     (IMAGE_MODULES["bridge"], "numpy,pydicom,PIL,requests,requests_toolbelt,mock_model,worker"),
     # Pillow is in the worker image (requirements-worker.txt): highdicom, which the worker imports, needs it.
     (IMAGE_MODULES["worker"], "flask,cheroot,werkzeug,requests,requests_toolbelt,bridge,testtool"),

@@ -26,9 +26,22 @@ def test_lines_inside_a_request_carry_its_tags_and_others_do_not():
         log.info("inferring")
     log.info("idle")
     lines = stream.getvalue().splitlines()
-    assert "[input_hash=- request_id=r1] receiving" in lines[0]
-    assert f"[input_hash={'a' * 64} request_id=r1] inferring" in lines[1]
-    assert "[input_hash=- request_id=-] idle" in lines[2]
+    assert "[input_hash=- request_id=r1 trace_id=-] receiving" in lines[0]
+    assert f"[input_hash={'a' * 64} request_id=r1 trace_id=-] inferring" in lines[1]
+    assert "[input_hash=- request_id=- trace_id=-] idle" in lines[2]
+
+
+def test_lines_of_a_traced_request_carry_its_trace_id():
+    stream = capture()
+    log = logging.getLogger("worker.inference")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with request_tags(request_id="r2", trace_id=trace_id):
+        set_tags(input_hash="b" * 64)
+        log.info("inferring")
+    log.info("idle")
+    lines = stream.getvalue().splitlines()
+    assert f"[input_hash={'b' * 64} request_id=r2 trace_id={trace_id}] inferring" in lines[0]
+    assert "[input_hash=- request_id=- trace_id=-] idle" in lines[1]
 
 
 def test_tags_do_not_leak_between_concurrent_requests():
@@ -50,7 +63,7 @@ def test_tags_do_not_leak_between_concurrent_requests():
     assert len(lines) == 2, lines  # both captured: a check over no lines would pass whatever the tags
     for line in lines:
         name = line.rsplit(" ", 1)[1]
-        assert f"input_hash={name * 64} request_id={name}]" in line
+        assert f"input_hash={name * 64} request_id={name} trace_id=-]" in line
 
 
 def test_the_original_sdks_tagged_logger_still_works():
@@ -58,4 +71,4 @@ def test_the_original_sdks_tagged_logger_still_works():
     tagged = TaggedLogger(logging.getLogger("inference"))
     tagged.add_tags({"input_hash": "f" * 64})
     tagged.info("start processing")
-    assert f"[input_hash={'f' * 64} request_id=-] start processing" in stream.getvalue()
+    assert f"[input_hash={'f' * 64} request_id=- trace_id=-] start processing" in stream.getvalue()

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from contract import inference_pb2 as pb
-from contract import wire
+from contract import tracing, wire
 from worker.admission import Admission
 from worker.api import Model
 from worker.config import WorkerConfig
@@ -205,11 +205,16 @@ def start_metrics_server(address: str, metrics: WorkerMetrics, tls: dict | None 
 
 
 def serve(config: WorkerConfig, model: Model) -> int:
-    """Runs until SIGTERM/SIGINT; returns the exit code (1 when the model failed to load)."""
+    """Runs until SIGTERM/SIGINT; returns the exit code (1 when the model failed to load, 2 for tracing set-up)."""
     # Handlers first: a SIGTERM while the server starts (an orchestrator scaling down) is a clean stop.
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
+    try:
+        tracing.configure("arterys-worker")  # on only when the OTEL_* variables say so
+    except tracing.TracingConfigError as error:
+        log.error("%s", error)
+        return 2
 
     worker = create_server(model, config)
     try:
@@ -240,5 +245,6 @@ def serve(config: WorkerConfig, model: Model) -> int:
     worker.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
+    tracing.shutdown()  # exports the spans still buffered before the process exits
     log.info("worker stopped")
     return 1 if failed.is_set() else 0

@@ -40,6 +40,7 @@ from worker.receive import Ingest, ReceivedPart, find_study_path, receive_parts
 from worker.results import WireResult, answer_bytes, checked, from_legacy, from_result
 from worker.spool import Spool
 from worker.study import Attachment, Instance, Study, monotonic_deadline, parse_request_json
+from worker.tracing import CallTrace
 
 log = logging.getLogger("worker.inference")
 
@@ -102,12 +103,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def Infer(self, request_iterator: AsyncIterator[pb.InferRequest], context) -> None:
         call = _Call(self, context)
         sent_id = next((value for key, value in context.invocation_metadata() or () if key == "x-request-id"), "")
-        with request_tags(request_id=clean_request_id(sent_id)):
+        with request_tags(request_id=clean_request_id(sent_id), trace_id=call.trace.trace_id), call.trace:
             try:
                 await call.run(request_iterator)
                 call.outcome = "ok"
             except errors.WorkerError as error:
                 call.outcome = error.outcome
+                call.trace.failed(error)
                 serious = isinstance(error, (errors.ModelFailed, errors.InvalidResult))
                 # Refusals of a busy worker are routine (the bridge tries again): the metrics count them.
                 level = logging.ERROR if serious else logging.DEBUG if isinstance(error, errors.Busy) else logging.INFO
@@ -119,8 +121,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 call.outcome = call.gone_outcome()
                 log.info("the caller is gone (%s) %s", call.outcome, call.stage_name)
                 raise
-            except Exception:
+            except Exception as error:
                 call.outcome = "worker_error"
+                call.trace.failed(error)
                 log.exception("inference failed: unexpected error in the worker")
                 call.finish()
                 context.set_trailing_metadata(call.trailers("worker_error"))
@@ -169,6 +172,7 @@ class _Call:
         self.deadline_at = time.monotonic() + remaining if remaining is not None else None
         self.gone = threading.Event()  # set when the call ends for any reason: study.is_cancelled() reads it
         context.add_done_callback(lambda _context: self.gone.set())
+        self.trace = CallTrace.start(context.invocation_metadata(), servicer.model_name)  # spans, if tracing is on
 
     # -------------------------------------------------------------------------------------- stages
 
@@ -177,7 +181,8 @@ class _Call:
         self.stage_name = f"while {name}"
         started = time.monotonic()
         try:
-            yield
+            with self.trace.stage(name):
+                yield
         finally:
             self.s.stage_timers[name].observe(time.monotonic() - started)
 
@@ -198,6 +203,7 @@ class _Call:
             study = await self._receive(header, messages)
         log.debug("received %d instance(s), %d attachment(s), command %r",
                   len(study.instances), len(study.attachments), study.command)
+        self.trace.received(len(study.instances), len(study.attachments))
         with self.stage("queue"):
             await self.ticket.slot()
         with self.stage("infer"):
@@ -370,6 +376,7 @@ class _Call:
             self.spool.cleanup()
         command = self.s.metric_command(self.command)
         self.s.metrics.inferences.labels(self.s.model_name, command, self.outcome or "cancelled").inc()
+        self.trace.end(self.outcome or "cancelled", command, self.input_hash)
 
 
 def _sorted_parts(parts: list) -> tuple[list, list]:
