@@ -19,7 +19,7 @@ def main(argv=None) -> int:
         ensure_free(config.listen)  # before the model's import, which may take long
         if config.metrics_listen:
             ensure_free(config.metrics_listen, "serve metrics on")
-        return serve(config, load_model_object(config.model))
+        return serve(config, load_model_object(config.model, config.model_dir))
     except (ModelNotFound, PortInUse) as error:
         print(f"worker: {error}", file=sys.stderr)
         return 2
