@@ -19,6 +19,10 @@ def main(argv=None) -> int:
         ensure_free(config.listen)  # before the model's import, which may take long
         if config.metrics_listen:
             ensure_free(config.metrics_listen, "serve metrics on")
+        if config.reload:
+            from worker.reload import supervise
+
+            return supervise(config, list(sys.argv[1:] if argv is None else argv))
         return serve(config, load_model_object(config.model, config.model_dir))
     except (ModelNotFound, PortInUse) as error:
         print(f"worker: {error}", file=sys.stderr)

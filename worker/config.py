@@ -28,6 +28,7 @@ class StudyLimits:
 class WorkerConfig:
     model: str
     model_dir: str = "."  # searched for --model's module before the installed packages
+    reload: bool = False  # restart the worker when the model's source changes (development)
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = ""
     concurrency: int = 1
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model-dir", default=_env("WORKER_MODEL_DIR", "."),
         help="folder searched for --model's module before the installed packages (as uvicorn's --app-dir) "
              "[WORKER_MODEL_DIR]")
+    add("--reload", action=argparse.BooleanOptionalAction, default=_env("WORKER_RELOAD", "") not in ("", "0"),
+        help="development: restart the worker when a source file of the model (or under --model-dir) changes "
+             "[WORKER_RELOAD=1]")
     add("--listen", default=_env("WORKER_LISTEN", "127.0.0.1:50051"),
         help="gRPC address HOST:PORT (port 0 picks a free one) [WORKER_LISTEN]")
     add("--metrics-listen", default=_env("WORKER_METRICS_LISTEN", ""),
