@@ -11,7 +11,7 @@ WORKER_LISTEN ?= 127.0.0.1:50051
 WORKER_METRICS_LISTEN ?= 127.0.0.1:9464
 WORKER_MODEL ?= mock_model
 
-.PHONY: setup run test fuzz proto lint bench clean
+.PHONY: setup run test fuzz soak proto lint bench clean
 
 setup: $(STAMP)
 
@@ -26,14 +26,21 @@ run: setup
 	$(PY) -m tools.run_local --http $(BRIDGE_LISTEN) --worker $(WORKER_LISTEN) --metrics $(WORKER_METRICS_LISTEN) \
 		--model $(WORKER_MODEL)
 
+# Tests spend most of their time waiting on real processes, so they run on 4 xdist workers, file by file.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 4 --dist loadfile
 
 # A longer fuzzing run than CI's: tests/test_fuzz_*.py (hypothesis, see tests/conftest.py) with the "long"
 # profile, 20x the examples of `make test` and fresh random ones each run. A failure prints the shrunk
 # example and a @reproduce_failure line to replay it. Takes a few minutes.
 fuzz: setup
 	HYPOTHESIS_PROFILE=long $(PY) -m pytest tests/test_fuzz_*.py --timeout=3600
+
+# 2,000 mixed requests (every command, 5% malformed, 5% clients hanging up) from 16 clients through real
+# worker and bridge processes; fails when an answer, the memory growth or a leak misses its target
+# (benchmarks/soak.py). A few minutes.
+soak: setup
+	$(PY) -m benchmarks.soak
 
 # Regenerates the committed gRPC stubs from proto/ (tests/test_proto_stubs.py fails when they are stale).
 proto: setup

@@ -123,7 +123,7 @@ def check_result(
     binaries: Sequence[int | bytes | bytearray | memoryview],
     study: StudyIndex | None = None,
 ) -> list[str]:
-    """Every way `result` (the result JSON) and `binaries` break PROTOCOL.md, as sentences.
+    """Every way `result` (the result JSON) and `binaries` break docs/protocol.md, as sentences.
 
     `binaries` holds, per binary part, either its bytes (full checks: label values, DICOM magic) or only
     its length (what a streaming receiver knows before the bytes arrive). With `study`, references to

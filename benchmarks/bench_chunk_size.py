@@ -1,6 +1,6 @@
 """gRPC message size vs time, through a real worker: the study streamed in chunks of several sizes.
 
-DESIGN.md measured raw bytes through one bidi stream (64 KiB 580 ms, 256 KiB 240 ms, 1 MiB 150 ms,
+An early measurement of raw bytes through one bidi stream (64 KiB 580 ms, 256 KiB 240 ms, 1 MiB 150 ms,
 4 MiB 144 ms for 135 MB up, 67 MB down). This repeats the measurement on the worker itself (receive,
 spool to disk, hash, answer) to justify the 1 MiB the bridge uses.
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import errors
+from bridge.auth import Authenticator
 from bridge.config import BridgeConfig
 from bridge.httpserver import Request, Response
 from bridge.inference import InferenceRequest
@@ -44,10 +45,12 @@ def json_response(error: errors.ApiError, request_id: str) -> Response:
 
 
 class BridgeApp:
-    def __init__(self, config: BridgeConfig, metrics: BridgeMetrics, pools: dict[str, WorkerPool]) -> None:
+    def __init__(self, config: BridgeConfig, metrics: BridgeMetrics, pools: dict[str, WorkerPool],
+                 auth: Authenticator | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.pools = pools
+        self.auth = auth  # None: no token configured, every route open
 
     async def close(self) -> None:
         for pool in self.pools.values():
@@ -68,6 +71,8 @@ class BridgeApp:
         with request_tags(request_id=request_id):
             inference = None
             try:
+                if self.auth is not None:
+                    self.auth.check(request)  # before routing: no route, not even a 404, without a token
                 if request.path in self.pools:
                     if request.method != "POST":
                         raise errors.error("method_not_allowed", f"{request.path} takes POST")
@@ -150,8 +155,10 @@ def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None,
                pools: dict[str, WorkerPool] | None = None) -> BridgeApp:
     """Builds the app on the running event loop (its worker channels belong to that loop)."""
     metrics = metrics or BridgeMetrics()
+    security = config.security
     pools = pools or {
-        route: WorkerPool(target, config.health_poll_seconds, config.limits.queue_wait_seconds).start()
+        route: WorkerPool(target, config.health_poll_seconds, config.limits.queue_wait_seconds,
+                          security.worker_credentials(), security.worker_channel_options()).start()
         for route, target in config.routes.items()
     }
-    return BridgeApp(config, metrics, pools)
+    return BridgeApp(config, metrics, pools, security.authenticator())

@@ -6,6 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, fields
 
+from bridge import security
 from bridge.httpserver import HttpLimits
 
 
@@ -29,6 +30,7 @@ class BridgeConfig:
     grace_seconds: float = 30.0
     limits: BridgeLimits = field(default_factory=BridgeLimits)
     http: HttpLimits = field(default_factory=HttpLimits)
+    security: security.BridgeSecurity = field(default_factory=security.BridgeSecurity)
 
 
 def parse_routes(values: list[str]) -> dict[str, str]:
@@ -57,8 +59,8 @@ _HTTP_FLAGS = [
     ("header-timeout", "header_timeout", float, "seconds a client has to send its request headers"),
     ("keepalive-timeout", "keepalive_timeout", float, "seconds an idle keep-alive connection stays open"),
     ("body-timeout", "body_timeout", float,
-     "seconds a client may take to send its body before --min-upload-rate applies"),
-    ("min-upload-rate", "min_upload_rate", int, "bytes per second a client must send its body at, on average"),
+     "a client must send --min-upload-rate x this many body bytes in every this many seconds of waiting"),
+    ("min-upload-rate", "min_upload_rate", int, "bytes per second a client must send its body at (408 below)"),
     ("send-timeout", "send_timeout", float, "seconds a client may leave the answer unread before it is cut off"),
     ("max-header-bytes", "max_header_bytes", int, "largest request line + headers (431 beyond)"),
     ("max-headers", "max_headers", int, "most header fields in a request (431 beyond)"),
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
             default = kind(env(_env_name(flag), getattr(defaults, name)))
             parser.add_argument(f"--{flag}", dest=name, type=kind, default=default,
                                 help=f"{text} [{_env_name(flag)}]")
+    security.add_flags(parser)
     return parser
 
 
@@ -110,4 +113,5 @@ def parse_config(argv: list[str] | None = None) -> BridgeConfig:
     limits = BridgeLimits(**{f.name: values[f.name] for f in fields(BridgeLimits) if f.name in values})
     http = HttpLimits(**{f.name: values[f.name] for f in fields(HttpLimits) if f.name in values},
                       drain_limit=limits.max_body_bytes)
-    return BridgeConfig(routes=routes, listen=args.listen, grace_seconds=args.grace_seconds, limits=limits, http=http)
+    return BridgeConfig(routes=routes, listen=args.listen, grace_seconds=args.grace_seconds, limits=limits, http=http,
+                        security=security.from_args(parser, args))

@@ -14,9 +14,9 @@ What a connection may do, and what happens when it does not:
   idle keep-alive pause); else it is closed, with 408 when it had started a request;
 - stay idle between requests at most `keepalive_timeout`;
 - keep the headers under `max_header_bytes` and `max_headers` (431), the target under `max_url_bytes` (414);
-- send its body at no less than `min_upload_rate` once `body_timeout` has passed: the allowance grows with
-  every byte received, and only time the application spends *waiting* for the client counts against it,
-  so a slow worker never makes an innocent client time out (408);
+- send its body at `min_upload_rate` or faster, measured over windows of `body_timeout` seconds: a client
+  that stalls, or trickles after a fast start, is answered 408 within one window; only time the
+  application spends *waiting* for the client counts, so a slow worker never makes a client time out;
 - read the response: a write that cannot progress for `send_timeout` closes the connection.
 
 Bodies stream both ways with flow control: reading pauses while `read_high_water` bytes wait for the
@@ -32,6 +32,7 @@ import collections
 import email.utils
 import logging
 import socket
+import ssl as ssl_module
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from bridge.errors import ApiError
 log = logging.getLogger("bridge.http")
 
 SERVER_NAME = b"arterys-bridge"
+LINGER_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class HttpLimits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
     body_timeout: float = 20.0
-    min_upload_rate: int = 64 << 10  # bytes per second, once body_timeout has passed
+    min_upload_rate: int = 64 << 10  # bytes per second, over each body_timeout seconds of waiting
     send_timeout: float = 30.0
     max_header_bytes: int = 64 << 10
     max_headers: int = 100
@@ -111,7 +113,9 @@ class Request:
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._waiter: asyncio.Future | None = None
-        self._waited = 0.0
+        self._waited = 0.0  # seconds spent waiting for body bytes
+        self._mark_waited = 0.0  # start of the current rate window, in waited seconds
+        self._mark_received = 0
         self._expect_continue = self.header("expect").lower() == "100-continue"
 
     def header(self, name: str, default: str = "") -> str:
@@ -126,8 +130,8 @@ class Request:
         return int(value) if value.isdigit() else None
 
     async def read(self) -> bytes:
-        """The next piece of the body; b"" at its end. Raises ClientGone, or BodyTimeout for a client slower
-        than the minimum upload rate."""
+        """The next piece of the body; b"" at its end. Raises ClientGone, or BodyTimeout for a client that
+        sends less than `min_upload_rate` bytes per second over any `body_timeout` seconds of waiting."""
         if self._expect_continue:
             self._expect_continue = False
             if not self.complete:
@@ -140,14 +144,20 @@ class Request:
                 return b""
             if self.gone:
                 raise ClientGone("the client closed the connection")
-            allowance = limits.body_timeout + self.received / limits.min_upload_rate - self._waited
-            if allowance <= 0:
-                raise BodyTimeout(f"the request body arrived slower than {limits.min_upload_rate} bytes/s")
+            # Only time spent waiting for the client counts: while the application is slow to read (a busy
+            # worker), the client is held back by us, not slow by itself.
+            window_left = limits.body_timeout - (self._waited - self._mark_waited)
+            if window_left <= 0:
+                if self.received - self._mark_received < limits.min_upload_rate * limits.body_timeout:
+                    raise BodyTimeout(f"the request body arrived slower than {limits.min_upload_rate} bytes/s over "
+                                      f"{limits.body_timeout:g} s")
+                self._mark_waited, self._mark_received = self._waited, self.received
+                continue
             self._waiter = loop.create_future()
             self.conn.want_data()
             started = loop.time()
             try:
-                async with asyncio.timeout(allowance):
+                async with asyncio.timeout(window_left):
                     await self._waiter
             except TimeoutError:
                 pass  # the loop above decides, with the time waited counted
@@ -197,6 +207,7 @@ class Connection(asyncio.Protocol):
         self.incoming: Request | None = None  # the request whose body is being parsed
         self.task: asyncio.Task | None = None
         self.closed = False
+        self.lingering = False  # answered and half-closed: what still arrives is dropped
         self._timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._in_head = False  # between a request's first byte and the end of its headers
@@ -228,7 +239,7 @@ class Connection(asyncio.Protocol):
         self._arm(self.limits.header_timeout, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self.lingering:
             return
         if self._body_left:
             data = self._pass_body(data)
@@ -244,7 +255,7 @@ class Connection(asyncio.Protocol):
             budget = self.limits.max_header_bytes + 4096 - self._head_bytes
             if len(data) > budget:
                 self._feed(data[:budget])
-                if self._in_head and not self.closed:
+                if self._in_head and not (self.closed or self.lingering):
                     return self._too_large_head()
                 data = data[budget:]
             else:
@@ -252,8 +263,8 @@ class Connection(asyncio.Protocol):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        if self.closed or not data:
-            return
+        if self.closed or self.lingering or not data:
+            return  # a rejected connection's parser is in error and is not fed again
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
@@ -517,14 +528,25 @@ class Connection(asyncio.Protocol):
 
     def _reject(self, error: ApiError) -> None:
         """Answers a request that cannot be handled (parse errors, limits) and closes the connection."""
-        if self.closed:
-            return
+        if self.closed or self.lingering:
+            return  # already answered
         body = error.json_bytes()
         head = (f"HTTP/1.1 {error.status} {_reason(error.status)}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode()
         extra = "".join(f"{name}: {value}\r\n" for name, value in error.headers().items()).encode()
         self.transport.write(head + extra + b"\r\n" + body)
-        self.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Ends the connection without losing the answer: closing at once with unread input makes the kernel
+        reset the connection, and a client still sending (a 20 MB header, a body) would never read the
+        answer. So: half-close, drop whatever still arrives, close after LINGER_SECONDS or at the client's end."""
+        self.lingering = True
+        self._disarm()
+        self.want_data()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._timer = self.loop.call_later(LINGER_SECONDS, self.close)
 
     def close(self) -> None:
         if not self.closed:
@@ -556,9 +578,13 @@ class HttpServer:
         self._server: asyncio.AbstractServer | None = None
         self.port = 0
 
-    async def listen(self, host: str, port: int, backlog: int = 1024) -> int:
+    async def listen(self, host: str, port: int, backlog: int = 1024, ssl: ssl_module.SSLContext | None = None) -> int:
+        # With TLS, a connection reaches Connection (and its header timeout) only once its handshake is done:
+        # the handshake gets the header timeout of its own, and a peer that ignores close_notify a short wait.
+        tls = {"ssl": ssl, "ssl_handshake_timeout": self.limits.header_timeout, "ssl_shutdown_timeout": 5.0} if ssl \
+            else {}
         self._server = await self.loop.create_server(lambda: Connection(self), host or None, port, backlog=backlog,
-                                                     reuse_address=True)
+                                                     reuse_address=True, **tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

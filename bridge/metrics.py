@@ -1,4 +1,4 @@
-"""The bridge's Prometheus metrics, in one place (names from DESIGN.md); each app owns its registry."""
+"""The bridge's Prometheus metrics, in one place (names and labels: README); each app owns its registry."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ async def start(config: BridgeConfig, metrics: BridgeMetrics | None = None) -> t
     server = HttpServer(app, asyncio.get_running_loop(), config.http, metrics.http_stats)
     host, _, port = config.listen.rpartition(":")
     try:
-        await server.listen(host.strip("[]") or "0.0.0.0", int(port))
+        await server.listen(host.strip("[]") or "0.0.0.0", int(port), ssl=config.security.http_ssl_context())
     except OSError as error:
         await app.close()
         raise PortInUse(f"cannot listen on {config.listen}: {error.strerror or error}") from None
@@ -97,7 +97,11 @@ def serve(config: BridgeConfig) -> int:
 
     async def main() -> None:
         app, server = await start(config)
-        log.info("bridge listening on %s (port %d), routes %s", config.listen, server.port,
+        # SIGHUP re-reads the token file (rotation); without tokens it is logged and ignored, never fatal.
+        loop.add_signal_handler(signal.SIGHUP, app.auth.tokens.reload if app.auth else lambda: log.info(
+            "SIGHUP: no bearer tokens configured, nothing to reload"))
+        log.info("bridge listening on %s (port %d, %s), routes %s", config.listen, server.port,
+                 "HTTPS" if config.security.tls_cert else "HTTP",
                  ", ".join(f"{r} -> {t}" for r, t in config.routes.items()))
         await stopping.wait()
         log.info("bridge stopping: finishing in-flight requests (up to %.0f s)", config.grace_seconds)

@@ -31,8 +31,11 @@ log = logging.getLogger("bridge.workers")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 MESSAGE_LIMIT = 16 << 20
-UNAVAILABLE_ATTEMPTS = 3
-ADMISSION_TIMEOUT = 10.0  # a worker admits or refuses at once; one that does neither is as good as gone
+FREE_ATTEMPTS = 4  # calls ended before admission, tried again at once
+ADMISSION_TIMEOUT = 5.0  # a worker admits or refuses at once; one that does neither is as good as gone
+# Ended before admission, nothing lost: full, unreachable, or the transport's own failure (gRPC reports a
+# call ended by the server while the client was still writing its header as INTERNAL, with no error code).
+RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
 
 
 def channel_options(max_message_bytes: int = MESSAGE_LIMIT) -> list[tuple[str, object]]:
@@ -44,9 +47,11 @@ def channel_options(max_message_bytes: int = MESSAGE_LIMIT) -> list[tuple[str, o
         ("grpc.service_config", json.dumps(service_config)),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        # A ping every 5 s, 5 s to answer: a hung worker is known within 10 s, even between calls.
+        # A ping every 5 s, 4 s to answer: a hung worker is known within 10 s, even between calls. (This
+        # gRPC's transport times pings out after grpc.http2.ping_timeout_ms, not keepalive_timeout_ms.)
         ("grpc.keepalive_time_ms", 5_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_timeout_ms", 4_000),
+        ("grpc.http2.ping_timeout_ms", 4_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         # Reconnect within about a second whatever the outage (gRPC's default backoff grows to 120 s).
@@ -69,6 +74,53 @@ class Refused(Exception):
         self.status, self.details, self.error_code = status, details, error_code
 
 
+class FirstStatusCall:
+    """A call that reports the status the worker sent, even when grpc.aio replaced it afterwards.
+
+    grpc.aio bug (grpc/grpc#36066; fix proposed in grpc/grpc#43486): when the worker ends a call while a
+    write of the bridge is in flight (it refuses a damaged study at its first part while the rest still
+    streams), the failed write sets INTERNAL "Internal error from Core" with no metadata over the status
+    that had arrived, and the client's 400 became a 502 (one request in six in tests/test_fuzz_regressions.py).
+    Every status change calls the done callbacks, the first one with the worker's status: it is kept here.
+    Everything else is the call's own.
+    """
+
+    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+        self._call = call
+        self._first: tuple | None = None
+        call.add_done_callback(self._remember)
+
+    def __getattr__(self, name: str):
+        return getattr(self._call, name)
+
+    def _remember(self, call) -> None:
+        if self._first is None:
+            try:  # the status is set when callbacks run, so these coroutines finish without waiting
+                self._first = (_finished(call.code()), _finished(call.details()),
+                               _finished(call.trailing_metadata()))
+            except Exception:  # never break gRPC's own callback; the call's status is used then
+                self._first = None
+
+    async def code(self) -> grpc.StatusCode:
+        return self._first[0] if self._first else await self._call.code()
+
+    async def details(self) -> str:
+        return self._first[1] if self._first else await self._call.details()
+
+    async def trailing_metadata(self):
+        return self._first[2] if self._first else await self._call.trailing_metadata()
+
+
+def _finished(coroutine):
+    """The value of a coroutine that completes without suspending (else RuntimeError)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("the coroutine did not finish at once")
+
+
 def metadata_value(metadata, key: str) -> str:
     for name, value in metadata or ():
         if name == key:
@@ -83,13 +135,17 @@ class WorkerPool:
     target: str
     poll_seconds: float = 0.5
     queue_wait: float = 10.0
+    credentials: grpc.ChannelCredentials | None = None  # TLS to the workers (bridge/security.py)
+    extra_options: list = field(default_factory=list)
     channel: grpc.aio.Channel = field(init=False)
     infer: grpc.aio.StreamStreamMultiCallable = field(init=False)
     ready: bool = field(default=False, init=False)
     last_problem: str = field(default="not checked yet", init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.target, options=channel_options())
+        options = channel_options() + self.extra_options
+        self.channel = (grpc.aio.secure_channel(self.target, self.credentials, options=options) if self.credentials
+                        else grpc.aio.insecure_channel(self.target, options=options))
         # Study and answer chunks are written and read with contract.wire (no copies); the rest as generated.
         self.infer = self.channel.stream_stream(wire.INFER_METHOD, request_serializer=wire.serialize_request,
                                                 response_deserializer=wire.parse_response)
@@ -120,22 +176,32 @@ class WorkerPool:
             await asyncio.sleep(self.poll_seconds)
 
     async def admit(self, header: pb.InferRequest, timeout: float, metadata: tuple) -> grpc.aio.StreamStreamCall:
-        """Opens a call that a worker has admitted (its header sent, nothing else); raises Refused."""
+        """Opens a call that a worker has admitted (its header sent, nothing else); raises Refused.
+
+        A call that ends before its admission has cost nothing, so it is tried again at once, up to
+        FREE_ATTEMPTS times (round_robin gives each new call the next worker); after that, a refusal by full
+        workers is retried with a growing pause for up to `queue_wait` seconds.
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        busy_attempts = unavailable_attempts = 0
+        attempts = 0
         while True:
-            call = self.infer(timeout=max(timeout - (loop.time() - started), 0.001), metadata=metadata)
+            attempts += 1
+            call = FirstStatusCall(self.infer(timeout=max(timeout - (loop.time() - started), 0.001),
+                                              metadata=metadata))
             try:
                 await call.write(header)
                 async with asyncio.timeout(ADMISSION_TIMEOUT):
                     admitted = metadata_value(await call.initial_metadata(), "admitted") == "1"
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
                 admitted = False
-            except TimeoutError:
+            except TimeoutError:  # a worker that neither admits nor refuses is hung: try another
                 call.cancel()
-                log.warning("worker target %s did not admit a call within %g s", self.target, ADMISSION_TIMEOUT)
-                raise Refused(grpc.StatusCode.UNAVAILABLE, "the worker did not answer", "") from None
+                log.warning("worker target %s: a worker did not answer a call within %g s", self.target,
+                            ADMISSION_TIMEOUT)
+                if attempts < FREE_ATTEMPTS:
+                    continue
+                raise Refused(grpc.StatusCode.UNAVAILABLE, "no worker answered", "") from None
             except BaseException:
                 call.cancel()
                 raise
@@ -144,13 +210,12 @@ class WorkerPool:
             status = await call.code()
             details = await call.details() or ""
             error_code = metadata_value(await call.trailing_metadata(), "error-code")
-            if status == grpc.StatusCode.RESOURCE_EXHAUSTED and loop.time() - started < self.queue_wait:
-                busy_attempts += 1
-                await asyncio.sleep(min(0.005 * 2 ** busy_attempts, 0.2) * random.uniform(0.5, 1.0))
-                continue
-            if status == grpc.StatusCode.UNAVAILABLE and unavailable_attempts < UNAVAILABLE_ATTEMPTS - 1:
-                unavailable_attempts += 1
-                continue
+            if status in RETRYABLE and not (status == grpc.StatusCode.INTERNAL and error_code):
+                if attempts < FREE_ATTEMPTS:
+                    continue
+                if status == grpc.StatusCode.RESOURCE_EXHAUSTED and loop.time() - started < self.queue_wait:
+                    await asyncio.sleep(min(0.005 * 2 ** (attempts - FREE_ATTEMPTS), 0.2) * random.uniform(0.5, 1))
+                    continue
             raise Refused(status, details, error_code)
 
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Translation between the result JSON of PROTOCOL.md and the typed `InferResult` message.
+"""Translation between the result JSON of docs/protocol.md and the typed `InferResult` message.
 
 The worker turns what a model returned into the message (`to_proto`); the bridge turns the message back
 into the JSON the viewer reads (`from_proto`). Keys the contract does not know travel as JSON text

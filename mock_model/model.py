@@ -1,4 +1,4 @@
-"""The mock model: every output type of PROTOCOL.md, chosen by `inference_command`.
+"""The mock model: every output type of docs/protocol.md, chosen by `inference_command`.
 
 Outputs follow the real input: mask sizes come from each instance's rows, columns and frames, 3D masks
 cover one series each with slices ordered along the slice normal, 2D masks come one per image (one per
@@ -73,6 +73,11 @@ class MockModel(Model):
     def infer(self, study: Study) -> Result:
         if not study.instances:
             raise InvalidInput("the request holds no DICOM instance; send at least one application/dicom part")
+        for instance in study.instances:
+            # Every output here is drawn on images: an instance without Rows and Columns (a report, or a file
+            # whose damaged header hides them) would give boxes and masks of a 0 x 0 image.
+            if instance.rows <= 0 or instance.columns <= 0:
+                raise InvalidInput(f"{instance.label} holds no image (no Rows and Columns); this model reads images")
         handler = getattr(self, "_" + study.command.removeprefix("get-").replace("-", "_"))
         return handler(study)
 

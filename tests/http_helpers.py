@@ -28,7 +28,7 @@ def original_tool_fields(request_json: dict, instances: list[Path], attachments:
 def post_like_original_tool(url: str, request_json: dict, instances, attachments=(), **kwargs) -> requests.Response:
     encoder = MultipartEncoder(fields=original_tool_fields(request_json, instances, attachments))
     boundary = encoder.content_type.split("boundary=")[1]
-    headers = {"Content-Type": f'multipart/related; boundary="{boundary}"'}
+    headers = {"Content-Type": f'multipart/related; boundary="{boundary}"', **kwargs.pop("headers", {})}
     return requests.post(url, data=encoder, headers=headers, **kwargs)
 
 
@@ -71,3 +71,11 @@ def expected_hashes_line(input_parts: list[bytes], answer: ParsedAnswer) -> str:
     for binary in answer.binaries:
         output.update(binary)
     return f"{input_hash}:{output.hexdigest()}"
+
+
+def expected_input_hash(parts: list[bytes]) -> str:
+    """SHA-256 of the request's parts (the JSON part first), as the protocol defines the input hash."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()

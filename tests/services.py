@@ -69,9 +69,21 @@ def spawn(tmp: Path, name: str, args: list[str], port: int, env: dict | None = N
     return Service(spawn_process(args, env, log_path), port, log_path)
 
 
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition", interval: float = 0.02):
+    """Polls `predicate` until it returns something true (returned), or fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
 def start_worker(tmp: Path, model: str = "mock_model", *extra: str, env: dict | None = None,
-                 wait_serving: bool = True, timeout: float = 60) -> Service:
-    port = free_port()
+                 wait_serving: bool = True, timeout: float = 60, port: int | None = None) -> Service:
+    port = port or free_port()
     service = spawn(tmp, "worker", ["-m", "worker", "--model", model, "--listen", f"127.0.0.1:{port}", *extra], port,
                     env)
     if wait_serving:

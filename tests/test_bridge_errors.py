@@ -1,4 +1,4 @@
-"""Every row of DESIGN.md's error table, against real bridge and worker processes; the service keeps serving."""
+"""Every row of the error table (docs/protocol.md) against real bridge and worker processes, which keep serving."""
 
 from __future__ import annotations
 

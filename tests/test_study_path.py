@@ -109,7 +109,7 @@ def test_without_a_study_root_study_paths_are_refused(tree):
 
 def test_the_input_hash_is_the_hash_of_the_json_and_is_checked(rooted_stub):
     request = {"inference_command": "get-classification", "studyPath": "study"}
-    answer = by_path(rooted_stub, "study")  # test client sends sha256(JSON) as PROTOCOL.md defines it
+    answer = by_path(rooted_stub, "study")  # test client sends sha256(JSON) as docs/protocol.md defines it
     assert answer.json["study_ml_json"]["instance_count"] == 14
 
     with pytest.raises(grpc.RpcError) as caught:

@@ -26,7 +26,7 @@ class Answer:
 
 def request_messages(request: dict | bytes, parts: list[tuple[int, str, bytes]], chunk: int = 1 << 20,
                      study_path: str = "", input_hash: str | None = None):
-    """parts: (PartKind, content_type, bytes). Yields header, part/chunk..., end (hash as PROTOCOL.md)."""
+    """parts: (PartKind, content_type, bytes). Yields header, part/chunk..., end (hash as docs/protocol.md)."""
     raw = request if isinstance(request, bytes) else json.dumps(request).encode()
     command = json.loads(raw or b"{}").get("inference_command", "") if raw else ""
     yield pb.InferRequest(header=pb.RequestHeader(request_json=raw, inference_command=command,

@@ -1,4 +1,4 @@
-"""Judges a received answer against PROTOCOL.md, in sentences a model author can act on.
+"""Judges a received answer against docs/protocol.md, in sentences a model author can act on.
 
 Why on top of `arterys_http.protocol.check_result`: that checker sees the result JSON and its binaries, as
 the worker and bridge do. The tool sees the wire too, so it also checks what only a client can: the

@@ -3,7 +3,7 @@
 Why this tool exists: the original Arterys test tool drew whatever came back, so a mask with width and
 depth swapped looked fine there and wrong in the viewer. This one loads the study the way it sends it
 (testtool.study), streams the request (testtool.send), reads the answer as it streams in
-(testtool.answer), checks it against PROTOCOL.md (testtool.check), maps the findings onto the images
+(testtool.answer), checks it against docs/protocol.md (testtool.check), maps the findings onto the images
 (testtool.findings), draws them (testtool.render), prints a summary (testtool.report) and writes an HTML
 report beside the PNGs (testtool.html_report). The flags are the original tool's, so existing scripts
 keep working. docs/testtool.md is the user's guide.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from arterys_http.protocol import sha256_hex
 from testtool.answer import DICOM_FILE, MASK_FILE, ReceivedAnswer, read_answer
 from testtool.check import check_answer, study_index
+from testtool.dicom_outputs import merge_findings, read_dicom_outputs
 from testtool.findings import findings_for_study
 from testtool.html_report import REPORT_FILE, ReportInput, write_report
 from testtool.loading import load_study
@@ -66,7 +68,7 @@ files written to OUTPUT (created if needed; files with these names left by an ea
                         as the original tool wrote them (ndarray.tofile). Read one back with
                         numpy.fromfile(path, dtype=numpy.uint8).reshape(timepoints, depth, height, width)
                         or .reshape(height, width) for a 2D mask
-  sc_N.dcm              the Nth DICOM output (secondary capture, structured report, GSPS), N from 1
+  sc_N.dcm              the Nth DICOM output (secondary capture, SEG, structured report, GSPS), N from 1
   hashes.txt            the answer's last part, <input_hash>:<output_hash>
   seriesSS_sliceNNNN_frameFF.png
                         one picture per input image frame with every finding drawn (legend and
@@ -76,7 +78,7 @@ files written to OUTPUT (created if needed; files with these names left by an ea
                         answer JSON; open it in a browser (works offline, from file://)
 
 exit status:
-  0  the answer follows the protocol (PROTOCOL.md)
+  0  the answer follows the protocol (docs/protocol.md)
   1  the answer violates the protocol: every violation is printed
   2  no usable answer: HTTP error status (the server's message is printed), connection failure,
      or invalid arguments
@@ -115,11 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send the application/json form {\"studyPath\": PATH, ...} instead of the files: PATH "
                              "is a folder the server's model can read. STUDY_DIR is still loaded here, to check "
                              "and draw the answer, so it should hold the same study")
+    parser.add_argument("--output-formats", "--output_formats", type=_formats, metavar="FORMATS",
+                        help="output_formats of the request JSON, comma-separated: arterys (the protocol's masks), "
+                             "dicom (DICOM Segmentations and a TID 1500 report, drawn and listed like the rest); "
+                             "without it the request names none and the server's default applies")
     parser.add_argument("-l", "--include_label_plots", action="store_true",
                         help="also write study_ml_json / series_ml_json (classification labels) on the PNGs")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                         help="how long to wait for the server to accept the connection (at most 10 s) and for each "
                              "piece of its answer; 0 waits forever (default: %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("TESTTOOL_TOKEN") or None,
+                        help="bearer token sent as 'Authorization: Bearer TOKEN', for a bridge that requires one "
+                             "(default: $TESTTOOL_TOKEN; prefer it, a flag shows in the process list)")
+    parser.add_argument("--https", action="store_true", help="talk HTTPS to the service")
+    parser.add_argument("--cacert", type=Path, metavar="FILE",
+                        help="CA certificate (PEM) the service's HTTPS certificate is checked against, for a "
+                             "private CA; implies --https")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars (they are also off when the output is not a terminal)")
     legacy = parser.add_argument_group(
@@ -138,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _formats(text: str) -> list[str]:
+    """Sent as given (the server names the formats it knows when it refuses one)."""
+    formats = [item.strip() for item in text.split(",") if item.strip()]
+    if not formats:
+        raise argparse.ArgumentTypeError("name at least one format, e.g. arterys,dicom")
+    return formats
+
+
 def parse_options(parser: argparse.ArgumentParser, values: list[str]) -> dict[str, str]:
     options = {}
     for value in values:
@@ -148,10 +169,10 @@ def parse_options(parser: argparse.ArgumentParser, values: list[str]) -> dict[st
     return options
 
 
-def url_of(host: str, port: int, route: str) -> str:
+def url_of(host: str, port: int, route: str, scheme: str = "http") -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 address
-    return f"http://{host}:{port}{route if route.startswith('/') else '/' + route}"
+    return f"{scheme}://{host}:{port}{route if route.startswith('/') else '/' + route}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {args.input} holds no DICOM instance or PNG/JPEG picture")
 
     command = args.inference_command or DEFAULT_COMMANDS.get(args.model_type or "")
-    request_json = build_request_json(command, study, args.send_study_size, options)
-    url = url_of(args.host, args.port, args.route)
+    request_json = build_request_json(command, study, args.send_study_size, options, args.output_formats)
+    url = url_of(args.host, args.port, args.route, "https" if args.https or args.cacert else "http")
     timeout = (min(CONNECT_TIMEOUT, args.timeout), args.timeout) if args.timeout > 0 else None
     try:
         response, input_hash = _post(url, args, study, request_json, timeout, bars)
@@ -196,13 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     return _finish(args, study, answer, input_hash, broken, url, request_json)
 
 
+def _connection(args) -> dict:
+    """requests' keyword arguments for the token and the HTTPS certificate check."""
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    return {"headers": headers, "verify": str(args.cacert) if args.cacert else True}
+
+
 def _post(url, args, study: LoadedStudy, request_json: dict, timeout, bars: bool):
     """(streamed response, SHA-256 of the parts sent)."""
+    connection = _connection(args)
     if args.request_study_path:
         body = study_path_body(args.request_study_path, request_json)
         print(f"Sending studyPath {args.request_study_path!r} to {url} with {json.dumps(request_json)}")
-        response = requests.post(url, data=body, headers={"Content-Type": "application/json"},
-                                 timeout=timeout, stream=True)
+        response = requests.post(url, data=body, headers={**connection["headers"], "Content-Type": "application/json"},
+                                 verify=connection["verify"], timeout=timeout, stream=True)
         return response, sha256_hex([body])
     parts = request_parts(request_json, args.attachments, study.images)
     size = sum(part.size for part in parts[1 + len(args.attachments):])
@@ -220,8 +248,9 @@ def _post(url, args, study: LoadedStudy, request_json: dict, timeout, bars: bool
 
         body.on_bytes = count
         try:
-            response = requests.post(url, data=body, headers={"Content-Type": body.content_type},
-                                     timeout=timeout, stream=True)
+            headers = {**connection["headers"], "Content-Type": body.content_type}
+            response = requests.post(url, data=body, headers=headers, verify=connection["verify"], timeout=timeout,
+                                     stream=True)
         except requests.ConnectionError as exc:
             if not sent or isinstance(exc, requests.Timeout):
                 raise  # never connected, or no answer in time: main() explains those
@@ -306,16 +335,18 @@ def _finish(args, study: LoadedStudy, answer: ReceivedAnswer, input_hash: str, b
     if isinstance(result, dict):
         binaries = [part.data for part in answer.binary_parts]
         findings, notes = findings_for_study(study, result, binaries, draw_labels=args.include_label_plots)
+        dicom = read_dicom_outputs(study, result, binaries)  # SEGs drawn like masks, the report's regions
+        findings, notes = merge_findings(findings, dicom.findings), notes + dicom.notes
     else:
-        findings, notes = {}, []
+        findings, notes, dicom = {}, [], None
     pictures = write_pictures(study, findings, out_dir)
     pngs = [picture.path for series in pictures for picture in series.frames]
     status = EXIT_FAILURE if broken else EXIT_VIOLATIONS if violations else EXIT_OK
     report = write_report(ReportInput(out_dir, url, request_json, input_hash, study, result, answer, findings,
-                                      violations, notes, pictures, status, broken))
+                                      violations, notes, pictures, status, broken, dicom=dicom))
     print()
     print(summary(study, result, answer, findings, violations, notes, out_dir, pngs,
-                  sheets=sum(series.sheet is not None for series in pictures), report=report))
+                  sheets=sum(series.sheet is not None for series in pictures), report=report, dicom=dicom))
     if broken:
         print(f"error: {broken}", file=sys.stderr)
     return status

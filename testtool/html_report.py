@@ -17,6 +17,7 @@ from html import escape
 from pathlib import Path
 
 from testtool.answer import ReceivedAnswer
+from testtool.dicom_outputs import DicomOutputs
 from testtool.render import SeriesPictures
 from testtool.report import part_rows, series_rows
 from testtool.study import LoadedStudy
@@ -70,6 +71,7 @@ class ReportInput:
     pictures: Sequence[SeriesPictures]
     exit_status: int
     broken: str | None = None
+    dicom: DicomOutputs | None = None  # the answer's SEGs and TID 1500 reports, read back
     generated: datetime = field(default_factory=datetime.now)
 
 
@@ -190,13 +192,14 @@ def _findings(report: ReportInput) -> str:
         target = part.get("SeriesInstanceUID")
         if target is None and isinstance(part.get("dicom_image"), dict):
             target = part["dicom_image"].get("SOPInstanceUID")
-        extra = {k: part[k] for k in ("probability_threshold", "label_map", "palette") if k in part}
+        extra = {k: part[k] for k in ("probability_threshold", "label_map", "palette", "dicom_output") if k in part}
         masks.append([_num(number), escape(str(part.get("label", ""))), escape(str(part.get("binary_type", ""))),
                       _code(part.get("binary_data_shape")), _uid(target) if target else "-",
                       _code(extra) if extra else ""])
     if masks:
         out.append("<h3>Parts (masks and DICOM outputs)</h3>" + _table(
             ["#", "label", "binary_type", "binary_data_shape", "series or image", "options"], masks))
+    out += _dicom_outputs(report.dicom, pngs)
     for key in ("study_ml_json", "series_ml_json"):
         if result.get(key) is not None:
             out.append(f"<h3>{key}</h3><pre>{escape(_pretty(result[key]))}</pre>")
@@ -206,6 +209,36 @@ def _findings(report: ReportInput) -> str:
         out.append("<h3>Drawing notes</h3><p class=\"muted\">What the tool could not draw, and why.</p><ul>"
                    + "".join(f"<li>{escape(note)}</li>" for note in report.notes) + "</ul>")
     return "\n".join(out)
+
+
+def _dicom_outputs(dicom: DicomOutputs | None, pngs: dict) -> list[str]:
+    """The SEGs (segments with their colours) and each report's measurement groups, regions linked to PNGs."""
+    if dicom is None:
+        return []
+    out = []
+    if dicom.segmentations:
+        rows = [[_num(s.part), _uid(s.sop_instance_uid), escape(s.kind),
+                 "<br>".join(f"{_swatch(x.color)}{x.number} {escape(x.label)} <span class=\"muted\">"
+                             f"({escape(x.property_type)})</span>" for x in s.segments),
+                 _num(s.planes), _uid(s.source_series)] for s in dicom.segmentations]
+        out.append("<h3>Segmentations (DICOM SEG)</h3><p class=\"muted\">Drawn on the PNGs like masks: BINARY as "
+                   "boolean masks, FRACTIONAL as probability masks (from 0.5), one colour per segment.</p>"
+                   + _table(["part", "SOPInstanceUID", "type", "segments", "frames drawn", "source series"], rows))
+    for report in dicom.reports:
+        rows = []
+        for number, group in enumerate(report.groups, start=1):
+            regions = []
+            for region in group.regions:
+                name = pngs.get((region.sop_instance_uid, region.frame)) if region.sop_instance_uid else None
+                regions.append(escape(region.text) + (f" · drawn on {_link(name, name)}" if name else ""))
+            rows.append([_num(number), escape(group.template), escape(group.tracking_identifier),
+                         escape(group.finding), "<br>".join(escape(m) for m in group.measurements),
+                         "<br>".join(escape(e) for e in group.evaluations), "<br>".join(regions)])
+        out.append(f"<h3>Structured report (TID 1500) · part {report.part}</h3><p>{escape(report.title)}, "
+                   f"SOPInstanceUID {_uid(report.sop_instance_uid)}; regions on input images are drawn in orange.</p>"
+                   + _table(["#", "template", "tracking identifier", "finding", "measurements",
+                             "qualitative evaluations", "references and regions"], rows))
+    return out
 
 
 def _checks(report: ReportInput) -> str:
@@ -251,6 +284,10 @@ def _where(item: dict, pngs: dict) -> list[str]:
     frame = item.get("frame_number") or 1
     name = pngs.get((uid, frame - 1)) if isinstance(frame, int) else None
     return [_uid(uid) if uid else "-", escape(str(frame)), _link(name, name) if name else "-"]
+
+
+def _swatch(color) -> str:
+    return f"<span class=\"swatch\" style=\"background: rgb{tuple(color)}\"></span>"
 
 
 def _dicts(value) -> list[dict]:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from testtool.answer import ReceivedAnswer
+from testtool.dicom_outputs import DicomOutputs
 from testtool.findings import MASK_FINDINGS, Box, FindingMap, Measurement, TextLines
 from testtool.study import LoadedStudy
 
@@ -98,6 +99,7 @@ def summary(
     pngs: Sequence[Path],
     sheets: int = 0,
     report: Path | None = None,
+    dicom: DicomOutputs | None = None,
 ) -> str:
     sections = []
     if study.series:
@@ -107,13 +109,15 @@ def summary(
     rows = part_rows(result, answer, out_dir)
     sections.append("Binary parts\n" + (table(["#", "label", "binary_type", "shape", "bytes", "file"], rows)
                                         if rows else "(none)"))
+    if dicom is not None and (dicom.segmentations or dicom.reports):
+        sections.append(dicom_text(dicom))
     if notes:
         sections.append("Drawing notes\n" + "\n".join(f"- {note}" for note in notes))
     if violations:
         sections.append(f"{len(violations)} protocol violation(s)\n"
                         + "\n".join(f"- {problem}" for problem in violations))
     else:
-        sections.append("0 protocol violations: the answer follows PROTOCOL.md")
+        sections.append("0 protocol violations: the answer follows docs/protocol.md")
     masks = sum(1 for part in answer.binary_parts if part.path and part.path.suffix == ".npy")
     dicoms = sum(1 for part in answer.binary_parts if part.path and part.path.suffix == ".dcm")
     fixed = [name for name in ("response.json", "hashes.txt") if (Path(out_dir) / name).exists()]
@@ -125,3 +129,19 @@ def summary(
     if report is not None:
         sections.append(f"Report: {report} (open it in a browser)")
     return "\n\n".join(sections)
+
+
+def dicom_text(dicom: DicomOutputs) -> str:
+    """The DICOM outputs as read back: each SEG's segments, each report's measurement groups."""
+    lines = ["DICOM outputs (read back with highdicom; SEGs drawn like masks, report regions in orange)"]
+    if dicom.segmentations:
+        rows = [[s.part, s.kind, ", ".join(f"{x.number} {x.label}" for x in s.segments), s.planes, s.source_series]
+                for s in dicom.segmentations]
+        lines.append(table(["part", "Segmentation", "segments", "frames drawn", "source series"], rows))
+    for report in dicom.reports:
+        lines.append(f"part {report.part}: {report.title} (TID 1500), {len(report.groups)} measurement group(s)")
+        for number, group in enumerate(report.groups, start=1):
+            facts = [group.template, *([f"finding {group.finding}"] if group.finding else []), *group.measurements,
+                     *group.evaluations, *(region.text for region in group.regions)]
+            lines.append(f"  {number}. {group.tracking_identifier or '(no tracking identifier)'}: " + "; ".join(facts))
+    return "\n".join(lines)

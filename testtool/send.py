@@ -1,7 +1,7 @@
 """Builds the inference request the way the Arterys app sends it, and streams it from disk.
 
 Why a hand-made body instead of `requests_toolbelt.MultipartEncoder`: the tool must know the exact
-bytes of every part it sent, to recompute the input hash the server reports (PROTOCOL.md: SHA-256 of
+bytes of every part it sent, to recompute the input hash the server reports (docs/protocol.md: SHA-256 of
 the contents of all parts, in order). The body below hashes each part's contents while it streams them,
 so a 1 GiB study is read once, in 1 MiB pieces, and never held in memory. It still looks like the
 original test tool's requests: form-data style `Content-Disposition` (fields `request_json`, then
@@ -100,6 +100,7 @@ def build_request_json(
     study: LoadedStudy | None = None,
     send_study_size: bool = False,
     options: dict[str, str] | None = None,
+    output_formats: list[str] | None = None,
 ) -> dict:
     """The request JSON. Options come last so that a user can override any key on purpose.
 
@@ -115,6 +116,8 @@ def build_request_json(
         request["depth"] = len(study.images)
         request["height"] = first.rows if first else 0
         request["width"] = first.cols if first else 0
+    if output_formats:
+        request["output_formats"] = list(output_formats)
     request.update(options or {})
     return request
 

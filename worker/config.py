@@ -6,6 +6,8 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
+from worker import security
+
 MIB = 1 << 20
 
 
@@ -42,6 +44,8 @@ class WorkerConfig:
     max_connection_age_seconds: float = 300.0
     max_message_bytes: int = 16 * MIB
     limits: StudyLimits = field(default_factory=StudyLimits)
+    security: security.WorkerSecurity = field(default_factory=security.WorkerSecurity)
+    output_formats: tuple[str, ...] = ("arterys",)  # answer formats when a request names none
 
 
 def _env(name: str, default):
@@ -76,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
              "more are refused at once so the bridge can try another worker [WORKER_QUEUE_SIZE]")
     add("--default-command", default=_env("WORKER_DEFAULT_COMMAND", ""),
         help="inference_command used when a request names none (overrides the model's) [WORKER_DEFAULT_COMMAND]")
+    add("--output-formats", default=_env("WORKER_OUTPUT_FORMATS", "arterys"),
+        help="answer formats when a request's JSON names no \"output_formats\", comma-separated: arterys (the "
+             "protocol's masks), dicom (DICOM SEG + SR, docs/dicom-outputs.md) [WORKER_OUTPUT_FORMATS]")
     add("--study-root", default=_env("WORKER_STUDY_ROOT", ""),
         help="folder under which studyPath requests may read; empty refuses them [WORKER_STUDY_ROOT]")
     add("--spool-dir", default=_env("WORKER_SPOOL_DIR", ""),
@@ -102,12 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
              "[WORKER_MAX_IMAGE_BYTES]")
     add("--max-result-bytes", type=int, default=int(_env("WORKER_MAX_RESULT_BYTES", defaults.max_result_bytes)),
         help="largest answer (all binary parts) a model may return [WORKER_MAX_RESULT_BYTES]")
+    security.add_flags(parser)
     return parser
 
 
 def parse_config(argv: list[str] | None = None) -> WorkerConfig:
-    args = vars(build_parser().parse_args(argv))
+    # Imported here: worker.dicom_export imports worker.study, which imports this module.
+    from worker.dicom_export.formats import parse_output_formats_flag
+
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    secure = security.from_args(parser, args)
+    try:
+        args["output_formats"] = tuple(parse_output_formats_flag(args["output_formats"]))
+    except ValueError as error:  # one line, not argparse's usage block: the flag is often set by the environment
+        parser.exit(2, f"python -m worker: error: {error}\n")
     limits = StudyLimits(**{name: args.pop(name) for name in (
         "max_study_bytes", "max_parts", "max_part_bytes", "max_image_bytes", "max_result_bytes")})
     spool_memory_bytes = int(args.pop("spool_memory_mib") * MIB)
-    return WorkerConfig(**args, spool_memory_bytes=spool_memory_bytes, limits=limits)
+    return WorkerConfig(**args, spool_memory_bytes=spool_memory_bytes, limits=limits, security=secure)

@@ -1,4 +1,4 @@
-"""The worker's Prometheus metrics, defined in one place (names from DESIGN.md).
+"""The worker's Prometheus metrics, defined in one place (names and labels: README, "Metrics and logs").
 
 Each WorkerMetrics owns its registry, so tests run several workers in one process without clashes.
 Labels never carry UIDs; unknown inference commands are folded into "unknown" to bound cardinality, and

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from contract import inference_pb2 as pb
 from worker.config import StudyLimits
 from worker.errors import BadRequest, DataLoss, Idle, StudyNotFound, StudyPathRefused, TooLarge, short
 from worker.spool import PartWriter, Spool
+
+log = logging.getLogger("worker.receive")
 
 
 @dataclass
@@ -177,7 +180,9 @@ def find_study_path(study_path: str, root: str | os.PathLike | None) -> list[Pat
             if path.is_file():
                 files.append(path)
     except (OSError, RuntimeError, ValueError) as error:  # symlink loops, names too long, ...
-        raise BadRequest(f"studyPath {short(study_path)!r} cannot be read: {type(error).__name__}") from None
+        log.info("studyPath %r cannot be read: %s: %s", short(study_path), type(error).__name__, error)
+        raise BadRequest(f"studyPath {short(study_path)!r} cannot be read (a link that loops, a name too long, or "
+                         "no permission)") from None
     if not files:
         raise StudyNotFound(f"studyPath {short(study_path)!r} holds no file")
     return files

@@ -158,6 +158,7 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
         default_command=config.default_command, study_root=config.study_root or None, spool_root=spool.path,
         spool_memory_bytes=config.spool_memory_bytes, idle_timeout_seconds=config.idle_timeout_seconds,
         limits=config.limits,
+        output_formats=config.output_formats,
     )
     loop, thread = _loop_thread()
 
@@ -170,9 +171,12 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
             await health_servicer.set(name, NOT_SERVING)
         server.add_generic_rpc_handlers((inference_handlers(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if config.security.reflection:
+            reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        credentials = config.security.server_credentials()
         try:
-            port = server.add_insecure_port(config.listen)
+            port = (server.add_secure_port(config.listen, credentials) if credentials
+                    else server.add_insecure_port(config.listen))
         except RuntimeError as error:  # gRPC's way of saying the bind failed
             raise PortInUse(f"cannot listen on {config.listen}: the address is in use or not available") from error
         if port == 0:
@@ -190,10 +194,11 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
                         (model_threads, io_threads))
 
 
-def start_metrics_server(address: str, metrics: WorkerMetrics):
+def start_metrics_server(address: str, metrics: WorkerMetrics, tls: dict | None = None):
     host, _, port = address.rpartition(":")
     try:
-        server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=metrics.registry)
+        server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=metrics.registry,
+                                            **(tls or {}))
     except OSError as error:
         raise PortInUse(f"cannot serve metrics on {address}: {error.strerror}") from error
     return server
@@ -208,12 +213,15 @@ def serve(config: WorkerConfig, model: Model) -> int:
 
     worker = create_server(model, config)
     try:
-        metrics_server = start_metrics_server(config.metrics_listen, worker.metrics) if config.metrics_listen else None
+        metrics_server = (start_metrics_server(config.metrics_listen, worker.metrics,
+                                               config.security.metrics_server_kwargs())
+                          if config.metrics_listen else None)
     except PortInUse:
         worker.stop(0)
         raise
     worker.start()
-    log.info("worker listening on %s (port %d)%s", config.listen, worker.port,
+    log.info("worker listening on %s (port %d, %s)%s", config.listen, worker.port,
+             "mutual TLS" if config.security.tls_client_ca else "TLS" if config.security.tls_cert else "plaintext",
              f", metrics on {config.metrics_listen}" if metrics_server else "")
 
     failed = threading.Event()

@@ -33,6 +33,7 @@ from worker import errors
 from worker.admission import Admission, Ticket
 from worker.api import InvalidInput, Model, Result, UnsupportedStudy
 from worker.config import StudyLimits
+from worker.dicom_export import DicomExportError, UnknownOutputFormat, export_dicom, output_formats
 from worker.metrics import STAGES, WorkerMetrics
 from worker.pixels import NotDicom
 from worker.receive import Ingest, ReceivedPart, find_study_path, receive_parts
@@ -58,6 +59,7 @@ class ServicerConfig:
     idle_timeout_seconds: float = 30.0
     limits: StudyLimits = field(default_factory=StudyLimits)
     chunk_size: int = CHUNK_SIZE
+    output_formats: tuple[str, ...] = ("arterys",)  # a request without "output_formats" gets these
 
 
 def clean_request_id(value: str) -> str:
@@ -160,6 +162,8 @@ class _Call:
         self.ticket: Ticket | None = None
         self.spool: Spool | None = None
         self.input_hash = ""
+        self.request: dict = {}  # the request JSON, read with the header
+        self.formats: list[str] = []  # the answer formats it asks for
         self.finished = False
         remaining = context.time_remaining()
         self.deadline_at = time.monotonic() + remaining if remaining is not None else None
@@ -180,11 +184,13 @@ class _Call:
     async def run(self, messages: AsyncIterator[pb.InferRequest]) -> None:
         if not self.s.loaded:
             raise errors.NotReady("the model is still loading; retry shortly")
+        # The header is read before anything is decided: the sender's write of it has then completed, so a
+        # refusal reaches it with its own status (a refusal racing that write surfaces as INTERNAL).
+        header = await self._header(messages)
         self.ticket = self.s.admission.admit()
         if self.ticket is None:
             raise errors.Busy(f"the worker is busy: {self.s.admission.concurrency} inference(s) running or "
                               f"{self.s.admission.queue_size} admitted; retry later or elsewhere")
-        header = await self._header(messages)
         # Admitted: tell the sender now, before it sends any study byte, so that a refusal (above) can be
         # retried elsewhere by a sender that has lost nothing.
         await self.context.send_initial_metadata((("admitted", "1"),))
@@ -198,14 +204,20 @@ class _Call:
             answer = await self._infer(study)
         with self.stage("check"):
             wire = await self._check(answer, study)
+            if "dicom" in self.formats:
+                wire = await self._export(wire, study)
         with self.stage("send"):
             await self._send(wire)
 
     async def _header(self, messages) -> pb.RequestHeader:
+        idle = self.s.config.idle_timeout_seconds
         try:
-            first = await anext(messages)
+            async with asyncio.timeout(idle):
+                first = await anext(messages)
         except StopAsyncIteration:
             first = None
+        except TimeoutError:
+            raise errors.Idle(f"the request stream sent no header for {idle:g} s and was ended") from None
         if first is None or first.WhichOneof("message") != "header":
             raise errors.BadRequest("the request stream must start with a header")
         header = first.header
@@ -220,11 +232,18 @@ class _Call:
         if self.s.commands and self.command not in self.s.commands:
             raise errors.BadRequest(f"unknown inference_command {errors.short(self.command)!r}; this model accepts: "
                                     f"{', '.join(self.s.commands)}")
+        # Read here, before the call is admitted: a refusal after it would race the study's first bytes, which
+        # the sender starts streaming on admission (the bridge then sees gRPC's "Internal error", not the 400).
+        self.request = parse_request_json(bytes(header.request_json))
+        try:
+            self.formats = output_formats(self.request, self.s.config.output_formats)
+        except UnknownOutputFormat as error:
+            raise errors.BadRequest(str(error)) from error
         return header
 
     async def _receive(self, header: pb.RequestHeader, messages) -> Study:
         config = self.s.config
-        request = parse_request_json(bytes(header.request_json))
+        request = self.request
         self.spool = Spool(config.spool_root, self.s.memory_budget)
         spool, limits = self.spool, config.limits
 
@@ -296,6 +315,23 @@ class _Call:
             return checked(result_json, binaries, study.index(), self.s.config.limits.max_result_bytes)
 
         return await self.s.offload(answer_bytes(answer) > CHECK_INLINE_BYTES, convert)
+
+    async def _export(self, wire: WireResult, study: Study) -> WireResult:
+        """The checked answer with DICOM SEG and SR parts (docs/dicom-outputs.md), checked again.
+
+        Always on an I/O thread, whatever the answer's size: highdicom builds a dataset per frame and a
+        content tree per finding, tens of milliseconds even for a small study, too long for the loop."""
+        keep_arterys = "arterys" in self.formats
+
+        def export() -> WireResult:
+            try:
+                result_json, binaries = export_dicom(wire.json, wire.binaries, study, keep_arterys=keep_arterys,
+                                                     model_name=self.s.model_name, model_version=self.s.model.version)
+            except DicomExportError as error:
+                raise errors.Unprocessable(str(error)) from error
+            return checked(result_json, binaries, study.index(), self.s.config.limits.max_result_bytes)
+
+        return await self.s.offload(True, export)
 
     async def _send(self, wire: WireResult) -> None:
         sizes = [len(b) for b in wire.binaries]

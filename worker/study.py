@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from dicom_geometry import slice_order
 from worker.config import StudyLimits
 from worker.errors import BadRequest, WorkerError, short
 from worker.pixels import NotDicom, check_pixel_data
+
+log = logging.getLogger("worker.study")
 
 
 class Attachment:
@@ -99,8 +102,9 @@ class Instance(Attachment):
         except WorkerError:
             raise
         except Exception as error:  # pydicom raises many kinds on damaged files; all mean "not readable"
-            raise NotDicom(f"{label} is sent as application/dicom but is not a readable DICOM file "
-                           f"({type(error).__name__})") from error
+            log.info("%s is not readable DICOM: %s: %s", label, type(error).__name__, str(error)[:200])
+            raise NotDicom(f"{label} is sent as application/dicom but is not a readable DICOM file (damaged, cut "
+                           "short, or another kind of file)") from error
         instance.header = header
         return instance
 

@@ -1,0 +1,319 @@
+"""Bad input is the sender's mistake: a clear 4xx naming what is wrong, never a 500 or 502, and nothing of
+ours (paths, addresses, exception names) in the answer. Real `python -m bridge` and `python -m worker`
+processes; direct gRPC where the worker must defend itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+import requests
+
+from contract import inference_pb2 as pb
+from contract import inference_pb2_grpc as pb_grpc
+from tests import http_helpers as http
+from tests.dicom_factory import SeriesSpec, make_dataset, write_standard_study
+from tests.services import free_port, start_bridge, start_worker, wait_for, wait_for_health
+from tests.worker_client import CHANNEL_OPTIONS, dicom_parts, request_messages
+
+SHORT = ("--header-timeout", "2", "--body-timeout", "1")
+INTERNALS = re.compile(r"Traceback|Error\b|Exception\b|/tmp/|/work/|127\.0\.0\.1|spool|part-\d{6}|arterys-worker")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return write_standard_study(tmp_path_factory.mktemp("bad") / "study")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("root")
+    (root / "loop").symlink_to(root / "loop")
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, root):
+    tmp = tmp_path_factory.mktemp("stack")
+    worker = start_worker(tmp, "mock_model", "--study-root", str(root))
+    bridge = start_bridge(tmp, worker.address, *SHORT)
+    yield {"worker": worker, "bridge": bridge, "url": f"http://{bridge.address}", "port": bridge.port}
+    bridge.stop()
+    worker.stop()
+
+
+def error_of(response: requests.Response, status: int, code: str | None = None) -> str:
+    assert response.status_code == status, response.text[:500]
+    body = response.json()["error"]
+    if code:
+        assert body["code"] == code, body
+    assert not INTERNALS.search(body["message"]), f"internals in the answer: {body['message']}"
+    assert body["request_id"] == response.headers["X-Request-Id"]
+    return body["message"]
+
+
+def post_parts(url: str, parts: list[tuple[str, bytes]], **kwargs) -> requests.Response:
+    return requests.post(url + "/", data=http.hand_built_body(parts, "b"),
+                         headers={"Content-Type": "multipart/related; boundary=b", **kwargs.pop("headers", {})},
+                         timeout=30, **kwargs)
+
+
+def dicom_bytes(ds) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 10) -> tuple[bytes, float]:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return data, time.monotonic() - started
+
+
+# --------------------------------------------------------------------------------------------- JSON
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"n": ' + b"7" * 5000 + b"}", "not valid JSON"),
+])
+def test_hostile_json_is_a_400_naming_the_problem(stack, text, needle):
+    assert needle in error_of(post_parts(stack["url"], [("application/json", text)]), 400, "bad_request")
+    response = requests.post(stack["url"] + "/", data=text, headers={"Content-Type": "application/json"}, timeout=30)
+    assert needle in error_of(response, 400, "bad_request")
+
+
+def test_a_long_inference_command_is_a_400(stack):
+    response = post_parts(stack["url"], [("application/json", json.dumps({"inference_command": "x" * 15000}).encode())])
+    assert "15000 characters" in error_of(response, 400, "bad_request")
+
+
+# ------------------------------------------------------------------------------------------- DICOM
+
+
+@pytest.mark.parametrize("cut", [143, 500])
+def test_a_truncated_dicom_part_is_a_400_naming_it(stack, study, cut):
+    good = study.instances[0].path.read_bytes()
+    response = post_parts(stack["url"], [("application/json", b"{}"), ("application/dicom", good),
+                                         ("application/dicom", good[:cut])])
+    message = error_of(response, 400, "bad_request")
+    assert "part 2" in message
+
+
+def test_a_header_declaring_a_huge_image_is_refused_before_any_model(stack, study):
+    spec = SeriesSpec("huge", rows=4, cols=4, count=1)
+    ds = make_dataset(study_uid="1.2.3", spec=spec, number=1, position=(0, 0, 0))
+    ds.Rows = ds.Columns = 12000
+    ds.PixelData = b"\0" * 16
+    message = error_of(post_parts(stack["url"], [("application/json", b"{}"), ("application/dicom", dicom_bytes(ds))]),
+                       400, "bad_request")
+    assert "12000 x 12000" in message and "holds 16" in message
+    ds.Rows = ds.Columns = 65535
+    message = error_of(post_parts(stack["url"], [("application/json", b"{}"), ("application/dicom", dicom_bytes(ds))]),
+                       413, "payload_too_large")
+    assert "more than the worker accepts" in message
+
+
+def test_the_same_instance_twice_is_a_400_naming_both(stack, study):
+    good = study.instances[0].path.read_bytes()
+    response = post_parts(stack["url"], [("application/json", b"{}"), ("application/dicom", good),
+                                         ("application/dicom", good)])
+    message = error_of(response, 400, "bad_request")
+    assert "part 1" in message and "part 2" in message and "same instance" in message
+
+
+def test_an_answer_over_the_workers_limit_is_refused(limited_worker, study):
+    parts = dicom_parts([study.instances[0].path])
+    error = grpc_error(limited_worker, request_messages({"inference_command": "get-probability-mask"}, parts))
+    assert error.code() == grpc.StatusCode.INTERNAL and "--max-result-bytes" in error.details()
+
+
+# -------------------------------------------------------------------------------------------- HTTP
+
+
+def test_a_negative_content_length_is_a_400_at_once(stack):
+    answer, seconds = raw_exchange(stack["port"], b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400") and b"Content-Length" in answer and seconds < 2
+
+
+def test_a_body_shorter_than_its_content_length_is_a_client_timeout(stack):
+    body = http.hand_built_body([("application/json", b"{}")], "b")
+    request = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\nContent-Length: "
+               + str(len(body) + 100).encode() + b"\r\n\r\n" + body)
+    answer, seconds = raw_exchange(stack["port"], request)
+    assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer and seconds < 5
+    wait_for(lambda: "-> 408" in stack["bridge"].log(), timeout=5, what="the 408 in the bridge's log")
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /ping HTTP/1.1\r\nX-Big: " + b"a" * (20 << 20) + b"\r\n\r\n",
+    b"GET /ping HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % n for n in range(100_000)) + b"\r\n",
+])
+def test_huge_or_countless_headers_are_a_431(stack, head):
+    answer, seconds = raw_exchange(stack["port"], head)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    rss = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{stack['bridge'].process.pid}/status").read_text())[1])
+    assert rss < 200_000, f"the bridge holds {rss} kB after refusing the headers"
+
+
+def test_request_ids_cannot_break_or_forge_anything(stack, study):
+    for given in ("x] FAKE [input_hash=" + "0" * 64, "caf\u00e9", "ok-id-1"):
+        response = http.post_like_original_tool(stack["url"] + "/", {}, [study.instances[0].path],
+                                                headers={"X-Request-Id": given.encode("utf-8")})
+        assert response.status_code == 200
+        sent_back = response.headers["X-Request-Id"]
+        assert (sent_back == given) == (given == "ok-id-1"), sent_back  # replaced unless plain and short
+    assert "FAKE" not in stack["bridge"].log() + stack["worker"].log()
+    # A control character in a header is malformed HTTP: refused as such before anything reads it.
+    answer, _ = raw_exchange(stack["port"], b"GET /ping HTTP/1.1\r\nX-Request-Id: a\x01b\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400")
+
+
+# ---------------------------------------------------------------------------------------- studyPath
+
+
+@pytest.mark.parametrize(("path", "status"), [("loop", 400), ("a" * 5000, 400), ("bad\x00name", 400),
+                                              ("nowhere", 404), ("../..", 403)])
+def test_hostile_study_paths_are_refused_without_paths(stack, root, path, status):
+    response = requests.post(stack["url"] + "/", json={"studyPath": path}, timeout=30)
+    message = error_of(response, status)
+    assert str(root) not in message
+
+
+# ------------------------------------------------------------------------------------- direct gRPC
+
+
+@pytest.fixture(scope="module")
+def limited_worker(tmp_path_factory):
+    worker = start_worker(tmp_path_factory.mktemp("limited"), "mock_model", "--max-parts", "3",
+                          "--max-part-bytes", "100000", "--max-result-bytes", "1000")
+    channel = grpc.insecure_channel(worker.address, options=CHANNEL_OPTIONS)
+    yield pb_grpc.InferenceStub(channel)
+    channel.close()
+    worker.stop()
+
+
+def grpc_error(stub, messages) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.Infer(messages, timeout=30))
+    return caught.value
+
+
+def test_the_worker_enforces_its_limits_on_direct_callers(limited_worker, study):
+    parts = dicom_parts([i.path for i in study.instances[:4]])
+    error = grpc_error(limited_worker, request_messages({}, parts))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "more than 3 parts" in error.details()
+    big = [(pb.PART_KIND_ATTACHMENT, "application/octet-stream", b"x" * 200_000)]
+    error = grpc_error(limited_worker, request_messages({}, big))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "exceeds 100000 bytes" in error.details()
+
+
+def test_the_worker_checks_a_hash_it_is_given_and_computes_its_own(limited_worker, study):
+    parts = dicom_parts([study.instances[0].path])
+    error = grpc_error(limited_worker, request_messages({}, parts, input_hash="0" * 64))
+    assert error.code() == grpc.StatusCode.DATA_LOSS
+    responses = list(limited_worker.Infer(request_messages({}, parts, input_hash=""), timeout=30))
+    expected = http.expected_input_hash([b"{}", parts[0][2]])
+    assert responses[0].result.input_hash == expected
+
+
+def test_a_stream_without_its_end_is_refused(limited_worker, study):
+    messages = list(request_messages({}, dicom_parts([study.instances[0].path])))[:-1]
+    error = grpc_error(limited_worker, iter(messages))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "without an end message" in error.details()
+
+
+# ------------------------------------------------------------------------------------------ left-overs
+
+
+def test_a_killed_worker_leaves_no_spool_behind_after_a_restart(tmp_path, study):
+    spool = tmp_path / "spool"
+    port = free_port()
+    worker = start_worker(tmp_path, "mock_model", "--spool-dir", str(spool), "--spool-memory-mib", "0", port=port)
+    channel = grpc.insecure_channel(worker.address, options=CHANNEL_OPTIONS)
+    try:
+        stub = pb_grpc.InferenceStub(channel)
+        sent = []
+
+        def stalled():
+            for message in request_messages({}, dicom_parts([i.path for i in study.instances])):
+                sent.append(message)
+                if len(sent) == 6:
+                    time.sleep(30)  # stays mid-upload until the worker is killed
+                yield message
+
+        call = stub.Infer(stalled(), timeout=60)
+        wait_for(lambda: any(p.name.startswith("part-") for p in spool.rglob("*")), timeout=10,
+                 what="part files in the spool")
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait()
+        call.cancel()
+        assert list(spool.rglob("part-*"))  # left behind by the kill
+        worker = start_worker(tmp_path, "mock_model", "--spool-dir", str(spool), port=port, wait_serving=False)
+        wait_for_health(worker)
+        assert not list(spool.rglob("part-*"))
+        assert "removed 1 spool folder(s)" in worker.log()
+    finally:
+        channel.close()
+        worker.stop()
+
+
+def test_aborted_uploads_and_downloads_leave_the_bridge_as_it_was(stack, study):
+    """Clients that vanish mid-upload or mid-download: the bridge's memory stays flat, every connection is
+    closed, and both services log each as a cancellation, at INFO, without a traceback."""
+    paths = [i.path for i in study.instances]
+    body = http.hand_built_body([("application/json", json.dumps({"inference_command": "get-boolean-mask"}).encode())]
+                                + [("application/dicom", p.read_bytes()) for p in paths], "b")
+    head = (f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    pid = stack["bridge"].process.pid
+
+    def rss() -> int:
+        return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())[1])
+
+    def abort(count: int) -> None:
+        for index in range(count):
+            with socket.create_connection(("127.0.0.1", stack["port"]), timeout=10) as sock:
+                if index % 2:
+                    sock.sendall(head + body[: len(body) // 2])  # gone mid-upload
+                else:
+                    sock.sendall(head + body)
+                    sock.recv(100)  # gone mid-download
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    baseline = metric(stack["port"], "bridge_http_open_connections")  # counts this very /metrics request too
+    abort(100)
+    wait_for(lambda: metric(stack["port"], "bridge_inflight_requests") == 0, timeout=10, what="aborts settled")
+    before = rss()
+    abort(300)
+    wait_for(lambda: metric(stack["port"], "bridge_inflight_requests") == 0, timeout=10, what="aborts settled")
+    after = rss()
+    assert after < before * 1.1, f"bridge RSS {before} kB -> {after} kB over 300 aborted requests"
+    wait_for(lambda: metric(stack["port"], "bridge_http_open_connections") <= baseline, timeout=10,
+             what="every aborted connection closed")
+    logs = stack["bridge"].log() + stack["worker"].log()
+    assert "Traceback" not in logs and "ERROR" not in logs
+    assert re.search(r"INFO worker\.inference .*the caller is gone \(cancelled\)", logs)
+
+
+def metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))

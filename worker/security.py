@@ -1,0 +1,77 @@
+"""The worker's security settings: TLS or mutual TLS on its gRPC port, reflection, HTTPS for /metrics.
+
+Off by default (plaintext, reflection on), as before. With --tls-cert/--tls-key the port speaks TLS only:
+a plaintext client fails its handshake and never reaches a service. With --tls-client-ca as well, every
+client (the bridge, the probe) must present a certificate that CA signed, so reaching the port is no
+longer enough to run a model. Reflection lists the services and their message types to anyone who can
+call the port: --no-reflection (WORKER_REFLECTION=0) removes it.
+
+/metrics is prometheus_client's own HTTP server, which takes a certificate and a client CA: with
+--metrics-tls it serves HTTPS with the gRPC port's certificate, and requires a client certificate from
+--tls-client-ca when that is set. Otherwise bind it to a private address (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+import grpc
+
+from contract import tls
+
+FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class WorkerSecurity:
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    reflection: bool = True
+    metrics_tls: bool = False
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        tls.require_pair(self.tls_cert, self.tls_key, "--tls-cert", "--tls-key")
+        if self.tls_client_ca and not self.tls_cert:
+            raise tls.TlsConfigError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
+        if self.metrics_tls and not self.tls_cert:
+            raise tls.TlsConfigError("--metrics-tls serves /metrics with --tls-cert and --tls-key: give them")
+        return tls.server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca) if self.tls_cert else None
+
+    def metrics_server_kwargs(self) -> dict:
+        """Keyword arguments of prometheus_client.start_http_server."""
+        if not self.metrics_tls:
+            return {}
+        return {"certfile": self.tls_cert, "keyfile": self.tls_key, "client_cafile": self.tls_client_ca or None,
+                "client_auth_required": bool(self.tls_client_ca)}
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    group = parser.add_argument_group("security (docs/security.md)")
+    add = group.add_argument
+    add("--tls-cert", default=env("WORKER_TLS_CERT", ""),
+        help="PEM certificate chain: the gRPC port speaks TLS only (with --tls-key) [WORKER_TLS_CERT]")
+    add("--tls-key", default=env("WORKER_TLS_KEY", ""), help="PEM private key of --tls-cert [WORKER_TLS_KEY]")
+    add("--tls-client-ca", default=env("WORKER_TLS_CLIENT_CA", ""),
+        help="PEM CA certificate(s): mutual TLS, every client must present a certificate signed by one "
+             "[WORKER_TLS_CLIENT_CA]")
+    add("--no-reflection", dest="reflection", action="store_false",
+        default=env("WORKER_REFLECTION", "1").lower() not in FALSE,
+        help="do not offer gRPC server reflection (WORKER_REFLECTION=0 does the same) [WORKER_REFLECTION]")
+    add("--metrics-tls", action="store_true", default=env("WORKER_METRICS_TLS", "0").lower() not in FALSE,
+        help="serve /metrics over HTTPS with --tls-cert/--tls-key, requiring a client certificate when "
+             "--tls-client-ca is set [WORKER_METRICS_TLS]")
+
+
+def from_args(parser: argparse.ArgumentParser, args: dict) -> WorkerSecurity:
+    """Takes the security entries out of the parsed flags; a file that cannot be used is a usage error."""
+    security = WorkerSecurity(**{name: args.pop(name) for name in (
+        "tls_cert", "tls_key", "tls_client_ca", "reflection", "metrics_tls")})
+    try:
+        security.server_credentials()
+    except tls.TlsConfigError as error:
+        parser.error(str(error))
+    return security
