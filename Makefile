@@ -26,9 +26,9 @@ run: setup
 	$(PY) -m tools.run_local --http $(BRIDGE_LISTEN) --worker $(WORKER_LISTEN) --metrics $(WORKER_METRICS_LISTEN) \
 		--model $(WORKER_MODEL)
 
-# Tests spend most of their time waiting on real processes, so they run on 4 xdist workers, file by file.
+# Tests spend most of their time waiting on real processes, so they run on 4 xdist workers.
 test: setup
-	$(PY) -m pytest -n 4 --dist loadfile
+	$(PY) -m pytest -n 4 --dist worksteal
 
 # A longer fuzzing run than CI's: tests/test_fuzz_*.py (hypothesis, see tests/conftest.py) with the "long"
 # profile, 20x the examples of `make test` and fresh random ones each run. A failure prints the shrunk
@@ -49,8 +49,9 @@ proto: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# Reference (the original single-process design), ours and the floor, interleaved; writes BENCHMARKS.md.
 bench: setup
-	$(PY) -m benchmarks.run_all
+	$(PY) -m benchmarks.compare
 
 clean:
 	rm -rf $(VENV) .pytest_cache
