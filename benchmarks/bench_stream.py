@@ -9,26 +9,23 @@ request into memory (peak >= study size, ratio >= 1.0); the bridge must stay bou
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
+from arterys_http import media
+from arterys_http.request import MultipartBody, OutgoingPart, json_part
 from tests.dicom_factory import write_big_study
 from tests.services import start_bridge, start_worker
 
 
-def streamed_body(paths: list[Path], request_json: dict, boundary: str):
+def streamed_body(paths: list[Path], request_json: dict, boundary: str) -> MultipartBody:
     """A multipart/related body generated from the files, 1 MiB at a time: the client holds no study."""
-    yield f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode() + json.dumps(request_json).encode()
-    for path in paths:
-        yield f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                yield chunk
-    yield f"\r\n--{boundary}--\r\n".encode()
+    parts = [json_part(request_json, name="", filename="")]
+    parts += [OutgoingPart("", "", media.DICOM, p.stat().st_size, path=p) for p in paths]
+    return MultipartBody(parts, boundary=boundary)
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import requests
 
+from arterys_http import media
+from arterys_http.request import MultipartBody, OutgoingPart, json_part
 from tests.dicom_factory import SeriesSpec, write_study
 from tests.services import ROOT, free_port
 
@@ -87,22 +89,20 @@ def workloads(quick: bool) -> list[Workload]:
 
 
 def write_body(workload: Workload, folder: Path) -> None:
-    """The request as the Arterys app sends it: JSON part, then one application/dicom part per file."""
+    """The request as the Arterys app sends it: JSON part, then one application/dicom part per file (each
+    with only a Content-Type), written once to a file that the load client sends with sendfile."""
     record = write_study(folder / "study", [SeriesSpec("ct", rows=workload.size, cols=workload.size,
                                                        count=workload.slices)])
-    boundary = "bench-boundary-7d1f"
+    parts = [json_part({"inference_command": workload.command}, name="", filename="")]
+    parts += [OutgoingPart("", "", media.DICOM, i.path.stat().st_size, path=i.path) for i in record.instances]
+    body = MultipartBody(parts, boundary="bench-boundary-7d1f")
+    workload.study_bytes = sum(part.size for part in parts[1:])
     body_path = folder / "request.bin"
-    with open(body_path, "wb") as body:
-        body.write(f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode())
-        body.write(json.dumps({"inference_command": workload.command}).encode())
-        for instance in record.instances:
-            data = instance.path.read_bytes()
-            workload.study_bytes += len(data)
-            body.write(f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
-            body.write(data)
-        body.write(f"\r\n--{boundary}--\r\n".encode())
+    with open(body_path, "wb") as out:
+        for piece in body:
+            out.write(piece)
     workload.body = body_path
-    workload.content_type = f"multipart/related; boundary={boundary}"
+    workload.content_type = f"multipart/related; boundary={body.boundary}"
 
 
 # ------------------------------------------------------------------------------------------- processes
