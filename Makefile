@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-LISTEN_HTTP ?= 127.0.0.1:8900
+# `make run` addresses and model: the services' own variable names, from the environment or the command
+# line (`BRIDGE_LISTEN=127.0.0.1:8905 make run`, `make run WORKER_MODEL=my_model:MyModel`). Every other
+# WORKER_* / BRIDGE_* variable reaches the two services unchanged (e.g. WORKER_RELOAD=1).
+BRIDGE_LISTEN ?= 127.0.0.1:8900
 WORKER_LISTEN ?= 127.0.0.1:50051
-METRICS_LISTEN ?= 127.0.0.1:9464
+WORKER_METRICS_LISTEN ?= 127.0.0.1:9464
+WORKER_MODEL ?= mock_model
 
 .PHONY: setup run test fuzz soak proto lint bench clean
 
@@ -17,9 +21,10 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-bridge.txt requirem
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 	touch $(STAMP)
 
-# One worker with the mock model and the bridge on 127.0.0.1:8900; Ctrl-C stops both.
+# One worker (the mock model unless WORKER_MODEL names another) and the bridge; Ctrl-C stops both.
 run: setup
-	$(PY) -m tools.run_local --http $(LISTEN_HTTP) --worker $(WORKER_LISTEN) --metrics $(METRICS_LISTEN)
+	$(PY) -m tools.run_local --http $(BRIDGE_LISTEN) --worker $(WORKER_LISTEN) --metrics $(WORKER_METRICS_LISTEN) \
+		--model $(WORKER_MODEL)
 
 # Tests spend most of their time waiting on real processes, so they run on 4 xdist workers.
 test: setup

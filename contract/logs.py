@@ -19,7 +19,9 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "logging.yaml"
+# In a checkout this is a link to the repository's logging.yaml (the one to edit); an installed wheel
+# carries a copy of it here, so every entry point finds it wherever the packages are installed.
+DEFAULT_CONFIG = Path(__file__).with_name("logging.yaml")
 TAG_NAMES = ("input_hash", "request_id", "trace_id")
 
 _NO_TAGS: dict = {}  # never mutated: tags are replaced, not updated in place

@@ -17,16 +17,23 @@ from tests.dicom_factory import write_standard_study
 from tests.services import ROOT, free_port
 
 
+def without_service_variables() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("WORKER_", "BRIDGE_"))}
+
+
 def test_make_run_serves_and_stops_on_ctrl_c(tmp_path):
     study = write_standard_study(tmp_path / "study")
     http_port, worker_port, metrics_port = free_port(), free_port(), free_port()
     log_path = tmp_path / "make-run.log"
+    # The services' own variables, from the environment (`BRIDGE_LISTEN=... make run`), as the README says.
+    environment = {**without_service_variables(), "PYTHONUNBUFFERED": "1", "BRIDGE_LISTEN": f"127.0.0.1:{http_port}",
+                   "WORKER_LISTEN": f"127.0.0.1:{worker_port}", "WORKER_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+                   "WORKER_MODEL": "mock_model"}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            ["make", "--no-print-directory", "run", f"LISTEN_HTTP=127.0.0.1:{http_port}",
-             f"WORKER_LISTEN=127.0.0.1:{worker_port}", f"METRICS_LISTEN=127.0.0.1:{metrics_port}"],
+            ["make", "--no-print-directory", "run"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own group, like a shell job
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=environment,
         )
     url = f"http://127.0.0.1:{http_port}"
     try:
@@ -41,6 +48,7 @@ def test_make_run_serves_and_stops_on_ctrl_c(tmp_path):
                 break
             time.sleep(0.2)
         assert status == "READY", log_path.read_text(errors="replace")
+        assert f"bridge on http://127.0.0.1:{http_port}" in log_path.read_text(errors="replace")
 
         response = http.post_like_original_tool(url + "/", {}, [i.path for i in study.instances])
         answer = http.parse_answer(response)
@@ -59,3 +67,21 @@ def test_make_run_serves_and_stops_on_ctrl_c(tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_make_run_with_the_http_port_taken_fails_in_a_few_clear_lines():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        http_address = f"127.0.0.1:{taken.getsockname()[1]}"
+        run = subprocess.run(
+            ["make", "--no-print-directory", "run", f"BRIDGE_LISTEN={http_address}",  # a make variable works too
+             f"WORKER_LISTEN=127.0.0.1:{free_port()}", f"WORKER_METRICS_LISTEN=127.0.0.1:{free_port()}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, env=without_service_variables(),
+        )
+    assert run.returncode != 0
+    output = run.stdout + run.stderr
+    assert f"bridge: cannot listen on {http_address}: " in output and "address already in use" in output.lower()
+    assert "make run: the bridge stopped (its message is above), so both are stopped" in output
+    assert "Traceback" not in output
+    assert "bridge on http" not in output  # nothing claims the bridge is up

@@ -1,11 +1,17 @@
-"""`python -m testtool`: see testtool.cli."""
+"""`python -m testtool` (and the `arterys-testtool` command): see testtool.cli."""
 
 import sys
 
-from testtool.cli import main
+from testtool import cli
 
-try:
+
+def main() -> int:
+    try:
+        return cli.main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
     sys.exit(main())
-except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)

@@ -1,7 +1,11 @@
 """`make run`: one worker with the mock model and the bridge, as two processes; Ctrl-C stops both.
 
 Each service runs exactly as in production (`python -m worker`, `python -m bridge`), so what works here
-works in the containers. Extra worker flags come from WORKER_* variables (e.g. WORKER_MODEL).
+works in the containers. The addresses and the model default to the services' own variables
+(BRIDGE_LISTEN, WORKER_LISTEN, WORKER_METRICS_LISTEN, WORKER_MODEL); every other WORKER_* and BRIDGE_*
+variable reaches the services unchanged (e.g. WORKER_RELOAD=1). The "up" line is printed only once the
+bridge answers: when a service cannot start (a port in use), its one line is the last word and the
+exit status is not zero.
 """
 
 from __future__ import annotations
@@ -12,23 +16,44 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+
+START_TIMEOUT = 60.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="python -m tools.run_local", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--http", default=env("BRIDGE_LISTEN", "127.0.0.1:8900"),
+                        help="bridge HTTP address [BRIDGE_LISTEN]")
+    parser.add_argument("--worker", default=env("WORKER_LISTEN", "127.0.0.1:50051"),
+                        help="worker gRPC address [WORKER_LISTEN]")
+    parser.add_argument("--metrics", default=env("WORKER_METRICS_LISTEN", "127.0.0.1:9464"),
+                        help="worker metrics address [WORKER_METRICS_LISTEN]")
+    parser.add_argument("--model", default=env("WORKER_MODEL", "mock_model"),
+                        help="the worker's --model [WORKER_MODEL]")
+    return parser
+
+
+def bridge_answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host in ("[::]", "::") else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/ping", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--http", default="127.0.0.1:8900", help="bridge HTTP address")
-    parser.add_argument("--worker", default="127.0.0.1:50051", help="worker gRPC address")
-    parser.add_argument("--metrics", default="127.0.0.1:9464", help="worker metrics address")
-    parser.add_argument("--model", default=os.environ.get("WORKER_MODEL", "mock_model"))
-    args = parser.parse_args()
+    args = build_parser().parse_args()
 
     python = sys.executable
     worker = subprocess.Popen([python, "-m", "worker", "--model", args.model, "--listen", args.worker,
                                "--metrics-listen", args.metrics])
     bridge = subprocess.Popen([python, "-m", "bridge", "--worker", args.worker, "--listen", args.http])
     children = [worker, bridge]
-    print(f"bridge on http://{args.http} (curl http://{args.http}/healthcheck), worker on {args.worker}, "
-          f"worker metrics on http://{args.metrics}/metrics; Ctrl-C stops both", flush=True)
 
     stopping = False
 
@@ -38,8 +63,16 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    announced = False
+    deadline = time.monotonic() + START_TIMEOUT
     while not stopping and all(child.poll() is None for child in children):
+        if not announced and time.monotonic() < deadline and bridge_answers(args.http):
+            announced = True
+            print(f"bridge on http://{args.http} (curl http://{args.http}/healthcheck), worker on {args.worker} "
+                  f"(model {args.model}), worker metrics on http://{args.metrics}/metrics; Ctrl-C stops both",
+                  flush=True)
         time.sleep(0.2)
+    ended = [name for name, child in zip(("worker", "bridge"), children, strict=True) if child.poll() is not None]
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -48,8 +81,12 @@ def main() -> int:
             child.wait(timeout=35)
         except subprocess.TimeoutExpired:
             child.kill()
-    codes = [child.returncode for child in children]
-    return 0 if stopping else max(abs(c or 0) for c in codes) or 1
+    if stopping:
+        return 0
+    codes = [abs(child.returncode or 0) for child in children]
+    print(f"make run: the {' and the '.join(ended)} stopped (its message is above), so both are stopped",
+          file=sys.stderr)
+    return max(codes) or 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ class StudyLimits:
 @dataclass
 class WorkerConfig:
     model: str
+    model_dir: str = "."  # searched for --model's module before the installed packages
+    reload: bool = False  # restart the worker when the model's source changes (development)
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = ""
     concurrency: int = 1
@@ -59,7 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--model", default=_env("WORKER_MODEL", None), required="WORKER_MODEL" not in os.environ,
-        help="package.module:Name, or a package exposing one Model [WORKER_MODEL]")
+        help="package.module:Name, or a package exposing one Model; Name may also be an Arterys handler "
+             "function, hosted as a legacy handler [WORKER_MODEL]")
+    add("--model-dir", default=_env("WORKER_MODEL_DIR", "."),
+        help="folder searched for --model's module before the installed packages (as uvicorn's --app-dir) "
+             "[WORKER_MODEL_DIR]")
+    add("--reload", action=argparse.BooleanOptionalAction, default=_env("WORKER_RELOAD", "") not in ("", "0"),
+        help="development: restart the worker when a source file of the model (or under --model-dir) changes "
+             "[WORKER_RELOAD=1]")
     add("--listen", default=_env("WORKER_LISTEN", "127.0.0.1:50051"),
         help="gRPC address HOST:PORT (port 0 picks a free one) [WORKER_LISTEN]")
     add("--metrics-listen", default=_env("WORKER_METRICS_LISTEN", ""),

@@ -3,7 +3,9 @@
 The original gateway passed every part after the JSON part, attachments first, as `io.BytesIO` objects,
 and sent back `json` plus one buffer per entry of `json["parts"]`. The adapter does the same, so a
 handler ported from the original SDK runs as it was; its answer then goes through the same checks as
-a typed `Result`.
+a typed `Result`. What the original SDK gave a handler and pydicom 3 or this protocol no longer do
+(`pydicom.read_file`, `depth`/`height`/`width` in the request, a 3D mask's series) is given back by the
+shims of worker/legacy_shims.py, to legacy handlers only.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 
+from worker import legacy_shims
 from worker.api import Model
 from worker.study import Study
 
@@ -49,14 +52,16 @@ class LegacyHandlerModel(Model):
         self.attachments_first = attachments_first
 
     def load(self) -> None:
+        legacy_shims.install_pydicom_aliases()  # before the author's load, which may read a DICOM template
         if self._load is not None:
             self._load()
 
     def infer(self, study: Study):
         parts = (list(study.attachments) if self.attachments_first else []) + list(study.instances)
         dicom_instances = [io.BytesIO(part.read_bytes()) for part in parts]
-        json_input = dict(study.request)
-        if study.command and "inference_command" not in json_input:
-            # The worker resolved the default command; a ported handler reads it from the JSON.
-            json_input["inference_command"] = study.command
-        return self.handler(json_input, dicom_instances, study.input_hash)
+        json_input = legacy_shims.legacy_request_json(study.request, study.command, study.instances)
+        answer = self.handler(json_input, dicom_instances, study.input_hash)
+        if not isinstance(answer, (tuple, list)) or len(answer) != 2:
+            return answer  # not a pair: the worker's check says so
+        response_json, buffers = answer  # the original gateway unpacked any pair, a list too
+        return legacy_shims.fill_series_uids(response_json, study), buffers

@@ -28,9 +28,13 @@ class SpoolRoot:
         parent = Path(spool_dir or tempfile.gettempdir())
         parent.mkdir(parents=True, exist_ok=True)
         self.removed = remove_stale(parent)
-        self.path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
-        self._lock = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        # Locked under a name remove_stale does not match, then renamed: another worker starting at the same
+        # moment would otherwise see a folder without its lock yet, take it for a killed worker's, and remove it.
+        staging = Path(tempfile.mkdtemp(prefix="." + PREFIX, dir=parent))
+        self._lock = os.open(staging / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.path = staging.with_name(staging.name[1:])
+        os.rename(staging, self.path)  # the lock belongs to the open file, so it survives the rename
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
