@@ -146,7 +146,7 @@ def test_console_scripts_serve_a_model_from_the_current_directory(venv, tmp_path
         answer = infer(stub_for(other_port), {}, dicom_parts([i.path for i in study.instances]))
         assert answer.json["bounding_boxes_2d"][0]["label"] == "outside model"
         # logging.yaml came with the package: the worker's lines carry the request tags.
-        assert "INFO worker [input_hash=- request_id=-] model outside loaded" in worker.log()
+        assert "INFO worker [input_hash=- request_id=- trace_id=-] model outside loaded" in worker.log()
     finally:
         for service in services:
             service.stop()
