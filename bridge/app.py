@@ -127,20 +127,16 @@ class BridgeApp:
         self.not_ready_reasons()  # refresh bridge_worker_ready
         return Response(200, [("Content-Type", CONTENT_TYPE_LATEST)], generate_latest(self.metrics.registry))
 
-    async def _counted(self, body: AsyncIterator[bytes], request: Request, route: str, started: float,
-                       inference: InferenceRequest, request_id: str, trace: RequestTrace) -> AsyncIterator[bytes]:
+    def _counted(self, body: AsyncIterator[bytes], request: Request, route: str, started: float,
+                 inference: InferenceRequest, request_id: str, trace: RequestTrace) -> CountedBody:
         """The answer's body, counted; the request's log line and metrics once it has ended."""
-        sent, complete = 0, False
-        try:
-            async for chunk in body:
-                sent += len(chunk)
-                self.metrics.response_bytes.inc(len(chunk))
-                yield chunk
-            complete = True
-        finally:
+
+        def ended(sent: int, complete: bool) -> None:
             self.metrics.inflight.dec()
             code = "200" if complete else "499" if request.gone else "502"
             self._finish(request, route, code, started, sent, inference, request_id, complete, trace)
+
+        return CountedBody(body, self.metrics.response_bytes.inc, ended)
 
     def _finish(self, request: Request, route: str, code: str, started: float, sent: int,
                 inference: InferenceRequest | None, request_id: str, complete: bool = True,
@@ -169,3 +165,44 @@ def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None,
         for route, target in config.routes.items()
     }
     return BridgeApp(config, metrics, pools, security.authenticator())
+
+
+class CountedBody:
+    """An answer's body that counts what passes and reports its end exactly once: after the last chunk, when
+    the writer closes it early, or when it is closed before it ever started (a client gone before the
+    status line), which an async generator's `finally` would miss."""
+
+    def __init__(self, body: AsyncIterator[bytes], on_bytes, on_end) -> None:
+        self._body = body
+        self._on_bytes = on_bytes
+        self._on_end = on_end
+        self._sent = 0
+        self._ended = False
+
+    def __aiter__(self) -> CountedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await anext(self._body)
+        except StopAsyncIteration:
+            self._end(complete=True)
+            raise
+        except BaseException:
+            await self.aclose()
+            raise
+        self._sent += len(chunk)
+        self._on_bytes(len(chunk))
+        return chunk
+
+    async def aclose(self) -> None:
+        try:
+            if hasattr(self._body, "aclose"):
+                await self._body.aclose()
+        finally:
+            self._end(complete=False)
+
+    def _end(self, complete: bool) -> None:
+        if not self._ended:
+            self._ended = True
+            self._on_end(self._sent, complete)

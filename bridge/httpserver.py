@@ -448,17 +448,20 @@ class Connection(asyncio.Protocol):
             lines.append(b"Connection: close\r\n")
         lines.append(b"\r\n")
         head = b"".join(lines)
-        if request.method == "HEAD":
-            await self.write(head)
-            return
         if isinstance(body, (bytes, bytearray)):
+            if request.method == "HEAD":
+                body = b""
             await self.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
                 await self.write(body)
             return
-        await self.write(head)
         sent = 0
         try:
+            # Inside the try: a client gone before the head is written still closes the body, which may hold
+            # a worker call open and must record the request's end.
+            await self.write(head)
+            if request.method == "HEAD":
+                return
             async for chunk in body:
                 if chunk:
                     sent += len(chunk)

@@ -249,18 +249,8 @@ class InferenceRequest:
         self.outcome.input_hash = message.result.input_hash
         set_tags(input_hash=message.result.input_hash)
         headers = [("Content-Type", layout.content_type), ("X-Request-Id", self.request_id)]
-        body = self._answer_body(call, encode_answer(layout, message.result.input_hash, _binary_chunks(call)))
+        body = AnswerBody(call, encode_answer(layout, message.result.input_hash, _binary_chunks(call)))
         return Response(200, headers, body, content_length=layout.content_length())
-
-    async def _answer_body(self, call, encoded: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        try:
-            async for data in encoded:
-                yield data
-        except (BadWorkerAnswer, grpc.aio.AioRpcError) as error:
-            log.error("the answer broke off while streaming: %s", error)
-            raise
-        finally:
-            call.cancel()  # a no-op after a complete call; stops the worker when the client went away
 
     async def _call_error(self, call) -> errors.ApiError:
         trailing = await call.trailing_metadata()
@@ -290,3 +280,31 @@ async def _binary_chunks(call) -> AsyncIterator:
             yield message.binary
         else:
             raise BadWorkerAnswer(["a second result message arrived among the binary chunks"])
+
+
+class AnswerBody:
+    """The answer's bytes as they come from the worker's call. Closing it (the client went away, even before
+    the first byte) cancels the call at once, so the worker stops sending; after a complete call that is a
+    no-op. An async generator would not run its cleanup when closed before it started."""
+
+    def __init__(self, call, encoded: AsyncIterator[bytes]) -> None:
+        self._call = call
+        self._encoded = encoded
+
+    def __aiter__(self) -> AnswerBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await anext(self._encoded)
+        except StopAsyncIteration:
+            self._call.cancel()
+            raise
+        except (BadWorkerAnswer, grpc.aio.AioRpcError) as error:
+            log.error("the answer broke off while streaming: %s", error)
+            self._call.cancel()
+            raise
+
+    async def aclose(self) -> None:
+        self._call.cancel()
+        await self._encoded.aclose()

@@ -50,3 +50,13 @@ class FailingModel(MockModel):
 
     def infer(self, study: Study) -> Result:
         raise RuntimeError("mock failure: the model crashed on purpose")
+
+
+class StubbornModel(MockModel):
+    """Takes MOCK_INFER_SECONDS (default 3) and never checks study.is_cancelled(): it overruns its caller."""
+
+    name = "stubborn_model"
+
+    def infer(self, study: Study) -> Result:
+        time.sleep(_seconds("MOCK_INFER_SECONDS", 3))
+        return super().infer(study)

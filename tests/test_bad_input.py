@@ -317,3 +317,35 @@ def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def test_a_series_mixing_image_sizes_is_a_400_naming_two_instances(stack, tmp_path):
+    spec = SeriesSpec("mixed", rows=16, cols=16, count=1)
+    first = make_dataset(study_uid="1.2.3", spec=spec, number=1, position=(0, 0, 0))
+    spec.rows, spec.cols = 20, 24
+    second = make_dataset(study_uid="1.2.3", spec=spec, number=2, position=(0, 0, 2))
+    parts = [("application/json", json.dumps({"inference_command": "get-probability-mask"}).encode()),
+             ("application/dicom", dicom_bytes(first)), ("application/dicom", dicom_bytes(second))]
+    message = error_of(post_parts(stack["url"], parts), 400, "bad_request")
+    assert "mixes image sizes" in message and "part 1" in message and "part 2" in message
+
+
+def test_a_call_queued_behind_an_overrunning_model_says_so(tmp_path, study):
+    """A model that ignores cancellation keeps its slot after its caller's 504; the next call, queued behind
+    it, gets a 504 that says why, and the overrun is counted."""
+    metrics_port = free_port()
+    worker = start_worker(tmp_path, "mock_model.faults:StubbornModel", "--metrics-listen",
+                          f"127.0.0.1:{metrics_port}", env={"MOCK_INFER_SECONDS": "4"})
+    bridge = start_bridge(tmp_path, worker.address, "--deadline-seconds", "1.5")
+    url = f"http://{bridge.address}/"
+    try:
+        first = http.post_like_original_tool(url, {}, [study.instances[0].path], timeout=30)
+        assert "--deadline-seconds" in error_of(first, 504, "deadline_exceeded")
+        second = http.post_like_original_tool(url, {}, [study.instances[0].path], timeout=30)
+        message = error_of(second, 504, "deadline_exceeded")
+        assert "still running after their own callers gave up" in message and "is_cancelled" in message
+        wait_for(lambda: "worker_model_overruns_total{model=\"stubborn_model\"} 1.0" in urllib.request.urlopen(
+            f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode(), timeout=10, what="the overrun")
+    finally:
+        bridge.stop()
+        worker.stop()

@@ -28,6 +28,7 @@ class Admission:
         self._metrics = metrics
         self.admitted = 0
         self.running = 0
+        self.overrunning = 0  # slots held by a model still running for a call that has ended
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
 
     def admit(self) -> Ticket | None:

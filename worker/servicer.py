@@ -47,6 +47,8 @@ log = logging.getLogger("worker.inference")
 CHUNK_SIZE = 1 << 20  # 1 MiB answer chunks: large enough to amortise gRPC's per-message cost
 # Answers up to this size are checked on the loop; bigger ones (label masks are scanned) on an I/O thread.
 CHECK_INLINE_BYTES = 4 << 20
+# A call queued for the model ends this much before its deadline, so that its own message gets through.
+DEADLINE_MARGIN = 0.25
 MAX_OPEN_COMMAND_LABELS = 20  # label values for a model without a command list; others become "other"
 REQUEST_ID_LENGTH = 64
 
@@ -168,6 +170,7 @@ class _Call:
         self.request: dict = {}  # the request JSON, read with the header
         self.formats: list[str] = []  # the answer formats it asks for
         self.finished = False
+        self.overran = False  # the call ended while its model was still running
         remaining = context.time_remaining()
         self.deadline_at = time.monotonic() + remaining if remaining is not None else None
         self.gone = threading.Event()  # set when the call ends for any reason: study.is_cancelled() reads it
@@ -205,7 +208,7 @@ class _Call:
                   len(study.instances), len(study.attachments), study.command)
         self.trace.received(len(study.instances), len(study.attachments))
         with self.stage("queue"):
-            await self.ticket.slot()
+            await self._wait_for_the_model()
         with self.stage("infer"):
             answer = await self._infer(study)
         with self.stage("check"):
@@ -278,6 +281,26 @@ class _Call:
             _deadline=monotonic_deadline(self.context.time_remaining),
         )
 
+    async def _wait_for_the_model(self) -> None:
+        """Queues for a model slot. Ends the call a moment before its deadline, with a message that says why it
+        waited (gRPC's own deadline error cannot): behind other calls, or behind a model still running for a
+        caller that has already given up."""
+        remaining = self.context.time_remaining()
+        if remaining is None:
+            await self.ticket.slot()
+            return
+        try:
+            async with asyncio.timeout(max(remaining - DEADLINE_MARGIN, 0)):
+                await self.ticket.slot()
+        except TimeoutError:
+            overruns = self.s.admission.overrunning
+            reason = (f"behind {overruns} inference(s) still running after their own callers gave up (the model "
+                      "does not stop when study.is_cancelled() turns true)" if overruns
+                      else f"behind {self.s.admission.running} running and "
+                           f"{self.s.admission.admitted - self.s.admission.running - 1} other queued call(s)")
+            raise errors.DeadlineExceeded(f"the deadline passed while this call waited for the model, {reason}; "
+                                          "the bridge's --deadline-seconds bounds every call") from None
+
     async def _infer(self, study: Study):
         """Runs the model on its thread. The slot is given back when infer() returns, whenever that is: a
         model that ignores cancellation keeps its slot (it is still running) and is counted as an overrun."""
@@ -288,15 +311,19 @@ class _Call:
         def returned(future) -> None:  # on the model's thread: one wake-up of the loop for everything
             loop.call_soon_threadsafe(self._model_returned, ticket, future, answer)
 
-        self.s.model_threads.submit(context.run, self.s.model.infer, study).add_done_callback(returned)
+        future = self.s.model_threads.submit(context.run, self.s.model.infer, study)
+        future.add_done_callback(returned)
         try:
             return await answer
+        except asyncio.CancelledError:
+            if not future.done():
+                self.s.admission.overrunning += 1  # the model runs on for a caller that is gone
+                self.overran = True
+            raise
         except (InvalidInput, errors.WorkerError) as error:
             raise errors.BadRequest(str(error)) from error
         except UnsupportedStudy as error:
             raise errors.Unprocessable(str(error)) from error
-        except asyncio.CancelledError:
-            raise
         except Exception as error:  # the model's bug must not take the worker down
             log.error("the model raised", exc_info=error)
             raise errors.ModelFailed(f"the model raised {type(error).__name__}: {error}") from error
@@ -305,6 +332,8 @@ class _Call:
         if not answer.done():
             error = future.exception()
             answer.set_exception(error) if error is not None else answer.set_result(future.result())
+        if self.overran:
+            self.s.admission.overrunning -= 1
         if self.gone.is_set() and self.outcome not in ("", "ok"):
             self.s.metrics.overruns.labels(self.s.model_name).inc()
             log.warning("the model returned after its call had ended (%s): it kept the model busy; models should "

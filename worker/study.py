@@ -22,6 +22,7 @@ import pydicom
 
 from arterys_http.protocol import ImageInfo, StudyIndex
 from dicom_geometry import slice_order
+from worker.api import InvalidInput
 from worker.config import StudyLimits
 from worker.errors import BadRequest, WorkerError, short
 from worker.pixels import NotDicom, check_pixel_data
@@ -158,8 +159,11 @@ class Instance(Attachment):
 class Series:
     """The instances of one series, ordered as the protocol's 3D masks expect.
 
-    Order: by position along the slice normal, then InstanceNumber; with repeated positions the series
-    has several time points and is ordered time point first (the mask layout's slowest axis).
+    Order (dicom_geometry.slice_order): by position along the slice normal; when positions repeat, the
+    series has several time points, ordered time point first (the mask layout's slowest axis), from the
+    temporal tags; ties by InstanceNumber, then SOP Instance UID. `rows`, `columns` and `mask_shape()` need
+    every instance to have one image size: a series that mixes sizes is the sender's mistake, answered 400
+    naming two instances that differ.
     """
 
     uid: str
@@ -175,11 +179,21 @@ class Series:
 
     @property
     def rows(self) -> int:
-        return self.instances[0].rows
+        return self._size()[0]
 
     @property
     def columns(self) -> int:
-        return self.instances[0].columns
+        return self._size()[1]
+
+    def _size(self) -> tuple[int, int]:
+        first = self.instances[0]
+        for other in self.instances[1:]:
+            if (other.rows, other.columns) != (first.rows, first.columns):
+                raise InvalidInput(
+                    f"series {short(self.uid)} mixes image sizes: {first.label} is {first.rows} x {first.columns} "
+                    f"pixels but {other.label} is {other.rows} x {other.columns}; send each size as its own series"
+                )
+        return first.rows, first.columns
 
     @property
     def frame_count(self) -> int:
