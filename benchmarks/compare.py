@@ -39,6 +39,8 @@ from tests.dicom_factory import SeriesSpec, write_study
 from tests.services import ROOT, free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Everything after this line of the report is written by hand (alternatives measured, profiles) and kept.
+KEEP_MARKER = "<!-- written by hand below: kept by make bench -->"
 LEGEND = """\
 - **p50 / p90**: latency of one request as the client saw it (send start to last answer byte), ms.
 - **req/s**: answered requests per second of wall time over the measured requests.
@@ -426,7 +428,11 @@ def main(argv: list[str] | None = None) -> int:
             f"## Results\n\n{table}\n\n## Legend\n\n{LEGEND}\n## Targets\n\n" + "\n".join(goals) + "\n")
     print("\n" + table + "\n\n" + LEGEND + "\n" + "\n".join(goals))
     if args.output:
-        Path(args.output).write_text(text)
+        output = Path(args.output)
+        kept = ""
+        if output.exists() and KEEP_MARKER in output.read_text():
+            kept = "\n" + KEEP_MARKER + output.read_text().split(KEEP_MARKER, 1)[1]
+        output.write_text(text + kept)
         print(f"\nwritten to {args.output}")
     return 0
 

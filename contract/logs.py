@@ -3,9 +3,9 @@
 `configure_logging()` loads logging.yaml (dictConfig) before anything else logs. Tags live in a context
 variable, so every line logged while a request is handled carries its `input_hash`, `request_id` and
 `trace_id` (its W3C trace id, see contract/tracing.py), including lines a model logs through its own
-loggers; `RequestTagFilter` (named in logging.yaml) puts them on each record. gRPC and WSGI servers run
-each request in its own thread, and every thread has its own context, so tags never leak between concurrent
-requests.
+loggers; `RequestTagFilter` (named in logging.yaml) puts them on each record. Each request runs in an
+asyncio task of its own (and the model on a thread that gets a copy of that task's context), and every task
+has its own context, so tags never leak between concurrent requests.
 """
 
 from __future__ import annotations

@@ -6,16 +6,25 @@ index, so a mask written with its axes swapped or flipped looks different from t
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+
+
+@functools.lru_cache(maxsize=8)
+def _centre_offsets(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres relative to the ellipse's centre: a column and a row, broadcast against each other."""
+    rows = (np.arange(height, dtype=np.float64) + 0.5 - height * 0.6)[:, None]
+    columns = (np.arange(width, dtype=np.float64) + 0.5 - width * 0.4)[None, :]
+    return rows, columns
 
 
 def ellipse_distance(height: int, width: int, index: int, count: int) -> np.ndarray:
     """Normalised squared distance from an off-centre ellipse's centre (<= 1 inside), shape (height, width)."""
     grow = 0.15 + 0.25 * (index + 1) / max(count, 1)
-    cy, cx = height * 0.6, width * 0.4
     ry, rx = max(height * grow, 1.0), max(width * grow, 1.0)
-    yy, xx = np.mgrid[0:height, 0:width]
-    return ((yy + 0.5 - cy) / ry) ** 2 + ((xx + 0.5 - cx) / rx) ** 2
+    rows, columns = _centre_offsets(height, width)
+    return (rows / ry) ** 2 + (columns / rx) ** 2
 
 
 def probability_slice(height: int, width: int, index: int, count: int) -> np.ndarray:
@@ -38,11 +47,13 @@ def label_slice(height: int, width: int, index: int, count: int) -> np.ndarray:
 
 
 def volume(slice_fn, timepoints: int, depth: int, height: int, width: int) -> np.ndarray:
-    """Stacks slices into (timepoints, depth, height, width); time point t shifts the growth by t."""
-    return np.stack([
-        np.stack([slice_fn(height, width, z + t, depth + timepoints - 1) for z in range(depth)])
-        for t in range(timepoints)
-    ])
+    """Slices filled into one (timepoints, depth, height, width) array, allocated once (a 512-slice mask is
+    about 128 MiB: stacking lists of slices held it three times); time point t shifts the growth by t."""
+    out = np.empty((timepoints, depth, height, width), dtype=np.uint8)
+    for t in range(timepoints):
+        for z in range(depth):
+            out[t, z] = slice_fn(height, width, z + t, depth + timepoints - 1)
+    return out
 
 
 def box_corners(height: int, width: int) -> tuple[list[int], list[int]]:

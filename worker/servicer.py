@@ -33,7 +33,7 @@ from worker import errors
 from worker.admission import Admission, Ticket
 from worker.api import InvalidInput, Model, Result, UnsupportedStudy
 from worker.config import StudyLimits
-from worker.dicom_export import DicomExportError, UnknownOutputFormat, export_dicom, output_formats
+from worker.dicom_export import UnknownOutputFormat, output_formats
 from worker.metrics import STAGES, WorkerMetrics
 from worker.pixels import NotDicom
 from worker.receive import Ingest, ReceivedPart, find_study_path, receive_parts
@@ -359,6 +359,8 @@ class _Call:
         keep_arterys = "arterys" in self.formats
 
         def export() -> WireResult:
+            from worker.dicom_export import DicomExportError, export_dicom  # highdicom, loaded on first use
+
             try:
                 result_json, binaries = export_dicom(wire.json, wire.binaries, study, keep_arterys=keep_arterys,
                                                      model_name=self.s.model_name, model_version=self.s.model.version)
