@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,21 +22,12 @@ from bridge.inference import InferenceRequest
 from bridge.metrics import BridgeMetrics
 from bridge.tracing import NO_TRACE, RequestTrace
 from bridge.workers import WorkerPool
-from contract.logs import request_tags
+from contract.logs import clean_request_id, request_tags
 
 log = logging.getLogger("bridge.http")
 
 PING_TEXT = "inference-service is up and accepting connections"
 SERVICE_ROUTES = ("/healthcheck", "/ping", "/healthz", "/readyz", "/metrics")
-REQUEST_ID_LENGTH = 64
-
-
-def clean_request_id(value: str) -> str:
-    """The client's X-Request-Id if it is short printable ASCII without spaces, else a new one: it goes into
-    log lines and gRPC metadata, which must not be forgeable or broken by it."""
-    if value and len(value) <= REQUEST_ID_LENGTH and value.isascii() and value.isprintable() and " " not in value:
-        return value
-    return uuid.uuid4().hex[:12]
 
 
 def json_response(error: errors.ApiError, request_id: str) -> Response:

@@ -15,6 +15,7 @@ import contextvars
 import logging
 import logging.config
 import os
+import uuid
 from pathlib import Path
 
 import yaml
@@ -23,6 +24,7 @@ import yaml
 # carries a copy of it here, so every entry point finds it wherever the packages are installed.
 DEFAULT_CONFIG = Path(__file__).with_name("logging.yaml")
 TAG_NAMES = ("input_hash", "request_id", "trace_id")
+REQUEST_ID_LENGTH = 64
 
 _NO_TAGS: dict = {}  # never mutated: tags are replaced, not updated in place
 _tags: contextvars.ContextVar[dict] = contextvars.ContextVar("request_tags", default=_NO_TAGS)  # noqa: B039
@@ -47,6 +49,15 @@ class RequestTagFilter(logging.Filter):
             if not hasattr(record, name):
                 setattr(record, name, tags.get(name, "-"))
         return True
+
+
+def clean_request_id(value: str) -> str:
+    """The sender's request id (HTTP X-Request-Id, or the bridge's id in gRPC metadata) if it is short
+    printable ASCII without spaces, else a new one: it is copied into log lines and metadata, which must not
+    be forgeable or broken by it."""
+    if value and len(value) <= REQUEST_ID_LENGTH and value.isascii() and value.isprintable() and " " not in value:
+        return value
+    return uuid.uuid4().hex[:12]
 
 
 def current_tags() -> dict:

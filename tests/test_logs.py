@@ -6,7 +6,14 @@ import io
 import logging
 import threading
 
-from contract.logs import TaggedLogger, configure_logging, request_tags, set_tags
+from contract.logs import (
+    REQUEST_ID_LENGTH,
+    TaggedLogger,
+    clean_request_id,
+    configure_logging,
+    request_tags,
+    set_tags,
+)
 
 
 def capture() -> io.StringIO:
@@ -72,3 +79,12 @@ def test_the_original_sdks_tagged_logger_still_works():
     tagged.add_tags({"input_hash": "f" * 64})
     tagged.info("start processing")
     assert f"[input_hash={'f' * 64} request_id=- trace_id=-] start processing" in stream.getvalue()
+
+
+def test_request_ids_are_kept_only_when_short_printable_ascii_without_spaces():
+    assert clean_request_id("abc-123_X") == "abc-123_X"
+    assert clean_request_id("a" * REQUEST_ID_LENGTH) == "a" * REQUEST_ID_LENGTH
+    for bad in ("", "a" * (REQUEST_ID_LENGTH + 1), "two words", "line\nbreak", "caf\u00e9", "tab\there"):
+        replaced = clean_request_id(bad)
+        assert replaced != bad and len(replaced) == 12 and replaced.isalnum()
+    assert clean_request_id("") != clean_request_id("")  # a fresh id each time

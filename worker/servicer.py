@@ -15,7 +15,6 @@ import contextvars
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ import grpc
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
 from contract import wire as contract_wire
-from contract.logs import request_tags, set_tags
+from contract.logs import clean_request_id, request_tags, set_tags
 from contract.result_json import to_proto
 from worker import errors
 from worker.admission import Admission, Ticket
@@ -50,7 +49,6 @@ CHECK_INLINE_BYTES = 4 << 20
 # A call queued for the model ends this much before its deadline, so that its own message gets through.
 DEADLINE_MARGIN = 0.25
 MAX_OPEN_COMMAND_LABELS = 20  # label values for a model without a command list; others become "other"
-REQUEST_ID_LENGTH = 64
 
 
 @dataclass
@@ -63,14 +61,6 @@ class ServicerConfig:
     limits: StudyLimits = field(default_factory=StudyLimits)
     chunk_size: int = CHUNK_SIZE
     output_formats: tuple[str, ...] = ("arterys",)  # a request without "output_formats" gets these
-
-
-def clean_request_id(value: str) -> str:
-    """The sender's request id if it is short printable ASCII without spaces, else a new one: it is copied
-    into log lines and metadata, which must not be forgeable."""
-    if value and len(value) <= REQUEST_ID_LENGTH and value.isascii() and value.isprintable() and " " not in value:
-        return value
-    return uuid.uuid4().hex[:12]
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
