@@ -276,8 +276,9 @@ def test_a_killed_worker_leaves_no_spool_behind_after_a_restart(tmp_path, study)
 
 
 def test_aborted_uploads_and_downloads_leave_the_bridge_as_it_was(stack, study):
-    """Clients that vanish mid-upload or mid-download: the bridge's memory stays flat, every connection is
-    closed, and both services log each as a cancellation, at INFO, without a traceback."""
+    """Clients that vanish mid-upload or mid-download: the bridge's memory stays flat over 1,000 of them
+    (before the reads of worker calls were shielded, each client gone mid-answer kept ~15 KB: +30% here),
+    every connection is closed, and both services log each as a cancellation, at INFO, without a traceback."""
     paths = [i.path for i in study.instances]
     body = http.hand_built_body([("application/json", json.dumps({"inference_command": "get-boolean-mask"}).encode())]
                                 + [("application/dicom", p.read_bytes()) for p in paths], "b")
@@ -299,17 +300,18 @@ def test_aborted_uploads_and_downloads_leave_the_bridge_as_it_was(stack, study):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
     baseline = metric(stack["port"], "bridge_http_open_connections")  # counts this very /metrics request too
-    abort(100)
+    abort(200)  # warm-up: allocator arenas and gRPC's buffers reach their working size
     wait_for(lambda: metric(stack["port"], "bridge_inflight_requests") == 0, timeout=10, what="aborts settled")
     before = rss()
-    abort(300)
-    wait_for(lambda: metric(stack["port"], "bridge_inflight_requests") == 0, timeout=10, what="aborts settled")
+    abort(1000)
+    wait_for(lambda: metric(stack["port"], "bridge_inflight_requests") == 0, timeout=20, what="aborts settled")
     after = rss()
-    assert after < before * 1.1, f"bridge RSS {before} kB -> {after} kB over 300 aborted requests"
+    assert after < before * 1.1, f"bridge RSS {before} kB -> {after} kB over 1,000 aborted requests"
     wait_for(lambda: metric(stack["port"], "bridge_http_open_connections") <= baseline, timeout=10,
              what="every aborted connection closed")
     logs = stack["bridge"].log() + stack["worker"].log()
-    assert "Traceback" not in logs and "ERROR" not in logs
+    at = min((i for i in (logs.find("Traceback"), logs.find("ERROR")) if i >= 0), default=-1)
+    assert at < 0, logs[max(0, at - 300) : at + 3000]
     assert re.search(r"INFO worker\.inference .*the caller is gone \(cancelled\)", logs)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from grpc._cython.cygrpc import ExecuteBatchError
 
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
@@ -113,6 +114,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 call.outcome = call.gone_outcome()
                 log.info("the caller is gone (%s) %s", call.outcome, call.stage_name)
                 raise
+            except ExecuteBatchError:
+                # A read or write failed in the transport: the caller hung up (or its connection broke) while
+                # the operation was under way, which grpc.aio reports this way rather than as a cancellation.
+                # Nothing can be sent on the call any more.
+                call.outcome = call.gone_outcome()
+                log.info("the caller is gone (%s, the stream broke) %s", call.outcome, call.stage_name)
             except Exception as error:
                 call.outcome = "worker_error"
                 call.trace.failed(error)
