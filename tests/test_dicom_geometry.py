@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from pydicom.dataset import Dataset
 
 from dicom_geometry import FrameGeometry, frame_geometry
 from tests.dicom_factory import SAGITTAL, TILTED, _unit_normal, write_enhanced_series
+from tests.imports import absolute_imports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,12 +88,5 @@ def test_x_and_y_name_no_point_of_a_sagittal_plane():
 def test_dicom_geometry_depends_on_numpy_and_pydicom_only():
     allowed = {"numpy", "pydicom", "dicom_geometry", "__future__"} | set(sys.stdlib_module_names)
     for path in sorted((ROOT / "dicom_geometry").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            else:
-                continue
-            for name in names:
-                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+        for line, name in absolute_imports(path.read_text(), str(path)):
+            assert name.split(".")[0] in allowed, f"{path.name}:{line} imports {name}"
