@@ -16,7 +16,7 @@ WORKER_MODEL ?= mock_model
 setup: $(STAMP)
 
 # Re-installs only when the pinned requirements change.
-$(STAMP): requirements.txt requirements-dev.txt requirements-bridge.txt requirements-worker.txt
+$(STAMP): $(wildcard requirements*.txt)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 	touch $(STAMP)

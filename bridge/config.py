@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, field, fields
 
 from bridge import security
@@ -72,10 +73,16 @@ def _env_name(flag: str) -> str:
     return "BRIDGE_" + flag.upper().replace("-", "_")
 
 
+
+def _program_name() -> str:
+    """As the user typed it: `arterys-bridge` (the installed console script) or `python -m bridge`."""
+    invoked = os.path.basename(sys.argv[0] if sys.argv else "")
+    return invoked if invoked == "arterys-bridge" else "python -m bridge"
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(
-        prog="python -m bridge",
+        prog=_program_name(),
         description="Speaks the Arterys inference protocol over HTTP and streams each request to gRPC model "
                     "workers. Every flag can also be set by the environment variable named in brackets.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

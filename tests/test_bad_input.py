@@ -334,7 +334,7 @@ def test_a_series_mixing_image_sizes_is_a_400_naming_two_instances(stack, tmp_pa
 
 def test_a_call_queued_behind_an_overrunning_model_says_so(tmp_path, study):
     """A model that ignores cancellation keeps its slot after its caller's 504; the next call, queued behind
-    it, gets a 504 that says why, and the overrun is counted."""
+    it, gets a 504 that says why, and the overrun is counted and logged with the overrunning request's tags."""
     metrics_port = free_port()
     worker = start_worker(tmp_path, "mock_model.faults:StubbornModel", "--metrics-listen",
                           f"127.0.0.1:{metrics_port}", env={"MOCK_INFER_SECONDS": "4"})
@@ -348,6 +348,9 @@ def test_a_call_queued_behind_an_overrunning_model_says_so(tmp_path, study):
         assert "still running after their own callers gave up" in message and "is_cancelled" in message
         wait_for(lambda: "worker_model_overruns_total{model=\"stubborn_model\"} 1.0" in urllib.request.urlopen(
             f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode(), timeout=10, what="the overrun")
+        late = [line for line in worker.log().splitlines() if "the model returned after its call had ended" in line]
+        assert len(late) == 1 and first.headers["X-Request-Id"] in late[0]  # said of the request that overran
+        assert re.search(r"input_hash=[0-9a-f]{64}", late[0]), late[0]
     finally:
         bridge.stop()
         worker.stop()

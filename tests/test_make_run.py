@@ -7,7 +7,9 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -85,3 +87,36 @@ def test_make_run_with_the_http_port_taken_fails_in_a_few_clear_lines():
     assert "make run: the bridge stopped (its message is above), so both are stopped" in output
     assert "Traceback" not in output
     assert "bridge on http" not in output  # nothing claims the bridge is up
+    assert "] Error 2" in output  # the bridge's own status, not the worker's SIGTERM
+
+
+def test_make_run_does_not_take_another_servers_answer_for_its_own_bridge():
+    """Another service already answering /ping where the bridge should listen (another `make run`): the
+    "up" line must not be printed on the strength of that other service's answer."""
+
+    class Ping(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Ping)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        http_address = f"127.0.0.1:{other.server_address[1]}"
+        run = subprocess.run(
+            ["make", "--no-print-directory", "run", f"BRIDGE_LISTEN={http_address}",
+             f"WORKER_LISTEN=127.0.0.1:{free_port()}", f"WORKER_METRICS_LISTEN=127.0.0.1:{free_port()}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, env=without_service_variables(),
+        )
+    finally:
+        other.shutdown()
+        other.server_close()
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert f"make run: something already answers on http://{http_address}" in output
+    assert "bridge on http" not in output and "Traceback" not in output

@@ -154,3 +154,12 @@ def test_console_scripts_serve_a_model_from_the_current_directory(venv, tmp_path
     where = subprocess.run([venv / "bin" / "python", "-c", "import worker; print(worker.__file__)"], cwd=elsewhere,
                            env=environment, capture_output=True, text=True, check=True).stdout
     assert Path(where).is_relative_to(venv)  # the installed package, not the checkout
+
+
+def test_installed_programs_call_themselves_by_the_name_typed(venv, tmp_path):
+    environment = outside_environment(venv)
+    for name in ("arterys-worker", "arterys-bridge", "arterys-testtool"):
+        run = subprocess.run([name, "--help"], cwd=tmp_path, env=environment, capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.startswith(f"usage: {name} "), run.stdout[:200]

@@ -321,3 +321,17 @@ def test_progress_bars_on_a_terminal_and_none_in_a_pipe(stack, tmp_path):
     quiet, screen = run_on_a_terminal([sys.executable, "-m", "testtool", *args, "-q"])
     assert quiet == 0, screen
     assert "upload:" not in screen and "download:" not in screen
+
+
+def test_underscored_flags_of_the_original_tool_also_take_hyphens():
+    from testtool.cli import build_parser
+
+    common = ["-i", "study"]
+    underscored = build_parser().parse_args(common + [
+        "--inference_command", "x", "--send_study_size", "--request_options", "a=1", "--request_study_path", "/s",
+        "--include_label_plots", "--bounding_box_model", "--output_formats", "dicom"])
+    hyphenated = build_parser().parse_args(common + [
+        "--inference-command", "x", "--send-study-size", "--request-options", "a=1", "--request-study-path", "/s",
+        "--include-label-plots", "--bounding-box-model", "--output-formats", "dicom"])
+    assert vars(underscored) == vars(hyphenated)
+    assert underscored.model_type == "bounding_box" and underscored.request_options == ["a=1"]

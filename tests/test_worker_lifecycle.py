@@ -304,11 +304,17 @@ def test_metrics_endpoint(worker_process, standard_parts):
     assert metric(samples, "worker_sent_bytes_total") == sum(len(b) for b in answer.binaries)
 
 
-def test_a_model_that_fails_to_load_exits_non_zero(worker_process):
+def test_a_model_that_fails_to_load_exits_with_one_clear_line(worker_process):
+    """load() raising is said like a model that cannot be imported: one line naming the error and the model's
+    own line, exit status 2, the traceback only with LOG_LEVEL=DEBUG."""
     worker = worker_process("--model", "tests.test_worker_lifecycle:BrokenLoadModel", wait=False)
-    assert worker.wait_exit(60) != 0
-    assert "weights missing: /models/weights.pt" in worker.log()
-    assert "failed to load" in worker.log()
+    assert worker.wait_exit(60) == 2
+    log = worker.log()
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, log
+    assert "the model failed to load: RuntimeError: weights missing: /models/weights.pt" in errors[0]
+    assert "test_worker_lifecycle.py, line" in errors[0] and "LOG_LEVEL=DEBUG" in errors[0]
+    assert "Traceback" not in log and "finishing in-flight" not in log
 
 
 def test_an_unknown_model_exits_non_zero(worker_process):

@@ -87,9 +87,15 @@ example:
   python -m testtool -i ./study -c get-probability-mask --host 127.0.0.1 -p 8900 -o output"""
 
 
+
+def _program_name() -> str:
+    """As the user typed it: `arterys-testtool` (the installed console script) or `python -m testtool`."""
+    invoked = os.path.basename(sys.argv[0] if sys.argv else "")
+    return invoked if invoked == "arterys-testtool" else "python -m testtool"
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m testtool", description=DESCRIPTION, epilog=EPILOG,
+        prog=_program_name(), description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-i", "--input", required=True, type=Path, metavar="STUDY_DIR",
@@ -100,20 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HTTP path the request is posted to, e.g. /segment (default: %(default)s)")
     parser.add_argument("-o", "--output", type=Path, default=Path("output"),
                         help="folder for the answer's files and the PNGs (default: %(default)s)")
-    parser.add_argument("-c", "--inference_command", metavar="COMMAND",
+    parser.add_argument("-c", "--inference_command", "--inference-command", metavar="COMMAND",
                         help="inference_command of the request JSON, e.g. get-bounding-box-2d, "
                              "get-probability-mask; without it (and without -s/-b/-cl) the request names none "
                              "and the model's default applies")
     parser.add_argument("-a", "--attachments", nargs="+", action="extend", default=[], type=Path, metavar="FILE",
                         help="one or more files sent as application/octet-stream parts before the instances "
                              "(e.g. a licence file)")
-    parser.add_argument("-S", "--send_study_size", action="store_true",
+    parser.add_argument("-S", "--send_study_size", "--send-study-size", action="store_true",
                         help="add depth (number of instances sent), height and width (rows and columns of the "
                              "first image) to the request JSON, as the original tool did")
-    parser.add_argument("--request_options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--request_options", "--request-options", nargs="+", action="extend", default=[],
+                        metavar="KEY=VALUE",
                         help="extra request JSON entries, values sent as strings; they are added last, so they "
                              "can override any other key")
-    parser.add_argument("--request_study_path", metavar="PATH",
+    parser.add_argument("--request_study_path", "--request-study-path", metavar="PATH",
                         help="send the application/json form {\"studyPath\": PATH, ...} instead of the files: PATH "
                              "is a folder the server's model can read. STUDY_DIR is still loaded here, to check "
                              "and draw the answer, so it should hold the same study")
@@ -121,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output_formats of the request JSON, comma-separated: arterys (the protocol's masks), "
                              "dicom (DICOM Segmentations and a TID 1500 report, drawn and listed like the rest); "
                              "without it the request names none and the server's default applies")
-    parser.add_argument("-l", "--include_label_plots", action="store_true",
+    parser.add_argument("-l", "--include_label_plots", "--include-label-plots", action="store_true",
                         help="also write study_ml_json / series_ml_json (classification labels) on the PNGs")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                         help="how long to wait for the server to accept the connection (at most 10 s) and for each "
@@ -139,13 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         "model type (original tool's flags, kept for old scripts)",
         "They only choose the inference command when -c is not given.")
     kinds = legacy.add_mutually_exclusive_group()
-    kinds.add_argument("-s", "--segmentation_model", dest="model_type", action="store_const",
+    kinds.add_argument("-s", "--segmentation_model", "--segmentation-model", dest="model_type", action="store_const",
                        const="segmentation",
                        help=f"segmentation model: inference command {DEFAULT_COMMANDS['segmentation']}")
-    kinds.add_argument("-b", "--bounding_box_model", dest="model_type", action="store_const",
+    kinds.add_argument("-b", "--bounding_box_model", "--bounding-box-model", dest="model_type", action="store_const",
                        const="bounding_box",
                        help=f"bounding box model: inference command {DEFAULT_COMMANDS['bounding_box']}")
-    kinds.add_argument("-cl", "--classification_model", dest="model_type", action="store_const",
+    kinds.add_argument("-cl", "--classification_model", "--classification-model", dest="model_type",
+                       action="store_const",
                        const="classification",
                        help=f"classification model: inference command {DEFAULT_COMMANDS['classification']}")
     return parser
@@ -206,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except requests.ConnectionError as exc:
         print(f"error: cannot reach {url}: {_reason(exc)}\nIs the bridge running and listening on "
-              f"{args.host}:{args.port}? (python -m bridge --worker HOST:PORT --listen HOST:PORT)", file=sys.stderr)
+              f"{args.host}:{args.port}? (arterys-bridge --worker HOST:PORT --listen HOST:PORT; in a checkout: "
+              ".venv/bin/python -m bridge ...)", file=sys.stderr)
         return EXIT_FAILURE
     with response:
         if response.status_code != 200:

@@ -48,6 +48,12 @@ def bridge_answers(address: str) -> bool:
 
 def main() -> int:
     args = build_parser().parse_args()
+    if bridge_answers(args.http):
+        # Something (another `make run`?) already serves there; our bridge would fail to bind a moment after
+        # that one's answer had been taken for its own.
+        print(f"make run: something already answers on http://{args.http} (another make run?); stop it or set "
+              "BRIDGE_LISTEN to another address", file=sys.stderr)
+        return 2
 
     python = sys.executable
     worker = subprocess.Popen([python, "-m", "worker", "--model", args.model, "--listen", args.worker,
@@ -83,7 +89,9 @@ def main() -> int:
             child.kill()
     if stopping:
         return 0
-    codes = [abs(child.returncode or 0) for child in children]
+    # The status of the service that stopped by itself (the other one was stopped by us).
+    codes = [abs(child.returncode or 0) for name, child in zip(("worker", "bridge"), children, strict=True)
+             if name in ended]
     print(f"make run: the {' and the '.join(ended)} stopped (its message is above), so both are stopped",
           file=sys.stderr)
     return max(codes) or 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, field
 
 from worker import security
@@ -52,9 +53,15 @@ def _env(name: str, default):
     return os.environ.get(name, default)
 
 
+
+def _program_name() -> str:
+    """As the user typed it: `arterys-worker` (the installed console script) or `python -m worker`."""
+    invoked = os.path.basename(sys.argv[0] if sys.argv else "")
+    return invoked if invoked == "arterys-worker" else "python -m worker"
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m worker",
+        prog=_program_name(),
         description="Hosts one model behind the Inference gRPC service, with health, reflection and metrics. "
                     "Every flag can also be set by the environment variable named in brackets.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -95,12 +95,17 @@ def _not_found(spec: str, missing: str, searched: Path | None) -> str:
 
 def _failed(spec: str, action: str, error: BaseException) -> str:
     log.debug("--model %s: %s failed", spec, action, exc_info=error)
+    return f"--model {spec!r}: {action} failed: {failure_text(error)}; {TRACEBACK_HINT}"
+
+
+def failure_text(error: BaseException) -> str:
+    """`Type: message (file, line N)`, the line being the model's own: what a model author needs first."""
     text = error.msg if isinstance(error, SyntaxError) else str(error)  # str() repeats file and line
     what = f"{type(error).__name__}: {text}" if text else type(error).__name__
     if isinstance(error, SystemExit):
         what = f"it called sys.exit({error.code!r})"
     where = _where(error)
-    return f"--model {spec!r}: {action} failed: {what}{f' ({where})' if where else ''}; {TRACEBACK_HINT}"
+    return f"{what}{f' ({where})' if where else ''}"
 
 
 def _where(error: BaseException) -> str:

@@ -27,6 +27,7 @@ from contract import tracing, wire
 from worker.admission import Admission
 from worker.api import Model
 from worker.config import WorkerConfig
+from worker.loading import TRACEBACK_HINT, failure_text
 from worker.metrics import WorkerMetrics
 from worker.servicer import InferenceServicer, ServicerConfig
 from worker.spool import SpoolRoot
@@ -205,7 +206,7 @@ def start_metrics_server(address: str, metrics: WorkerMetrics, tls: dict | None 
 
 
 def serve(config: WorkerConfig, model: Model) -> int:
-    """Runs until SIGTERM/SIGINT; returns the exit code (1 when the model failed to load, 2 for tracing set-up)."""
+    """Runs until SIGTERM/SIGINT; returns the exit code (2: the model failed to load, or tracing cannot start)."""
     # Handlers first: a SIGTERM while the server starts (an orchestrator scaling down) is a clean stop.
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -234,17 +235,20 @@ def serve(config: WorkerConfig, model: Model) -> int:
     def load() -> None:
         try:
             worker.load_model()
-        except Exception:
-            log.exception("the model failed to load; stopping")
+        except Exception as error:
+            # One line, like a model that cannot be imported; the traceback is there for who asks for it.
+            log.debug("the model failed to load", exc_info=error)
+            log.error("the model failed to load: %s; stopping (%s)", failure_text(error), TRACEBACK_HINT)
             failed.set()
             stopping.set()
 
     threading.Thread(target=load, name="model-load", daemon=True).start()
     stopping.wait()
-    log.info("shutting down: finishing in-flight inferences (up to %.0f s)", config.grace_seconds)
+    if not failed.is_set():  # without a model nothing was in flight
+        log.info("shutting down: finishing in-flight inferences (up to %.0f s)", config.grace_seconds)
     worker.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
     tracing.shutdown()  # exports the spans still buffered before the process exits
     log.info("worker stopped")
-    return 1 if failed.is_set() else 0
+    return 2 if failed.is_set() else 0

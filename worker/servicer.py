@@ -306,7 +306,8 @@ class _Call:
         context = contextvars.copy_context()  # the request's log tags, for the model's own log lines
 
         def returned(future) -> None:  # on the model's thread: one wake-up of the loop for everything
-            loop.call_soon_threadsafe(self._model_returned, ticket, future, answer)
+            # In the request's context (a copy): a late return is logged with the request's tags.
+            loop.call_soon_threadsafe(self._model_returned, ticket, future, answer, context=context.copy())
 
         future = self.s.model_threads.submit(context.run, self.s.model.infer, study)
         future.add_done_callback(returned)
