@@ -34,6 +34,7 @@ import logging
 import socket
 import ssl as ssl_module
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -218,6 +219,8 @@ class Connection(asyncio.Protocol):
         self.current: Request | None = None  # the request being handled
         self._reading = True
         self._write_ready: asyncio.Event | None = None
+        self._input_ended = False  # malformed input arrived behind requests still to answer: read no more
+        self._deferred_reject: ApiError | None = None  # its answer, once theirs are written
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -239,8 +242,8 @@ class Connection(asyncio.Protocol):
         self._arm(self.limits.header_timeout, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed or self.lingering:
-            return
+        if self.closed or self.lingering or self._input_ended:
+            return  # what follows malformed input is not read
         if self._body_left:
             data = self._pass_body(data)
             if not data:
@@ -272,7 +275,11 @@ class Connection(asyncio.Protocol):
             if isinstance(cause, ApiError):
                 self.server.stats("rejected", cause.code)
                 return self._reject(cause)
-            raise
+            # Our own failure inside a parser callback: answered, logged, and the connection ends; raising here
+            # would break the transport without a word to the client.
+            log.error("handling the request head failed", exc_info=cause)
+            self.server.stats("rejected", "bridge_error")
+            return self._reject(ApiError(500, "bridge_error", "the bridge failed; see its log"))
         except httptools.HttpParserUpgrade:
             # Upgrades (h2c, websocket) are not offered: the request is answered in HTTP/1.1, then the
             # connection ends, since what follows it is no longer HTTP/1.1.
@@ -339,8 +346,11 @@ class Connection(asyncio.Protocol):
         self._disarm()
         version = self.parser.get_http_version()
         keep_alive = self.parser.should_keep_alive() and not self.server.stopping
-        request = Request(self, self.parser.get_method().decode("ascii", "replace"), self._url, version,
-                          self._headers, keep_alive)
+        try:
+            request = Request(self, self.parser.get_method().decode("ascii", "replace"), self._url, version,
+                              self._headers, keep_alive)
+        except httptools.HttpParserInvalidURLError:  # e.g. CONNECT's authority form: no proxying here
+            raise ApiError(400, "bad_request", "malformed HTTP request: the request target is not a path") from None
         self.incoming = request
         length = request.content_length
         self._body_left = length if length is not None and not request.header("transfer-encoding") else 0
@@ -383,8 +393,17 @@ class Connection(asyncio.Protocol):
             self.current = None
             self.queue.popleft()
             if not keep_alive:
-                self.close()
-                return
+                break
+        else:
+            keep_alive = True
+        if self._deferred_reject is not None and not self.closed:
+            error, self._deferred_reject = self._deferred_reject, None
+            self._input_ended = False  # lingering reads (and drops) the rest
+            self._write_reject(error)  # lingers: what still arrives is read and dropped
+            return
+        if not keep_alive:
+            self.close()
+            return
         if not self.closed:
             self._arm(self.limits.keepalive_timeout, self.close)
 
@@ -480,7 +499,7 @@ class Connection(asyncio.Protocol):
 
     async def write(self, data) -> None:
         """Writes with flow control: waits while the client's socket buffer is full, up to send_timeout."""
-        if self.closed:
+        if self.closed or self.lingering:
             raise ClientGone("the client closed the connection")
         self.transport.write(data)
         if self._write_ready is not None and not self._write_ready.is_set():
@@ -502,7 +521,7 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def want_data(self) -> None:
-        if not self._reading and not self.closed:
+        if not self._reading and not self.closed and not self._input_ended:
             self._reading = True
             self.transport.resume_reading()
 
@@ -530,12 +549,30 @@ class Connection(asyncio.Protocol):
                               f"the request headers exceed {self.limits.max_header_bytes} bytes"))
 
     def _reject(self, error: ApiError) -> None:
-        """Answers a request that cannot be handled (parse errors, limits) and closes the connection."""
-        if self.closed or self.lingering:
-            return  # already answered
-        body = error.json_bytes()
+        """Answers a request that cannot be handled (parse errors, limits) and closes the connection. Complete
+        requests pipelined before it are answered first, in order; the malformed one gets only this answer."""
+        if self.closed or self.lingering or self._input_ended:
+            return  # already answered, or about to be
+        broken, self.incoming = self.incoming, None
+        if broken is not None:
+            broken._lose()  # its body will never be complete
+            if broken is not self.current and broken in self.queue:
+                self.queue.remove(broken)
+        if self.queue:
+            self._input_ended = True
+            self.pause_reading()
+            if all(request.keep_alive for request in self.queue):
+                self._deferred_reject = error  # written by _serve once the queue is answered
+            # else a request asked to close the connection: what follows it is owed no answer
+            return
+        self._write_reject(error)
+
+    def _write_reject(self, error: ApiError) -> None:
+        request_id = uuid.uuid4().hex[:12]  # the request's own id cannot be trusted before its head is whole
+        body = error.json_bytes(request_id)
+        log.info("%s -> %d %s (request id %s)", self.peer, error.status, error.code, request_id)
         head = (f"HTTP/1.1 {error.status} {_reason(error.status)}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode()
+                f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\nConnection: close\r\n").encode()
         extra = "".join(f"{name}: {value}\r\n" for name, value in error.headers().items()).encode()
         self.transport.write(head + extra + b"\r\n" + body)
         self._linger()

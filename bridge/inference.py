@@ -43,7 +43,7 @@ from bridge.translate import (
     plan_answer,
     request_header,
 )
-from bridge.workers import Refused, WorkerPool, metadata_value
+from bridge.workers import Refused, WorkerPool, metadata_value, retrieve_outcome
 from contract import inference_pb2 as pb
 from contract import wire
 from contract.logs import set_tags
@@ -212,6 +212,8 @@ class InferenceRequest:
     async def _exchange(self, call, forward) -> Response:
         forwarder = asyncio.ensure_future(forward(call))
         first = asyncio.ensure_future(call.read())
+        for task in (forwarder, first):  # either may end with an error after the exchange gave up on it
+            task.add_done_callback(retrieve_outcome)
         try:
             await asyncio.wait((forwarder, first), return_when=asyncio.FIRST_COMPLETED)
             if forwarder.done() and forwarder.exception() is not None:

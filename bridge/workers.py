@@ -103,7 +103,9 @@ class FirstStatusCall:
         return getattr(self._call, name)
 
     async def read(self):
-        return await asyncio.shield(self._call.read())
+        read = asyncio.ensure_future(self._call.read())
+        read.add_done_callback(retrieve_outcome)  # a read left behind by a cancelled caller ends unheard
+        return await asyncio.shield(read)
 
     def _remember(self, call) -> None:
         if self._first is None:
@@ -121,6 +123,13 @@ class FirstStatusCall:
 
     async def trailing_metadata(self):
         return self._first[2] if self._first else await self._call.trailing_metadata()
+
+
+def retrieve_outcome(task: asyncio.Future) -> None:
+    """Marks a task's exception as seen: for tasks whose end nobody may await (asyncio would log "Task exception
+    was never retrieved" for a read that failed after its call was abandoned)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _finished(coroutine):

@@ -173,6 +173,29 @@ def test_huge_or_countless_headers_are_a_431(stack, head):
     assert rss < 200_000, f"the bridge holds {rss} kB after refusing the headers"
 
 
+@pytest.mark.parametrize("target", [b"CONNECT 127.0.0.1:50051", b"GET example.com:80"])
+def test_a_request_target_that_is_not_a_path_is_a_400(stack, target):
+    """CONNECT's authority form and the like: no proxying here, a 400 (it had broken the connection without
+    an answer and logged a traceback)."""
+    answer, _ = raw_exchange(stack["port"], target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"malformed HTTP request" in answer
+    assert "Traceback" not in stack["bridge"].log()
+
+
+@pytest.mark.parametrize("first", [b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n", "post"])
+def test_requests_pipelined_before_malformed_bytes_are_answered_first(stack, study, first):
+    """A valid request and garbage in one packet: the valid one is answered, in order, then the 400."""
+    if first == "post":
+        body = http.hand_built_body([("application/json", json.dumps({"inference_command": "get-bounding-box-2d"})
+                                      .encode()), ("application/dicom", study.instances[0].path.read_bytes())], "b")
+        first = (f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    answer, _ = raw_exchange(stack["port"], first + b"GARBAGE\r\n\r\n")
+    assert re.findall(rb"HTTP/1\.1 (\d+) ", answer) == [b"200", b"400"], answer[:300]
+    log = stack["bridge"].log()
+    assert "after write_eof" not in log and "Traceback" not in log
+
+
 def test_request_ids_cannot_break_or_forge_anything(stack, study):
     for given in ("x] FAKE [input_hash=" + "0" * 64, "caf\u00e9", "ok-id-1"):
         response = http.post_like_original_tool(stack["url"] + "/", {}, [study.instances[0].path],
