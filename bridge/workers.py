@@ -31,6 +31,12 @@ log = logging.getLogger("bridge.workers")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 MESSAGE_LIMIT = 16 << 20
+PUBLIC_HEALTH_PROBLEMS = {
+    grpc.StatusCode.UNAVAILABLE: "no worker can be reached",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the worker did not answer its health check within 1 s",
+    grpc.StatusCode.NOT_FOUND: "the worker does not serve the inference service",
+    grpc.StatusCode.UNAUTHENTICATED: "the worker refused the bridge's credentials",
+}
 FREE_ATTEMPTS = 4  # calls ended before admission, tried again at once
 ADMISSION_TIMEOUT = 5.0  # a worker admits or refuses at once; one that does neither is as good as gone
 # Ended before admission, nothing lost: full, unreachable, or the transport's own failure (gRPC reports a
@@ -179,15 +185,21 @@ class WorkerPool:
 
     async def check_now(self) -> bool:
         """Asks a worker's health service; with client-side health checking only SERVING workers answer."""
+        detail = ""
         try:
             response = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1.0)
             serving = response.status == health_pb2.HealthCheckResponse.SERVING
             self.last_problem = "" if serving else "the worker's model is not loaded yet"
         except grpc.aio.AioRpcError as error:
             serving = False
-            self.last_problem = f"{error.code().name}: {error.details()}"
+            # Said to anyone who asks (/healthcheck, /readyz are open): no addresses or gRPC internals, which
+            # go to the log.
+            self.last_problem = PUBLIC_HEALTH_PROBLEMS.get(error.code(), f"the worker's health check failed "
+                                                                        f"({error.code().name})")
+            detail = f"; {error.code().name}: {error.details()}"
         if serving != self.ready:
-            log.info("worker target %s is %s", self.target, "ready" if serving else f"not ready ({self.last_problem})")
+            log.info("worker target %s is %s", self.target,
+                     "ready" if serving else f"not ready ({self.last_problem}{detail})")
         self.ready = serving
         return serving
 

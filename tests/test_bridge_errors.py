@@ -184,10 +184,12 @@ def test_no_worker_reachable(tmp_path, study):
     bridge = start_bridge(tmp_path, f"127.0.0.1:{free_port()}", wait_ready=False)
     try:
         url = f"http://{bridge.address}"
-        assert requests.get(url + "/healthcheck", timeout=5).text.startswith("NOT READY")
+        text = requests.get(url + "/healthcheck", timeout=5).text
+        assert text == "NOT READY: route /: no worker can be reached", text  # open endpoint: no address
         assert requests.post(url + "/healthcheck", timeout=5).status_code == 200
         response = requests.get(url + "/readyz", timeout=5)
         error_of(response, 503, "worker_unavailable")
+        assert "127.0.0.1" not in response.text and "UNAVAILABLE" not in response.text, response.text
         response = http.post_like_original_tool(url + "/", {}, instances(study), timeout=30)
         error_of(response, 503, "worker_unavailable")
         assert int(response.headers["Retry-After"]) > 0
