@@ -9,12 +9,12 @@ hashes what it received, once); the output hash is computed here, on the bytes a
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from arterys_http import media
+from arterys_http.json_text import JsonProblem, load_json_object
 from arterys_http.multipart import Epilogue, MultipartError, PartData, PartEnd, PartStart
 from arterys_http.protocol import check_result, hashes_line
 from arterys_http.writer import AnswerLayout, new_boundary
@@ -45,15 +45,9 @@ class BadWorkerAnswer(Exception):
 def parse_json_object(raw: bytes, what: str) -> dict:
     """`raw` as a JSON object, or InvalidRequest saying why not (deep nesting and huge integers included)."""
     try:
-        value = json.loads(raw) if raw.strip() else {}
-    except RecursionError:
-        raise InvalidRequest(f"{what} is nested too deeply to be read") from None
-    except (UnicodeDecodeError, ValueError) as error:  # ValueError: bad JSON, or an integer of thousands of digits
-        reason = str(error)
-        raise InvalidRequest(f"{what} is not valid JSON: {reason[:200]}") from None
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{what} must be a JSON object, got {type(value).__name__}")
-    return value
+        return load_json_object(raw, what)
+    except JsonProblem as problem:
+        raise InvalidRequest(str(problem)) from None
 
 
 def request_header(json_part: bytes, route: str, request_id: str, study_path: str = "") -> pb.RequestHeader:

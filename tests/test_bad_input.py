@@ -92,7 +92,8 @@ def raw_exchange(port: int, request: bytes, timeout: float = 10) -> tuple[bytes,
 
 @pytest.mark.parametrize(("text", "needle"), [
     (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-    (b'{"n": ' + b"7" * 5000 + b"}", "not valid JSON"),
+    (b'{"n": ' + b"7" * 5000 + b"}", "an integer of more than 4,300 digits"),
+    (b'{"inference_command": "get-bounding-box-2d", "threshold": NaN}', "NaN is not a JSON value"),
 ])
 def test_hostile_json_is_a_400_naming_the_problem(stack, text, needle):
     assert needle in error_of(post_parts(stack["url"], [("application/json", text)]), 400, "bad_request")
@@ -129,6 +130,25 @@ def test_a_header_declaring_a_huge_image_is_refused_before_any_model(stack, stud
     message = error_of(post_parts(stack["url"], [("application/json", b"{}"), ("application/dicom", dicom_bytes(ds))]),
                        413, "payload_too_large")
     assert "more than the worker accepts" in message
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"NumberOfFrames": "-5"}, "NumberOfFrames -5"),
+    ({"NumberOfFrames": "0"}, "NumberOfFrames 0"),
+    ({"SamplesPerPixel": 0}, "SamplesPerPixel 0"),
+    ({"SOPInstanceUID": ""}, "has no SOPInstanceUID"),
+])
+@pytest.mark.parametrize("command", ["get-bounding-box-2d", "get-probability-mask"])
+def test_impossible_header_values_are_a_400_before_any_model(stack, study, change, needle, command):
+    """Found by a hostile probe: these reached the model (500 with a traceback, 502, or even 200)."""
+    spec = SeriesSpec("odd", rows=4, cols=4, count=1)
+    ds = make_dataset(study_uid="1.2.3", spec=spec, number=1, position=(0, 0, 0))
+    for keyword, value in change.items():
+        setattr(ds, keyword, value)
+    parts = [("application/json", json.dumps({"inference_command": command}).encode()),
+             ("application/dicom", dicom_bytes(ds))]
+    message = error_of(post_parts(stack["url"], parts), 400, "bad_request")
+    assert needle in message and "part 1" in message, message
 
 
 def test_the_same_instance_twice_is_a_400_naming_both(stack, study):

@@ -494,7 +494,7 @@ def _dicom_messages(parts):
     ("chunk before part", "chunk arrived before any part header"),
     ("part count", "counts 7 parts but 1 arrived"),
     ("bad json", "not valid JSON"),
-    ("json array", "must be an object"),
+    ("json array", "must be a JSON object, got an array"),
     ("no instance", "no DICOM instance"),
 ])
 def test_malformed_streams_are_invalid_argument(worker_stub, standard_parts, case, expected):

@@ -40,14 +40,18 @@ def check_pixel_data(header: pydicom.Dataset, handle, size: int, limits: StudyLi
     """`handle` is positioned where dcmread(stop_before_pixels=True) stopped; `size` is the file's length."""
     try:
         rows, columns = _int(header, "Rows"), _int(header, "Columns")
-        frames = max(_int(header, "NumberOfFrames", 1), 1)
-        samples = max(_int(header, "SamplesPerPixel", 1), 1)
+        frames = _int(header, "NumberOfFrames", 1)
+        samples = _int(header, "SamplesPerPixel", 1)
         bits = _int(header, "BitsAllocated", 0)
     except BadRequest as error:
         raise BadRequest(f"{label}: {error.message}") from None
     element = _pixel_element(header, handle)
     if rows <= 0 or columns <= 0:
         return  # not an image (a structured report, a presentation state): nothing to check
+    if frames < 1:
+        raise BadRequest(f"{label} declares NumberOfFrames {frames}; an image has at least one frame")
+    if not 1 <= samples <= 4:
+        raise BadRequest(f"{label} declares SamplesPerPixel {samples}; DICOM images have 1, 3 or 4")
     if bits not in (1, 8, 16, 32, 64):
         raise BadRequest(f"{label} declares BitsAllocated {bits}; DICOM images use 1, 8, 16, 32 or 64")
     pixels = rows * columns * frames * samples

@@ -7,7 +7,6 @@ not need 1 GiB of memory; headers are parsed once, without pixel data.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 
+from arterys_http.json_text import JsonProblem, load_json_object
 from arterys_http.protocol import ImageInfo, StudyIndex
 from dicom_geometry import slice_order
 from worker.api import InvalidInput
@@ -97,7 +97,7 @@ class Instance(Attachment):
         try:
             with instance.open() as handle:
                 header = pydicom.dcmread(handle, stop_before_pixels=True)
-                if "SOPInstanceUID" not in header:
+                if not str(header.get("SOPInstanceUID") or "").strip():
                     raise BadRequest(f"{label} has no SOPInstanceUID; every instance needs one")
                 check_pixel_data(header, handle, instance.size, limits or StudyLimits(), label)
         except WorkerError:
@@ -255,17 +255,10 @@ class Study:
 
 def parse_request_json(raw: bytes) -> dict:
     """The request's JSON part as a dict; an absent part is `{}`."""
-    if not raw:
-        return {}
     try:
-        value = json.loads(raw)
-    except RecursionError:
-        raise BadRequest("the request's JSON part is nested too deeply to be read") from None
-    except (UnicodeDecodeError, ValueError) as error:  # ValueError: bad JSON, or an integer of thousands of digits
-        raise BadRequest(f"the request's JSON part is not valid JSON: {short(str(error))}") from None
-    if not isinstance(value, dict):
-        raise BadRequest(f"the request's JSON part must be an object, got {type(value).__name__}")
-    return value
+        return load_json_object(raw, "the request's JSON part")
+    except JsonProblem as problem:
+        raise BadRequest(str(problem)) from None
 
 
 def monotonic_deadline(seconds_remaining: Callable[[], float | None]) -> Callable[[], float | None]:
