@@ -44,6 +44,11 @@ class BadRequest(WorkerError):
     status, error_code, outcome = grpc.StatusCode.INVALID_ARGUMENT, "bad_request", "invalid_input"
 
 
+class StreamEnded(BadRequest):
+    """The request stream ended before its header or its end message. From a live sender that is its mistake;
+    more often the sender hung up, and the stream's end arrived a moment before the cancellation."""
+
+
 class TooLarge(WorkerError):
     """The study exceeds a configured limit (parts, part size, study size, declared image size)."""
 

@@ -22,7 +22,16 @@ from pathlib import Path
 
 from contract import inference_pb2 as pb
 from worker.config import StudyLimits
-from worker.errors import BadRequest, DataLoss, Idle, StudyNotFound, StudyPathRefused, TooLarge, short
+from worker.errors import (
+    BadRequest,
+    DataLoss,
+    Idle,
+    StreamEnded,
+    StudyNotFound,
+    StudyPathRefused,
+    TooLarge,
+    short,
+)
 from worker.spool import PartWriter, Spool
 
 log = logging.getLogger("worker.receive")
@@ -139,7 +148,7 @@ async def receive_parts(
         raise Idle(f"the request stream sent nothing for {idle_timeout:g} s and was ended") from None
     finally:
         ingest.close()
-    raise BadRequest("the request stream ended without an end message")
+    raise StreamEnded("the request stream ended without an end message")
 
 
 def _check_end(end: pb.RequestEnd, part_count: int, digest: str) -> None:

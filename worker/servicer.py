@@ -100,16 +100,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             try:
                 await call.run(request_iterator)
                 call.outcome = "ok"
+            except errors.StreamEnded as error:
+                if await call.hung_up():
+                    call.outcome = call.gone_outcome()
+                    log.info("the caller is gone (%s) %s", call.outcome, call.stage_name)
+                    return
+                await self._refuse(call, error)
             except errors.WorkerError as error:
-                call.outcome = error.outcome
-                call.trace.failed(error)
-                serious = isinstance(error, (errors.ModelFailed, errors.InvalidResult))
-                # Refusals of a busy worker are routine (the bridge tries again): the metrics count them.
-                level = logging.ERROR if serious else logging.DEBUG if isinstance(error, errors.Busy) else logging.INFO
-                log.log(level, "inference failed (%s): %s", error.status.name, error.message)
-                call.finish()  # before the status leaves: whoever sees it sees the metrics too
-                context.set_trailing_metadata(call.trailers(error.error_code))
-                await context.abort(error.status, error.message)
+                await self._refuse(call, error)
             except asyncio.CancelledError:
                 call.outcome = call.gone_outcome()
                 log.info("the caller is gone (%s) %s", call.outcome, call.stage_name)
@@ -129,6 +127,19 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 await context.abort(grpc.StatusCode.INTERNAL, "the worker failed unexpectedly; see its log")
             finally:
                 call.finish()
+
+    @staticmethod
+    async def _refuse(call: _Call, error: errors.WorkerError) -> None:
+        """Ends the call with the error's status, code and message, counted and logged first."""
+        call.outcome = error.outcome
+        call.trace.failed(error)
+        serious = isinstance(error, (errors.ModelFailed, errors.InvalidResult))
+        # Refusals of a busy worker are routine (the bridge tries again): the metrics count them.
+        level = logging.ERROR if serious else logging.DEBUG if isinstance(error, errors.Busy) else logging.INFO
+        log.log(level, "inference failed (%s): %s", error.status.name, error.message)
+        call.finish()  # before the status leaves: whoever sees it sees the metrics too
+        call.context.set_trailing_metadata(call.trailers(error.error_code))
+        await call.context.abort(error.status, error.message)
 
     async def offload(self, big: bool, function, *args):
         """Runs `function` on an I/O thread when the work is big (the loop keeps serving other calls), inline
@@ -225,7 +236,7 @@ class _Call:
         except TimeoutError:
             raise errors.Idle(f"the request stream sent no header for {idle:g} s and was ended") from None
         if first is None or first.WhichOneof("message") != "header":
-            raise errors.BadRequest("the request stream must start with a header")
+            raise errors.StreamEnded("the request stream must start with a header")
         header = first.header
         set_tags(request_id=clean_request_id(header.request_id))  # the bridge's id: one id across both logs
         limits = self.s.config.limits
@@ -386,6 +397,17 @@ class _Call:
     def trailers(self, error_code: str) -> tuple:
         out = ((errors.INPUT_HASH_KEY, self.input_hash),) if self.input_hash else ()
         return out + (((errors.ERROR_CODE_KEY, error_code),) if error_code else ())
+
+    async def hung_up(self, within: float = 0.2) -> bool:
+        """Whether the caller cancelled the call, waiting a moment for the news: when a sender hangs up, the
+        end of its request stream can arrive just before the cancellation."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + within
+        while not (self.context.cancelled() or self.gone.is_set()):
+            if loop.time() >= until:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     def gone_outcome(self) -> str:
         # The deadline as it was at the start: gRPC may cancel a hair before time_remaining() reaches 0.
