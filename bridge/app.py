@@ -123,7 +123,8 @@ class BridgeApp:
 
         def ended(sent: int, complete: bool) -> None:
             self.metrics.inflight.dec()
-            code = "200" if complete else "499" if request.gone else "502"
+            # Cut off: the client's doing (it stopped reading: 408; it left: 499), or the answer broke (502).
+            code = "200" if complete else "408" if request.stopped_reading else "499" if request.gone else "502"
             self._finish(request, route, code, started, sent, inference, request_id, complete, trace)
 
         return CountedBody(body, self.metrics.response_bytes.inc, ended)
@@ -141,7 +142,8 @@ class BridgeApp:
         # Tagged here, not by the caller's context: a streamed answer ends in the connection's task.
         with request_tags(input_hash=input_hash, request_id=request_id, trace_id=trace.trace_id):
             log.info("%s %s -> %s in %.3f s, %d bytes in, %d bytes out%s", request.method, request.path[:200], code,
-                     elapsed, request.received, sent, "" if complete else " (broken off)")
+                     elapsed, request.received, sent, "" if complete else
+                     " (broken off: the client stopped reading)" if request.stopped_reading else " (broken off)")
 
 
 def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None,

@@ -111,6 +111,7 @@ class Request:
         self.complete = False  # the whole body has arrived
         self.consumed = False  # the application read to its end
         self.gone = False
+        self.stopped_reading = False  # its answer was cut off because the client read nothing for send_timeout
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._waiter: asyncio.Future | None = None
@@ -508,6 +509,8 @@ class Connection(asyncio.Protocol):
                     await self._write_ready.wait()
             except TimeoutError:
                 self.server.stats("rejected", "send_timeout")
+                if self.current is not None:
+                    self.current.stopped_reading = True
                 self.abort()
                 raise SendTimeout(f"the client read nothing for {self.limits.send_timeout:g} s") from None
             if self.closed:

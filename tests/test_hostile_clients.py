@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import re
 import socket
 import threading
 import time
@@ -206,6 +207,11 @@ def test_a_client_that_never_reads_its_answer_holds_no_model(tmp_path):
         wait_for(lambda: metric(metrics_port, "worker_inferences_total") == 1, timeout=10, what="the call to end")
         assert metric(metrics_port, "worker_queue_depth") == 0
         sock.close()
+        # Counted and logged as the client's doing, not as a broken answer (502).
+        wait_for(lambda: metric(bridge.port, "bridge_http_requests_total", route="/", code="408") == 1, timeout=10,
+                 what="the request to be counted")
+        assert metric(bridge.port, "bridge_http_requests_total", route="/", code="502") == 0
+        assert re.search(r"POST / -> 408 .*\(broken off: the client stopped reading\)", bridge.log())
     finally:
         bridge.stop()
         worker.stop()
