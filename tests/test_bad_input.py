@@ -355,11 +355,12 @@ def test_aborted_uploads_and_downloads_leave_the_bridge_as_it_was(stack, study):
              what="every aborted connection closed")
     # The same, 16 at a time: a hang-up whose end of stream reaches the worker before the cancellation is
     # still a cancellation, not the sender's malformed stream (it was, for about one abort in ten).
+    already = len(stack["worker"].log())  # the module's other tests refuse bad input on purpose
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda index: abort(1, index), range(400)))
     wait_for(lambda: metric(stack["port"], "bridge_inflight_requests") == 0, timeout=20, what="aborts settled")
+    assert "INVALID_ARGUMENT" not in stack["worker"].log()[already:]
     logs = stack["bridge"].log() + stack["worker"].log()
-    assert "INVALID_ARGUMENT" not in logs
     at = min((i for i in (logs.find("Traceback"), logs.find("ERROR")) if i >= 0), default=-1)
     assert at < 0, logs[max(0, at - 300) : at + 3000]
     assert re.search(r"INFO worker\.inference .*the caller is gone \(cancelled\)", logs)

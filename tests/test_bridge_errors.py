@@ -17,7 +17,7 @@ from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
 from tests import http_helpers as http
 from tests.dicom_factory import write_standard_study
-from tests.services import free_port, start_bridge, start_worker, wait_for_http
+from tests.services import free_port, start_bridge, start_worker, wait_for, wait_for_http
 
 LIMITS = ("--max-body-bytes", "400000", "--max-parts", "6", "--max-part-bytes", "200000")
 
@@ -217,8 +217,9 @@ def test_model_still_loading_then_ready(tmp_path, study):
 
 
 def test_overloaded_worker_fails_fast_with_retry_after(tmp_path, study):
+    metrics_port = free_port()
     worker = start_worker(tmp_path, "mock_model.faults:SlowModel", "--concurrency", "1", "--queue-size", "0",
-                          env={"MOCK_INFER_SECONDS": "3"})
+                          "--metrics-listen", f"127.0.0.1:{metrics_port}", env={"MOCK_INFER_SECONDS": "3"})
     bridge = start_bridge(tmp_path, worker.address, "--queue-wait-seconds", "0")
     try:
         url = f"http://{bridge.address}/"
@@ -226,12 +227,10 @@ def test_overloaded_worker_fails_fast_with_retry_after(tmp_path, study):
         first = threading.Thread(target=lambda: results.update(
             first=http.post_like_original_tool(url, {}, instances(study))))
         first.start()
-        # Wait until the first call holds the only slot, then the second must be refused at once.
-        for _ in range(100):
-            metrics = requests.get(f"http://{bridge.address}/metrics").text
-            if "bridge_inflight_requests 1.0" in metrics:
-                break
-            threading.Event().wait(0.05)
+        # Once the first call's study has arrived and holds the only slot, the second must be refused at once
+        # (a call still receiving its study holds no place of the model's queue).
+        wait_for(lambda: "worker_inflight_inferences 1.0" in requests.get(
+            f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text, what="the first call in the model")
         second = http.post_like_original_tool(url, {}, instances(study))
         error_of(second, 503, "worker_busy")
         assert int(second.headers["Retry-After"]) > 0

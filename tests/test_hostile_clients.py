@@ -9,8 +9,8 @@ the defaults are the same rules with longer times (README, "Limits and timeouts"
 from __future__ import annotations
 
 import json
-import signal
 import re
+import signal
 import socket
 import threading
 import time
@@ -149,9 +149,9 @@ def slow_upload(port: int, body: bytes, content_type: str, fast_bytes: int, resu
 
 
 def test_slow_uploads_hold_no_model_slot_and_are_cut(tmp_path, study):
-    """Five clients send 1 MiB fast and then a byte a second, with the worker's old small queue (1 running + 4
-    queued): the slow ones are answered 408 within a rate window, never reach the model, and a normal
-    request meanwhile is answered."""
+    """Five clients send 1 MiB fast and then a byte a second, with a small queue (1 running + 4 queued): the
+    slow ones hold neither the model nor its queue, are answered 408 once a rate window passes with too
+    little, and a normal request meanwhile is answered."""
     metrics_port = free_port()
     worker = start_worker(tmp_path, "mock_model", "--queue-size", "4", "--metrics-listen",
                           f"127.0.0.1:{metrics_port}")
@@ -165,17 +165,50 @@ def test_slow_uploads_hold_no_model_slot_and_are_cut(tmp_path, study):
                                                               1 << 20, results)) for _ in range(5)]
         for upload in uploads:
             upload.start()
-        wait_for(lambda: metric(metrics_port, "worker_queue_depth") == 5, timeout=10, what="5 slow uploads admitted")
+        wait_for(lambda: metric(metrics_port, "worker_receiving_calls") == 5, timeout=10,
+                 what="5 slow uploads admitted")
         assert metric(metrics_port, "worker_inflight_inferences") == 0  # no model slot held
+        assert metric(metrics_port, "worker_queue_depth") == 0  # nor a place in the model's queue
         response, seconds = timed(http.post_like_original_tool, f"http://{bridge.address}/", {}, instances(study),
                                   timeout=30)
         assert response.status_code == 200, response.text
         for upload in uploads:
             upload.join(30)
         assert len(results) == 5 and all(r.startswith(b"HTTP/1.1 408") for r in results), results
-        assert seconds < 5, seconds  # it waited for a place, at most about one rate window
-        wait_for(lambda: metric(metrics_port, "worker_queue_depth") == 0, timeout=10, what="places freed")
+        assert seconds < 5, seconds
+        wait_for(lambda: metric(metrics_port, "worker_receiving_calls") == 0, timeout=10, what="places freed")
     finally:
+        bridge.stop()
+        worker.stop()
+
+
+def test_forty_stalled_uploads_do_not_shut_out_a_normal_request(tmp_path, study):
+    """Default settings. 40 clients send their headers and 64 KiB, then nothing: they hold places for
+    studies still arriving, which are bounded apart from the model's queue (32), so a normal request is
+    answered at once (it got 503 worker_busy after 10 s while they held the queue)."""
+    metrics_port = free_port()
+    worker = start_worker(tmp_path, "mock_model", "--metrics-listen", f"127.0.0.1:{metrics_port}")
+    bridge = start_bridge(tmp_path, worker.address)
+    stalled = []
+    try:
+        big = write_study(tmp_path / "big", [SeriesSpec("big", rows=256, cols=256, count=4)])
+        parts = [("application/json", b"{}")] + [("application/dicom", i.path.read_bytes()) for i in big.instances]
+        body = http.hand_built_body(parts, "b")
+        head = (f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        for _ in range(40):
+            sock = connect(bridge.port)
+            sock.sendall(head + body[: 64 << 10])
+            stalled.append(sock)
+        wait_for(lambda: metric(metrics_port, "worker_receiving_calls") == 40, timeout=15,
+                 what="40 stalled uploads admitted")
+        response, seconds = timed(http.post_like_original_tool, f"http://{bridge.address}/", {}, instances(study),
+                                  timeout=30)
+        assert response.status_code == 200, response.text
+        assert seconds < 3, seconds
+    finally:
+        for sock in stalled:
+            sock.close()
         bridge.stop()
         worker.stop()
 

@@ -36,6 +36,7 @@ class WorkerConfig:
     metrics_listen: str = ""
     concurrency: int = 1
     queue_size: int = 32
+    max_receiving: int = 128
     default_command: str = ""
     study_root: str = ""
     spool_dir: str = ""
@@ -83,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--concurrency", type=int, default=int(_env("WORKER_CONCURRENCY", 1)),
         help="inferences run at once (models are rarely thread-safe) [WORKER_CONCURRENCY]")
     add("--queue-size", type=int, default=int(_env("WORKER_QUEUE_SIZE", 32)),
-        help="calls admitted beyond the running ones (receiving their study or waiting for the model); "
-             "more are refused at once so the bridge can try another worker [WORKER_QUEUE_SIZE]")
+        help="calls whose study has arrived that may wait for the model beyond the running ones; when they "
+             "are all taken new calls are refused at once, so the bridge can try another worker "
+             "[WORKER_QUEUE_SIZE]")
+    add("--max-receiving", type=int, default=int(_env("WORKER_MAX_RECEIVING", 128)),
+        help="calls that may be receiving their study at once (a slow upload holds one of these, never a place "
+             "of the model's queue); more are refused at once [WORKER_MAX_RECEIVING]")
     add("--default-command", default=_env("WORKER_DEFAULT_COMMAND", ""),
         help="inference_command used when a request names none (overrides the model's) [WORKER_DEFAULT_COMMAND]")
     add("--output-formats", default=_env("WORKER_OUTPUT_FORMATS", "arterys"),
@@ -130,7 +135,7 @@ def parse_config(argv: list[str] | None = None) -> WorkerConfig:
     try:
         args["output_formats"] = tuple(parse_output_formats_flag(args["output_formats"]))
     except ValueError as error:  # one line, not argparse's usage block: the flag is often set by the environment
-        parser.exit(2, f"python -m worker: error: {error}\n")
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     limits = StudyLimits(**{name: args.pop(name) for name in (
         "max_study_bytes", "max_parts", "max_part_bytes", "max_image_bytes", "max_result_bytes")})
     spool_memory_bytes = int(args.pop("spool_memory_mib") * MIB)

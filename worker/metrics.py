@@ -27,8 +27,9 @@ class WorkerMetrics:
         )
         self.inflight = Gauge("worker_inflight_inferences", "Inferences running in the model now.", registry=r)
         self.queue_depth = Gauge(
-            "worker_queue_depth", "Admitted calls waiting for an inference slot (receiving or queued).", registry=r
+            "worker_queue_depth", "Calls whose study has arrived, waiting for an inference slot.", registry=r
         )
+        self.receiving = Gauge("worker_receiving_calls", "Admitted calls still receiving their study.", registry=r)
         self.model_loaded = Gauge("worker_model_loaded", "1 once the model's load() has returned.", registry=r)
         self.received_bytes = Counter("worker_received_bytes", "Study bytes received.", registry=r)
         self.sent_bytes = Counter("worker_sent_bytes", "Binary result bytes sent.", registry=r)

@@ -164,7 +164,7 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
     loop, thread = _loop_thread()
 
     async def build():
-        admission = Admission(config.concurrency, config.queue_size, metrics)
+        admission = Admission(config.concurrency, config.queue_size, metrics, config.max_receiving)
         servicer = InferenceServicer(model, admission, metrics, servicer_config, model_threads, io_threads)
         server = grpc.aio.server(options=server_options(config))
         health_servicer = health.aio.HealthServicer()

@@ -205,8 +205,7 @@ class _Call:
         header = await self._header(messages)
         self.ticket = self.s.admission.admit()
         if self.ticket is None:
-            raise errors.Busy(f"the worker is busy: {self.s.admission.concurrency} inference(s) running or "
-                              f"{self.s.admission.queue_size} admitted; retry later or elsewhere")
+            raise errors.Busy(f"the worker is busy: {self.s.admission.refusal()}; retry later or elsewhere")
         # Admitted: tell the sender now, before it sends any study byte, so that a refusal (above) can be
         # retried elsewhere by a sender that has lost nothing.
         await self.context.send_initial_metadata((("admitted", "1"),))
@@ -305,7 +304,7 @@ class _Call:
             reason = (f"behind {overruns} inference(s) still running after their own callers gave up (the model "
                       "does not stop when study.is_cancelled() turns true)" if overruns
                       else f"behind {self.s.admission.running} running and "
-                           f"{self.s.admission.admitted - self.s.admission.running - 1} other queued call(s)")
+                           f"{self.s.admission.arrived - self.s.admission.running - 1} other queued call(s)")
             raise errors.DeadlineExceeded(f"the deadline passed while this call waited for the model, {reason}; "
                                           "the bridge's --deadline-seconds bounds every call") from None
 
