@@ -15,8 +15,10 @@ What a connection may do, and what happens when it does not:
 - stay idle between requests at most `keepalive_timeout`;
 - keep the headers under `max_header_bytes` and `max_headers` (431), the target under `max_url_bytes` (414);
 - send its body at `min_upload_rate` or faster, measured over windows of `body_timeout` seconds: a client
-  that stalls, or trickles after a fast start, is answered 408 within one window; only time the
-  application spends *waiting* for the client counts, so a slow worker never makes a client time out;
+  that stalls is answered 408 after one window, one that trickles after a fast start at the end of the
+  first window whose bytes fall short (a fast start can carry the window it happened in, so at most two);
+  only time the application spends *waiting* for the client counts, so a slow worker never makes a client
+  time out. (The worker's own `--idle-timeout-seconds`, 30 s, may end such a call first, also as 408.)
 - read the response: a write that cannot progress for `send_timeout` closes the connection.
 
 Bodies stream both ways with flow control: reading pauses while `read_high_water` bytes wait for the
