@@ -566,7 +566,7 @@ class Connection(asyncio.Protocol):
         if self.queue:
             self._input_ended = True
             self.pause_reading()
-            if all(request.keep_alive for request in self.queue):
+            if all(request.keep_alive for request in self.queue if request is not broken):
                 self._deferred_reject = error  # written by _serve once the queue is answered
             # else a request asked to close the connection: what follows it is owed no answer
             return
