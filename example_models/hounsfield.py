@@ -1,8 +1,8 @@
 """A model that reads pixels: bone and internal air of CT series by Hounsfield thresholds.
 
 `python -m worker --model example_models.hounsfield`. For every CT series it decodes each frame, whatever
-the transfer syntax (pydicom with the pylibjpeg plugins: native little/big endian, RLE, JPEG, JPEG 2000),
-applies the rescale to Hounsfield units and labels voxels:
+the transfer syntax (pydicom with the pylibjpeg plugins: native little/big endian, RLE, JPEG, JPEG 2000;
+one no installed decoder handles is an UnsupportedStudy, 422), applies the rescale to Hounsfield units and labels voxels:
 
 - 1 "bone": HU >= 300 (request option "bone_min_hu");
 - 2 "air": HU <= -400 (option "air_max_hu") inside the body: air components that touch the edge of a slice
@@ -147,7 +147,7 @@ class HounsfieldModel(Model):
         planes = labels.reshape(-1, series.rows, series.columns)  # a view: the protocol's plane order
         plane = 0
         for instance in series.instances:
-            for index, frame in enumerate(iter_pixels(instance.path)):  # one decoded frame in memory at a time
+            for index, frame in enumerate(decoded_frames(instance)):  # one decoded frame in memory at a time
                 if study.is_cancelled():
                     return labels, {}
                 if frame.shape != (series.rows, series.columns):
@@ -175,3 +175,15 @@ class HounsfieldModel(Model):
                 boxes.append(BoundingBox(name, instance.sop_instance_uid, [left, top], [right, bottom], frame,
                                          extra={"voxels": component.voxels}))
         return boxes
+
+
+def decoded_frames(instance):
+    """The instance's frames, decoded one at a time. A transfer syntax that no installed decoder handles
+    (MPEG, HEVC, ...) is a limit of this model for this study (422), not a failure of the model (500)."""
+    try:
+        yield from iter_pixels(instance.path)
+    except (NotImplementedError, RuntimeError) as error:
+        syntax = instance.header.file_meta.get("TransferSyntaxUID")
+        name = getattr(syntax, "name", "") or "an unknown transfer syntax"
+        raise UnsupportedStudy(f"instance {instance.sop_instance_uid} is encoded as {name} ({syntax}), which "
+                               f"this model cannot decode ({error})") from error

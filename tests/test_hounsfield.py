@@ -21,6 +21,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_rescale
 from pydicom.uid import (
     JPEG2000,
+    MPEG2MPML,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -237,6 +238,19 @@ def test_pydicom_jpeg2000_ct_is_decoded_and_segmented():
     assert np.count_nonzero(labels == BONE) > 1000  # a skull or spine is there
     thresholded = np.count_nonzero(hu >= 300)
     assert np.count_nonzero(labels == BONE) >= 0.9 * thresholded  # only specks are dropped
+
+
+def test_a_transfer_syntax_no_decoder_handles_is_unsupported_not_a_failure(tmp_path):
+    """MPEG-2 video: no decoder here. The model says so (422), naming the syntax, instead of raising (500)."""
+    paths = write_phantom(tmp_path)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = MPEG2MPML
+        ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(UnsupportedStudy, match=r"encoded as MPEG2 .*\(1\.2\.840\.10008\.1\.2\.4\.100\)"):
+        answer(paths)
 
 
 def test_studies_without_ct_are_unsupported_and_other_series_are_skipped(tmp_path):
