@@ -520,3 +520,45 @@ def test_an_image_without_frame_of_reference_gets_a_segmentation_but_a_series_do
               "binary_data_shape": {"timepoints": 1, "depth": 2, "width": 16, "height": 16}}
     with pytest.raises(DicomExportError, match="no FrameOfReferenceUID"):
         export_dicom({"protocol_version": "1.0", "parts": [volume]}, [bytes(512)], series_study, keep_arterys=True)
+
+
+# ------------------------------------------------------------------------------------ character sets
+
+
+@pytest.mark.parametrize(("charset", "name"), [
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),  # the usual Japanese form: empty first value
+    (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동"),
+    ("ISO_IR 100", "Müller^Jürgen"),
+    (None, "Smith^John"),
+])
+def test_outputs_are_utf8_whatever_the_sources_character_set(tmp_path, charset, name):
+    """Found by a PACS integrator's probe: an empty first character set value broke both outputs (422, 500),
+    a model's non-ASCII label was written undeclared or as '???', and a backslash in a label failed the whole
+    DICOM answer. Outputs are UTF-8 now; the patient's name reads the same as in the source, a label in any
+    script survives, and a backslash becomes a slash."""
+    record = factory.write_study(tmp_path / "study", [factory.SeriesSpec("ct", rows=16, cols=20, count=3)])
+    for instance in record.instances:
+        ds = pydicom.dcmread(instance.path)
+        if charset is None:
+            ds.pop("SpecificCharacterSet", None)
+        else:
+            ds.SpecificCharacterSet = charset
+        ds.PatientName = name
+        ds.save_as(instance.path)
+    study = as_study([i.path for i in record.instances])
+    source_name = str(study.instances[0].dataset().PatientName)
+    for command, label in (("get-label-mask", "Läsion 肺結節 left\\right"), ("get-bounding-box-2d", "")):
+        study.command = command
+        wire = checked(*from_result(MockModel().infer(study)), study.index())
+        for part in wire.json["parts"]:
+            part["label"] = label or part["label"]
+        out, binaries = export_dicom(wire.json, wire.binaries, study, keep_arterys=False, model_name="mock_model")
+        produced = [(p, b) for p, b in zip(out["parts"], binaries, strict=True) if "dicom_output" in p]
+        assert produced, command
+        for index, (part, data) in enumerate(produced):
+            ds = read(data)
+            assert ds.SpecificCharacterSet == "ISO_IR 192"
+            assert str(ds.PatientName) == source_name
+            if label and part["dicom_output"]["modality"] == "SEG":
+                assert ds.ContentDescription == label.replace("\\", "/")  # LO has no backslash
+            assert_valid(bytes(data), tmp_path, f"{command}-{index}")

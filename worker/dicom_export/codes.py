@@ -68,10 +68,15 @@ def _normalised(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
+def long_string(text: str) -> str:
+    """A Long String (LO) value: at most 64 characters, no backslash (DICOM's value separator)."""
+    return text.replace("\\", "/")[:64]
+
+
 def private_code(text: str) -> Code:
     """A 99ARTBR code whose value and meaning are the text (meaning cut at the 64 characters LO allows)."""
-    text = text.strip() or "unnamed"
-    return Code(text, PRIVATE_SCHEME, text[:64])
+    text = text.replace("\\", "/").strip() or "unnamed"
+    return Code(text, PRIVATE_SCHEME, long_string(text))
 
 
 def label_codes(label: str) -> tuple[Code, Code]:

@@ -8,13 +8,10 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from worker.dicom_export.codes import long_string
+
 MANUFACTURER = "arterys-grpc-bridge"
 BRIDGE_VERSION = "0.1.0"  # pyproject.toml's version
-
-
-def _lo(text: str) -> str:
-    """A Long String value: at most 64 characters, no backslash (the value separator)."""
-    return text.replace("\\", "/")[:64]
 
 
 @dataclass(frozen=True)
@@ -24,11 +21,11 @@ class Device:
 
     @property
     def name(self) -> str:
-        return _lo(self.model_name or "unnamed model")
+        return long_string(self.model_name or "unnamed model")
 
     @property
     def version(self) -> str:
-        return _lo(self.model_version or "unknown")
+        return long_string(self.model_version or "unknown")
 
     @property
     def uid(self) -> str:
@@ -40,8 +37,8 @@ class Device:
         return {
             "manufacturer": MANUFACTURER,
             "manufacturer_model_name": self.name,
-            "software_versions": [self.version, _lo(f"{MANUFACTURER} {BRIDGE_VERSION}"),
-                                  _lo(f"highdicom {hd.__version__}")],
+            "software_versions": [self.version, long_string(f"{MANUFACTURER} {BRIDGE_VERSION}"),
+                                  long_string(f"highdicom {hd.__version__}")],
             # A software device has no serial number; the attribute is Type 1 in the SEG, so it gets one.
             "device_serial_number": "1",
         }

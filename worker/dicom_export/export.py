@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 from arterys_http.protocol import MASK_TYPES
 from worker.dicom_export.device import Device
 from worker.dicom_export.seg import SegOutput, segmentations
+from worker.dicom_export.sources import in_unicode
 from worker.dicom_export.sr import structured_report
 from worker.study import Study
 
@@ -67,7 +68,7 @@ def export_dicom(
         if "dicomConformance" in part:
             entry["dicomConformance"] = part["dicomConformance"]
         new_parts.append(entry)
-        new_binaries.append(part10(seg.dataset))
+        new_binaries.append(part10(in_unicode(seg.dataset)))
 
     report = structured_report(result_json, [seg for _, seg in segs], study, device, sr_series_uid)
     if report is not None:
@@ -77,7 +78,7 @@ def export_dicom(
             "SeriesInstanceUID": sr_series_uid,
             "template": "TID 1500",
         }})
-        new_binaries.append(part10(report))
+        new_binaries.append(part10(in_unicode(report)))
 
     out = dict(result_json)
     out["parts"] = kept_parts + new_parts

@@ -67,8 +67,9 @@ def mask_array(part: dict, binary) -> np.ndarray:
 def segments_of(part: dict) -> list[SegmentInfo]:
     if part["binary_type"] == "numeric_label_mask":
         items = sorted(((int(value), name) for value, name in part["label_map"].items()))
-        return [SegmentInfo(n, name[:64], *codes.label_codes(name)) for n, (_, name) in enumerate(items, start=1)]
-    return [SegmentInfo(1, part["label"][:64], *codes.label_codes(part["label"]))]
+        return [SegmentInfo(n, codes.long_string(name), *codes.label_codes(name))
+                for n, (_, name) in enumerate(items, start=1)]
+    return [SegmentInfo(1, codes.long_string(part["label"]), *codes.label_codes(part["label"]))]
 
 
 def seg_pixels(part: dict, planes: np.ndarray) -> np.ndarray:
@@ -154,7 +155,7 @@ def segmentations(part: dict, binary, study: Study, device: Device, series_uid: 
                 sop_instance_uid=generate_uid(),
                 instance_number=number,
                 content_label=_content_label(part["label"]),
-                content_description=label[:64],
+                content_description=codes.long_string(label),
                 coding_schemes=codes.CODING_SCHEMES,
                 **_sources(chunk),
                 **device.equipment(),
