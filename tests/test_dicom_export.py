@@ -562,3 +562,23 @@ def test_outputs_are_utf8_whatever_the_sources_character_set(tmp_path, charset, 
             if label and part["dicom_output"]["modality"] == "SEG":
                 assert ds.ContentDescription == label.replace("\\", "/")  # LO has no backslash
             assert_valid(bytes(data), tmp_path, f"{command}-{index}")
+
+
+def test_each_seg_series_has_one_frame_of_reference(study):
+    """PS3.3 C.7.4.1.1.1: one Frame of Reference per series. SEGs of sources that share a frame of reference
+    share a series; others get their own (one series for all had mixed them)."""
+    series_of: dict[str, set] = {}
+    frames_of_reference: dict[str, set] = {}
+    for command in ("get-probability-mask", "get-label-mask", "get-probability-mask-2d"):
+        _, out, binaries = run(study, command)
+        seen = {}
+        for part, ds, _ in dicom_parts(out, binaries, "SEG"):
+            assert part["dicom_output"]["SeriesInstanceUID"] == ds.SeriesInstanceUID
+            frame_of_reference = str(ds.get("FrameOfReferenceUID", ""))
+            seen.setdefault(frame_of_reference, set()).add(ds.SeriesInstanceUID)
+            frames_of_reference.setdefault(ds.SeriesInstanceUID, set()).add(frame_of_reference)
+        for frame_of_reference, series in seen.items():
+            assert len(series) == 1, (command, frame_of_reference, series)  # one answer: one series per FoR
+            series_of.setdefault(frame_of_reference, set()).update(series)
+    assert all(len(values) == 1 for values in frames_of_reference.values()), frames_of_reference
+    assert len(frames_of_reference) > 1  # the study really has several frames of reference

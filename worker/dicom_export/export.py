@@ -11,7 +11,7 @@ from pydicom.uid import generate_uid
 
 from arterys_http.protocol import MASK_TYPES
 from worker.dicom_export.device import Device
-from worker.dicom_export.seg import SegOutput, segmentations
+from worker.dicom_export.seg import SegOutput, SeriesUids, segmentations
 from worker.dicom_export.sources import in_unicode
 from worker.dicom_export.sr import structured_report
 from worker.study import Study
@@ -39,7 +39,7 @@ def export_dicom(
     Raises DicomExportError (the study cannot carry these objects, e.g. frames without positions).
     """
     device = Device(model_name, model_version)
-    seg_series_uid, sr_series_uid = generate_uid(), generate_uid()
+    seg_series, sr_series_uid = SeriesUids(), generate_uid()
     parts = list(result_json.get("parts") or [])
     kept_parts, kept_binaries = [], []
     segs: list[tuple[dict, SegOutput]] = []
@@ -52,7 +52,7 @@ def export_dicom(
             kept_parts.append(part)
             kept_binaries.append(binary)
         where = f"parts[{index}] ({part.get('label')!r})"
-        for seg in segmentations(part, binary, study, device, seg_series_uid, len(segs) + 1, where):
+        for seg in segmentations(part, binary, study, device, seg_series, len(segs) + 1, where):
             segs.append((part, seg))
 
     new_parts, new_binaries = [], []
@@ -60,7 +60,7 @@ def export_dicom(
         entry = {"label": seg.label, "binary_type": "dicom", "dicom_output": {
             "modality": "SEG",
             "SOPInstanceUID": seg.dataset.SOPInstanceUID,
-            "SeriesInstanceUID": seg_series_uid,
+            "SeriesInstanceUID": seg.dataset.SeriesInstanceUID,
             "segmentation_type": seg.dataset.SegmentationType,
             "segments": {str(s.number): s.label for s in seg.segments},
             "source": seg.reference,

@@ -32,7 +32,7 @@ from worker.dicom_export.sources import (
     source_dataset,
     volume_chunks,
 )
-from worker.study import Study
+from worker.study import Instance, Study
 
 FRACTIONAL_TYPES = ("probability_mask", "heatmap")
 SEG_SERIES_NUMBER = 9901  # far from scanner series numbers, so viewers list it apart
@@ -117,7 +117,19 @@ def _chunk_planes(part: dict, study: Study) -> list[tuple[Chunk, dict]]:
     return [(Chunk([plane], start=0), reference)]
 
 
-def segmentations(part: dict, binary, study: Study, device: Device, series_uid: str, first_number: int,
+class SeriesUids:
+    """The SEG series of one answer: one per frame of reference of the sources, since every instance of a
+    series shares one frame of reference (PS3.3 C.7.4.1.1.1); sources without one share a series."""
+
+    def __init__(self) -> None:
+        self._by_frame_of_reference: dict[str, str] = {}
+
+    def of(self, source: Instance) -> str:
+        frame_of_reference = str(source.header.get("FrameOfReferenceUID", ""))
+        return self._by_frame_of_reference.setdefault(frame_of_reference, generate_uid())
+
+
+def segmentations(part: dict, binary, study: Study, device: Device, series_uids: SeriesUids, first_number: int,
                   where: str) -> list[SegOutput]:
     """The Segmentation(s) of one mask part; instance numbers start at `first_number`."""
     array = mask_array(part, binary)
@@ -149,7 +161,7 @@ def segmentations(part: dict, binary, study: Study, device: Device, series_uid: 
                 fractional_type="PROBABILITY" if fractional else None,
                 max_fractional_value=255,
                 segment_descriptions=descriptions,
-                series_instance_uid=series_uid,
+                series_instance_uid=series_uids.of(chunk.planes[0].instance),
                 series_number=SEG_SERIES_NUMBER,
                 series_description=f"{device.name} segmentations"[:64],
                 sop_instance_uid=generate_uid(),
