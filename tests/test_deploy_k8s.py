@@ -245,3 +245,24 @@ def test_prometheus_rule_is_the_shipped_rules_file(example):
     rule = example["PrometheusRule", "arterys-grpc-bridge"]
     shipped = yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())
     assert rule["spec"]["groups"] == shipped["groups"]
+
+
+def test_non_root_pods_can_read_the_secrets_they_mount():
+    """Secret files are root-owned; with a mode that gives "other" no read, the pod's fsGroup must make them
+    its group's (the TLS overlay's bridge could not read its certificate and would have crash-looped)."""
+    checked = 0
+    for doc in render("overlays/tls"):
+        if doc["kind"] != "Deployment":
+            continue
+        spec = pod_spec(doc)
+        for volume in spec.get("volumes", []):
+            if "secret" not in volume:
+                continue
+            mode = volume["secret"].get("defaultMode", 0o644)
+            checked += 1
+            if not mode & 0o004:
+                context = spec.get("securityContext", {})
+                assert context.get("fsGroup") == context.get("runAsGroup") is not None, (
+                    doc["metadata"]["name"], volume["name"], oct(mode))
+                assert mode & 0o040, (doc["metadata"]["name"], volume["name"], oct(mode))
+    assert checked >= 2
