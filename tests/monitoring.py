@@ -81,10 +81,10 @@ class Prometheus:
             raise AssertionError(f"{expr}: still {seen[0]} after {timeout} s\n{self.log()[-3000:]}") from None
 
 
-def loopback_config(targets: dict[str, list[str]]) -> dict:
-    """The shipped compose configuration with its DNS discovery replaced by loopback targets, scraping
+def loopback_config(targets: dict[str, list[str]], name: str = "prometheus.yml") -> dict:
+    """A shipped compose configuration with its DNS discovery replaced by loopback targets, scraping
     every second, and the shipped rules (by absolute path): everything else is exercised as shipped."""
-    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config = yaml.safe_load((PROMETHEUS_DIR / name).read_text())
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
     assert {job["job_name"] for job in config["scrape_configs"]} == set(targets)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import kubernetes_validate
@@ -18,6 +19,7 @@ import yaml
 
 from tests.certificates import make_pki
 from tests.deploy_files import interpolate, load_compose
+from tests.monitoring import loopback_config, prometheus_server
 from tests.services import ROOT, Service, environment_variables, free_port, spawn
 from tests.test_deploy_k8s import KUBERNETES_VERSION, container, env, pod_spec, render
 from worker.probe import build_parser as probe_parser
@@ -50,8 +52,9 @@ def secrets(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_stack(tmp: Path, worker_env: dict, bridge_env: dict, worker_check: list[str], bridge_check: list[str],
-              ca: Path) -> None:
-    """Starts both with these environments (hosts moved to loopback), runs their health checks, infers."""
+              ca: Path, then: Callable[[int], None] | None = None) -> None:
+    """Starts both with these environments (hosts moved to loopback), runs their health checks, infers, then
+    calls `then(bridge port)`."""
     worker_port, bridge_port = free_port(), free_port()
     worker_env = {**worker_env, "WORKER_LISTEN": f"127.0.0.1:{worker_port}", "WORKER_METRICS_LISTEN": "",
                   "WORKER_SPOOL_DIR": str(tmp), "WORKER_MODEL": "mock_model", "HOME": str(tmp)}
@@ -70,6 +73,8 @@ def run_stack(tmp: Path, worker_env: dict, bridge_env: dict, worker_check: list[
                                verify=str(ca), timeout=10)
         # Through mutual TLS to the model, which refuses a study without instances: its own 400.
         assert answer.status_code == 400 and "no DICOM instance" in answer.text, answer.text
+        if then is not None:
+            then(bridge_port)
     finally:
         bridge.stop()
         worker.stop()
@@ -127,7 +132,20 @@ def test_compose_services_with_tls_answer_their_health_checks_and_infer(override
                       for k, v in merged.items()}
     worker_check = as_local(base["worker"]["healthcheck"]["test"][1:])
     bridge_check = as_local(override["services"]["bridge"]["healthcheck"]["test"][1:])
-    run_stack(tmp_path, envs["worker"], envs["bridge"], worker_check, bridge_check, secrets["ca.crt"])
+
+    def scraped_by_the_overrides_prometheus(bridge_port: int) -> None:
+        """The monitoring profile under this override reads prometheus-tls.yml: a real Prometheus with it
+        scrapes the HTTPS bridge (with the plain configuration the target was down)."""
+        command = override["services"]["prometheus"]["command"]
+        name = next(a for a in command if a.startswith("--config.file=")).rpartition("/")[2]
+        config = loopback_config({"bridge": [f"127.0.0.1:{bridge_port}"], "worker": [f"127.0.0.1:{free_port()}"]},
+                                 name)
+        with prometheus_server(tmp_path / "prometheus", config) as prometheus:
+            prometheus.wait_for('up{job="bridge"}', lambda values: values == [1.0])
+            prometheus.wait_for("bridge_http_requests_total", lambda values: sum(values) >= 2)
+
+    run_stack(tmp_path, envs["worker"], envs["bridge"], worker_check, bridge_check, secrets["ca.crt"],
+              then=scraped_by_the_overrides_prometheus)
 
 
 # ------------------------------------------------------------------------------------------- kubernetes

@@ -19,10 +19,13 @@ from tests.services import ROOT
 KUBERNETES_CONFIG = PROMETHEUS_DIR / "prometheus-kubernetes.yml"
 
 
-def test_shipped_compose_configuration_passes_promtool():
-    result = promtool("check", "config", "prometheus.yml")
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-tls.yml"])
+def test_shipped_compose_configurations_pass_promtool(name):
+    result = promtool("check", "config", name)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "rules.yml" in yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())["rule_files"]
+    config = yaml.safe_load((PROMETHEUS_DIR / name).read_text())
+    assert "rules.yml" in config["rule_files"]
+    assert [job["job_name"] for job in config["scrape_configs"]] == ["bridge", "worker"]  # rules and dashboard
 
 
 def test_kubernetes_configuration_passes_promtool(tmp_path):
