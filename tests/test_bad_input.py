@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import pydicom
+import pydicom.uid
 import pytest
 import requests
 
@@ -150,6 +152,22 @@ def test_impossible_header_values_are_a_400_before_any_model(stack, study, chang
              ("application/dicom", dicom_bytes(ds))]
     message = error_of(post_parts(stack["url"], parts), 400, "bad_request")
     assert needle in message and "part 1" in message, message
+
+
+def test_a_deflated_instance_is_read_and_its_pixel_data_checked(stack):
+    """Deflated Explicit VR Little Endian: the whole body is one zlib stream. It was refused as carrying no
+    pixel data; now it is inflated for the check, and a short PixelData inside it is still a 400."""
+    spec = SeriesSpec("deflated", rows=16, cols=20, count=1)
+    ds = make_dataset(study_uid="1.2.3", spec=spec, number=1, position=(0, 0, 0))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    command = [("application/json", json.dumps({"inference_command": "get-bounding-box-2d"}).encode())]
+    response = post_parts(stack["url"], command + [("application/dicom", dicom_bytes(ds))])
+    assert response.status_code == 200, response.text
+    assert http.parse_answer(response).json["bounding_boxes_2d"]
+    ds.PixelData = ds.PixelData[:100]
+    message = error_of(post_parts(stack["url"], command + [("application/dicom", dicom_bytes(ds))]), 400,
+                       "bad_request")
+    assert "PixelData holds 100" in message and "part 1" in message
 
 
 def test_the_same_instance_twice_is_a_400_naming_both(stack, study):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 
 import pydicom
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from worker.config import StudyLimits
 from worker.errors import BadRequest, TooLarge
@@ -45,7 +46,10 @@ def check_pixel_data(header: pydicom.Dataset, handle, size: int, limits: StudyLi
         bits = _int(header, "BitsAllocated", 0)
     except BadRequest as error:
         raise BadRequest(f"{label}: {error.message}") from None
-    element = _pixel_element(header, handle)
+    # A deflated file's body is one zlib stream: the pixel element is found by inflating it, and its
+    # length cannot be compared with the (compressed) file size.
+    deflated = header.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    element = None if deflated else _pixel_element(header, handle)
     if rows <= 0 or columns <= 0:
         return  # not an image (a structured report, a presentation state): nothing to check
     if frames < 1:
@@ -60,6 +64,8 @@ def check_pixel_data(header: pydicom.Dataset, handle, size: int, limits: StudyLi
     if decoded > limits.max_image_bytes:
         raise TooLarge(f"{label} declares {shape} = {decoded} bytes of pixels, more than the worker accepts "
                        f"per instance ({limits.max_image_bytes})")
+    if deflated:
+        element = _inflated_pixel_element(handle)  # only now: the declared size is within the limit
     if element is None:
         raise BadRequest(f"{label} declares {shape} but carries no pixel data")
     name, start, length = element
@@ -67,7 +73,7 @@ def check_pixel_data(header: pydicom.Dataset, handle, size: int, limits: StudyLi
         if not _starts_with_item(header, handle):
             raise BadRequest(f"{label}: its compressed {name} does not start with an item: the file is damaged")
         return
-    if start + length > size:
+    if not deflated and start + length > size:
         raise BadRequest(f"{label} is cut short: its {name} declares {length} bytes but only {size - start} follow")
     if name == "PixelData" and length < decoded:
         raise BadRequest(f"{label} declares {shape} = {decoded} bytes of pixels but its PixelData holds {length}")
@@ -98,6 +104,17 @@ def _pixel_element(header: pydicom.Dataset, handle) -> tuple[str, int, int] | No
     else:
         (length,) = struct.unpack(endian + "H", head[6:8])
     return name, handle.tell(), length
+
+
+def _inflated_pixel_element(handle) -> tuple[str, int, int] | None:
+    """(keyword, 0, value length) of the pixel data element of a deflated file, read whole (its declared size
+    was checked against the limit before)."""
+    handle.seek(0)
+    dataset = pydicom.dcmread(handle)
+    for name in PIXEL_TAGS.values():
+        if name in dataset:
+            return name, 0, len(dataset[name].value)
+    return None
 
 
 def _starts_with_item(header: pydicom.Dataset, handle) -> bool:
