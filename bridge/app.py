@@ -150,6 +150,7 @@ def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None,
                pools: dict[str, WorkerPool] | None = None) -> BridgeApp:
     """Builds the app on the running event loop (its worker channels belong to that loop)."""
     metrics = metrics or BridgeMetrics()
+    metrics.start_routes(config.routes, errors.response_codes())
     security = config.security
     pools = pools or {
         route: WorkerPool(target, config.health_poll_seconds, config.limits.queue_wait_seconds,

@@ -80,6 +80,11 @@ class ApiError(Exception):
         return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
 
+def response_codes() -> list[str]:
+    """Every HTTP status an inference route can end with (as metric label values), 200 first."""
+    return ["200", *sorted({str(status) for status, _, _ in ERRORS.values()})]
+
+
 def error(code: str, message: str) -> ApiError:
     status, retryable, _ = ERRORS[code]
     return ApiError(status, code, message, RETRY_AFTER_SECONDS if retryable else None)

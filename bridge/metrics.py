@@ -27,6 +27,13 @@ class BridgeMetrics:
         self.worker_ready = Gauge("bridge_worker_ready", "1 when the route's worker target has a SERVING worker.",
                                   ["route"], registry=r)
 
+    def start_routes(self, routes, codes) -> None:
+        """Creates every route's request series at 0 for the status codes it can answer: a series that
+        first appears at 1 shows no increase to rate(), so the first errors of a kind would go unseen."""
+        for route in routes:
+            for code in codes:
+                self.requests.labels(route, code)
+
     def http_stats(self, what: str, value) -> None:
         """The HTTP server's reports (see bridge.httpserver.HttpServer.stats)."""
         if what == "open_connections":

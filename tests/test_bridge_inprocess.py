@@ -78,3 +78,16 @@ def test_worker_failures_map_to_the_error_table(bridge, standard_study, route, b
 def test_unsupported_media_type(bridge):
     response = requests.post(bridge + "/", data=b"x", headers={"Content-Type": "text/plain"})
     assert response.status_code == 415 and "multipart/related" in response.json()["error"]["message"]
+
+
+def test_every_routes_error_series_exists_before_its_first_error():
+    """A counter series that first appears at 1 shows no increase to rate(): the first 502 of a route would
+    be invisible to the error-ratio alert. Every inference route starts with its series at 0."""
+    server = create_server(BridgeConfig(routes={"/": "127.0.0.1:1", "/seg": "127.0.0.1:1"}, listen="127.0.0.1:0"))
+    try:
+        text = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text
+    finally:
+        server.stop(0)
+    for route in ("/", "/seg"):
+        for code in ("200", "400", "499", "500", "502", "503", "504"):
+            assert f'bridge_http_requests_total{{code="{code}",route="{route}"}} 0.0' in text, (route, code)
