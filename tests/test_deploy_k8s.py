@@ -196,6 +196,9 @@ def test_example_overlay_adds_gpu_autoscaling_and_pod_monitors(example, base):
     assert container(worker)["image"] == "registry.example.com/my-model-worker:1.0.0"
     hpa = example["HorizontalPodAutoscaler", "worker"]["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"}
+    # The autoscaler owns the count: a fixed one would be re-applied over it at every `kubectl apply`.
+    assert "replicas" not in example["Deployment", "worker"]["spec"]
+    assert "replicas" in base["Deployment", "worker"]["spec"]
     assert 2 <= hpa["minReplicas"] < hpa["maxReplicas"]
     for name, port_name in (("worker", "metrics"), ("bridge", "http")):
         monitor = example["PodMonitor", name]["spec"]
