@@ -222,6 +222,7 @@ class Connection(asyncio.Protocol):
         self.current: Request | None = None  # the request being handled
         self._reading = True
         self._write_ready: asyncio.Event | None = None
+        self.idle_since: float | None = None  # when it last had no request in progress (None: it has one)
         self._input_ended = False  # malformed input arrived behind requests still to answer: read no more
         self._deferred_reject: ApiError | None = None  # its answer, once theirs are written
 
@@ -237,11 +238,19 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.limits.write_high_water)
         self.server.connections.add(self)
         self.server.stats("open_connections", len(self.server.connections))
+        self.idle_since = self.loop.time()
         if len(self.server.connections) > self.limits.max_connections:
-            self.server.stats("rejected", "too_many_connections")
-            self._reject(ApiError(503, "too_many_connections", "the bridge has too many open connections; retry "
-                                  "shortly", retry_after=1))
-            return
+            # Room is made by closing the longest idle connection (nothing asked on it), so that a flood of
+            # idle sockets cannot shut out health probes and real clients; only when every connection is
+            # busy is the new one refused.
+            idle = self.server.longest_idle(besides=self)
+            if idle is None:
+                self.server.stats("rejected", "too_many_connections")
+                self._reject(ApiError(503, "too_many_connections", "the bridge has too many open connections; "
+                                      "retry shortly", retry_after=1))
+                return
+            self.server.stats("rejected", "evicted_idle")
+            idle.close()
         self._arm(self.limits.header_timeout, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -253,6 +262,7 @@ class Connection(asyncio.Protocol):
                 return
         if self.incoming is None and not self._in_head:
             self._in_head = True
+            self.idle_since = None
             self._head_bytes = 0
             self._arm(self.limits.header_timeout, self._on_header_timeout)  # from the first byte of a request
         if self._in_head:
@@ -408,6 +418,7 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         if not self.closed:
+            self.idle_since = self.loop.time()
             self._arm(self.limits.keepalive_timeout, self.close)
 
     async def _handle(self, request: Request) -> bool:
@@ -622,6 +633,12 @@ class HttpServer:
         self.stopping = False
         self._server: asyncio.AbstractServer | None = None
         self.port = 0
+
+    def longest_idle(self, besides: Connection) -> Connection | None:
+        """The open connection idle the longest (no request in progress), other than `besides`."""
+        idle = [c for c in self.connections if c is not besides and c.idle_since is not None and not c.closed
+                and not c.busy]
+        return min(idle, key=lambda c: c.idle_since) if idle else None
 
     async def listen(self, host: str, port: int, backlog: int = 1024, ssl: ssl_module.SSLContext | None = None) -> int:
         # With TLS, a connection reaches Connection (and its header timeout) only once its handshake is done:

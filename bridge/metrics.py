@@ -21,7 +21,8 @@ class BridgeMetrics:
         self.inflight = Gauge("bridge_inflight_requests", "Inference requests in progress.", registry=r)
         self.open_connections = Gauge("bridge_http_open_connections", "Client connections open now.", registry=r)
         # Connections the HTTP server ended itself, by reason: header_timeout, idle, send_timeout, bad_request,
-        # request_header_fields_too_large, uri_too_long, too_many_connections.
+        # request_header_fields_too_large, uri_too_long, too_many_connections, evicted_idle (an idle connection
+        # closed to make room for a new one past max_connections).
         self.rejected = Counter("bridge_http_rejected", "Connections ended by the server's limits and timeouts.",
                                 ["reason"], registry=r)
         self.worker_ready = Gauge("bridge_worker_ready", "1 when the route's worker target has a SERVING worker.",

@@ -2,7 +2,8 @@
 
 `python -m worker --model example_models.hounsfield`. For every CT series it decodes each frame, whatever
 the transfer syntax (pydicom with the pylibjpeg plugins: native little/big endian, RLE, JPEG, JPEG 2000;
-one no installed decoder handles is an UnsupportedStudy, 422), applies the rescale to Hounsfield units and labels voxels:
+one no installed decoder handles is an UnsupportedStudy, 422), applies the rescale to Hounsfield units
+and labels voxels:
 
 - 1 "bone": HU >= 300 (request option "bone_min_hu");
 - 2 "air": HU <= -400 (option "air_max_hu") inside the body: air components that touch the edge of a slice

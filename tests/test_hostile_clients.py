@@ -376,3 +376,27 @@ def test_a_call_refused_by_a_full_worker_is_taken_by_another(tmp_path, study):
         bridge.stop()
         busy.stop()
         free.stop()
+
+
+def test_idle_connections_beyond_the_limit_make_room_for_probes_and_clients(tmp_path, study):
+    """More idle sockets than --max-connections: the longest idle one is closed for each newcomer, so health
+    probes (a liveness probe refused would restart the pod) and real clients still get through."""
+    worker = start_worker(tmp_path, "mock_model")
+    bridge = start_bridge(tmp_path, worker.address, "--max-connections", "20")
+    idle = []
+    try:
+        for _ in range(40):
+            idle.append(connect(bridge.port))
+            time.sleep(0.005)  # distinct idle times
+        for path in ("/ping", "/healthz", "/healthcheck"):
+            response, seconds = timed(requests.get, f"http://{bridge.address}{path}", timeout=10)
+            assert response.status_code == 200 and seconds < 2, (path, response.status_code, seconds)
+        response = http.post_like_original_tool(f"http://{bridge.address}/", {}, instances(study), timeout=30)
+        assert response.status_code == 200, response.text
+        assert metric(bridge.port, "bridge_http_rejected_total", reason="evicted_idle") >= 20
+        assert metric(bridge.port, "bridge_http_open_connections") <= 21
+    finally:
+        for sock in idle:
+            sock.close()
+        bridge.stop()
+        worker.stop()
