@@ -120,8 +120,8 @@ class InferenceRequest:
         raw = self.request.header("content-type")
         try:
             media_type, params = parse_content_type(raw) if raw else ("", {})
-        except MultipartError:
-            raise errors.unsupported_media_type(raw) from None
+        except MultipartError as error:  # malformed, not merely another type: the client's mistake to fix
+            raise errors.bad_request(f"the Content-Type header is malformed: {error}") from None
         if media_type not in ACCEPTED_TYPES:
             raise errors.unsupported_media_type(raw)
         return media_type, params

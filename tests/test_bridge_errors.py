@@ -72,6 +72,8 @@ def test_unsupported_media_types(stack):
     ("content_type", "body", "needle"),
     [
         ("multipart/related", b"--x\r\n\r\n{}\r\n--x--\r\n", "boundary"),
+        ("multipart/related; boundary=x; boundary=y", b"--x\r\n\r\n{}\r\n--x--\r\n", "appears twice"),
+        ("multipart/related; boundary", b"--x\r\n\r\n{}\r\n--x--\r\n", "Content-Type header is malformed"),
         ('multipart/related; boundary=""', b"--x\r\n\r\n{}\r\n--x--\r\n", "boundary"),
         ("multipart/related; boundary=other", b"--x\r\n\r\n{}\r\n--x--\r\n" + b"y" * 70000, "boundary"),
         ("multipart/related; boundary=x", b"--x\r\n\r\n{not json}\r\n--x--\r\n", "not valid JSON"),
