@@ -285,6 +285,12 @@ def test_the_worker_enforces_its_limits_on_direct_callers(limited_worker, study)
     big = [(pb.PART_KIND_ATTACHMENT, "application/octet-stream", b"x" * 200_000)]
     error = grpc_error(limited_worker, request_messages({}, big))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "exceeds 100000 bytes" in error.details()
+    # A part that announces its size over the limit is refused before any of its bytes.
+    header, _, *rest = list(request_messages({}, [(pb.PART_KIND_ATTACHMENT, "application/octet-stream", b"x")]))
+    announced = pb.InferRequest(part=pb.PartHeader(kind=pb.PART_KIND_ATTACHMENT, size_hint=int(4.5 * 2**30)))
+    error = grpc_error(limited_worker, iter([header, announced, *rest]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"announces {int(4.5 * 2**30)} bytes" in error.details(), error.details()
 
 
 def test_the_worker_checks_a_hash_it_is_given_and_computes_its_own(limited_worker, study):

@@ -133,6 +133,9 @@ async def receive_parts(
                     if len(study.parts) >= limits.max_parts:
                         raise TooLarge(f"the request has more than {limits.max_parts} parts (the worker's limit)")
                     header = message.part
+                    if header.size_hint > limits.max_part_bytes:  # said up front: refused before its bytes
+                        raise TooLarge(f"part {len(study.parts) + 1} announces {header.size_hint} bytes, more "
+                                       f"than the {limits.max_part_bytes} the worker accepts")
                     part = ReceivedPart(len(study.parts), header.kind, short(header.content_type),
                                         short(header.filename), short(header.name))
                     study.parts.append(part)
