@@ -194,8 +194,12 @@ class WorkerPool:
             serving = False
             # Said to anyone who asks (/healthcheck, /readyz are open): no addresses or gRPC internals, which
             # go to the log.
-            self.last_problem = PUBLIC_HEALTH_PROBLEMS.get(error.code(), f"the worker's health check failed "
-                                                                        f"({error.code().name})")
+            if error.code() == grpc.StatusCode.UNAVAILABLE and "backend unhealthy" in (error.details() or ""):
+                # Client-side health checking: workers answer, but none says SERVING yet.
+                self.last_problem = "workers answer, but none has its model loaded yet"
+            else:
+                self.last_problem = PUBLIC_HEALTH_PROBLEMS.get(error.code(), f"the worker's health check failed "
+                                                                            f"({error.code().name})")
             detail = f"; {error.code().name}: {error.details()}"
         if serving != self.ready:
             log.info("worker target %s is %s", self.target,

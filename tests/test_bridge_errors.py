@@ -206,7 +206,9 @@ def test_model_still_loading_then_ready(tmp_path, study):
     bridge = start_bridge(tmp_path, worker.address, wait_ready=False)
     try:
         url = f"http://{bridge.address}"
-        assert requests.get(url + "/healthcheck").text != "READY"
+        # The reason names the model load, not the network (the worker is reachable, its health NOT_SERVING).
+        loading = "NOT READY: route /: workers answer, but none has its model loaded yet"
+        wait_for(lambda: requests.get(url + "/healthcheck").text == loading, timeout=3, what="the loading reason")
         response = http.post_like_original_tool(url + "/", {}, instances(study))
         error_of(response, 503)
         assert "Retry-After" in response.headers
