@@ -623,7 +623,7 @@ class Connection(asyncio.Protocol):
 class HttpServer:
     """Listens on `host:port` (port 0 picks one; `port` says which) and serves `handler` on the loop."""
 
-    def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop, limits: HttpLimits | None = None,
+    def __init__(self, handler: Handler | None, loop: asyncio.AbstractEventLoop, limits: HttpLimits | None = None,
                  stats: Callable[[str, object], None] | None = None) -> None:
         self.handler = handler
         self.loop = loop

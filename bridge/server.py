@@ -35,14 +35,15 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 async def start(config: BridgeConfig, metrics: BridgeMetrics | None = None) -> tuple[BridgeApp, HttpServer]:
     metrics = metrics or BridgeMetrics()
-    app = create_app(config, metrics)
-    server = HttpServer(app, asyncio.get_running_loop(), config.http, metrics.http_stats)
+    server = HttpServer(None, asyncio.get_running_loop(), config.http, metrics.http_stats)
     host, _, port = config.listen.rpartition(":")
+    # The port first: a bridge that cannot have it says so in one line, before its worker channels start
+    # (and log). No request is handled before the app is set below: nothing is awaited in between.
     try:
         await server.listen(host.strip("[]") or "0.0.0.0", int(port), ssl=config.security.http_ssl_context())
     except OSError as error:
-        await app.close()
         raise PortInUse(f"cannot listen on {config.listen}: {error.strerror or error}") from None
+    app = server.handler = create_app(config, metrics)
     return app, server
 
 
