@@ -12,11 +12,13 @@ what matters is that nobody else waits for them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,25 +49,25 @@ def idle_connections(port: int, count: int = 200):
 
 
 @contextmanager
-def slowloris(port: int, count: int = 50):
-    socks = [connect(port) for _ in range(count)]
+def trickling(socks: list[socket.socket], stream: Iterator[bytes], every: float, label: str):
+    """Sends the next byte of `stream` on every socket each `every` seconds until the block ends, then
+    closes them all: the one mechanism behind the slow attacks."""
     stop = threading.Event()
 
     def trickle() -> None:
-        line = b"POST / HTTP/1.1\r\nX-Slow: yes\r\n"
-        index = 0
-        while not stop.wait(0.1):
+        for byte in stream:
+            if stop.wait(every):
+                return
             for sock in socks:
                 try:
-                    sock.send(line[index % len(line):index % len(line) + 1])
+                    sock.send(byte)
                 except OSError:
                     pass
-            index += 1
 
     thread = threading.Thread(target=trickle, daemon=True)
     thread.start()
     try:
-        yield f"{count} slowloris clients"
+        yield label
     finally:
         stop.set()
         thread.join()
@@ -73,16 +75,19 @@ def slowloris(port: int, count: int = 50):
             sock.close()
 
 
+def slowloris(port: int, count: int = 50):
+    line = b"POST / HTTP/1.1\r\nX-Slow: yes\r\n"
+    endless = (line[i % len(line):i % len(line) + 1] for i in itertools.count())
+    return trickling([connect(port) for _ in range(count)], endless, 0.1, f"{count} slowloris clients")
+
+
 def multipart_request(paths: list[Path], command: str = "get-bounding-box-2d") -> tuple[bytes, bytes]:
     parts = [("application/json", json.dumps({"inference_command": command}).encode())]
     parts += [("application/dicom", p.read_bytes()) for p in paths]
     body = http.hand_built_body(parts, "b")
-    head = (f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-    return head, body
+    return http.raw_post_head(body), body
 
 
-@contextmanager
 def slow_uploads(port: int, paths: list[Path], count: int = 5):
     head, body = multipart_request(paths)
     socks = []
@@ -90,27 +95,8 @@ def slow_uploads(port: int, paths: list[Path], count: int = 5):
         sock = connect(port)
         sock.sendall(head + body[: 1 << 20])
         socks.append(sock)
-    stop = threading.Event()
-
-    def trickle() -> None:
-        offset = 1 << 20
-        while not stop.wait(1.0) and offset < len(body):
-            for sock in socks:
-                try:
-                    sock.send(body[offset:offset + 1])
-                except OSError:
-                    pass
-            offset += 1
-
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
-    try:
-        yield f"{count} uploads of 1 MiB then 1 byte/s"
-    finally:
-        stop.set()
-        thread.join()
-        for sock in socks:
-            sock.close()
+    rest = (body[offset:offset + 1] for offset in range(1 << 20, len(body)))
+    return trickling(socks, rest, 1.0, f"{count} uploads of 1 MiB then 1 byte/s")
 
 
 @contextmanager

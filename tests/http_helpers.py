@@ -46,6 +46,12 @@ def hand_built_body(parts: list[tuple[str, bytes]], boundary: str) -> bytes:
     return body + f"--{boundary}--\r\n".encode()
 
 
+def raw_post_head(body: bytes, boundary: str = "b", path: str = "/") -> bytes:
+    """The request line and headers of a multipart/related POST of `body`, for clients on a raw socket."""
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+
+
 @dataclass
 class ParsedAnswer:
     json: dict

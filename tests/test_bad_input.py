@@ -227,8 +227,7 @@ def test_requests_pipelined_before_malformed_bytes_are_answered_first(stack, stu
     if first == "post":
         body = http.hand_built_body([("application/json", json.dumps({"inference_command": "get-bounding-box-2d"})
                                       .encode()), ("application/dicom", study.instances[0].path.read_bytes())], "b")
-        first = (f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        first = http.raw_post_head(body) + body
     answer, _ = raw_exchange(stack["port"], first + b"GARBAGE\r\n\r\n")
     assert re.findall(rb"HTTP/1\.1 (\d+) ", answer) == [b"200", b"400"], answer[:300]
     log = stack["bridge"].log()
@@ -350,8 +349,7 @@ def test_aborted_uploads_and_downloads_leave_the_bridge_as_it_was(stack, study):
     paths = [i.path for i in study.instances]
     body = http.hand_built_body([("application/json", json.dumps({"inference_command": "get-boolean-mask"}).encode())]
                                 + [("application/dicom", p.read_bytes()) for p in paths], "b")
-    head = (f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = http.raw_post_head(body)
     pid = stack["bridge"].process.pid
 
     def rss() -> int:

@@ -194,8 +194,7 @@ def test_forty_stalled_uploads_do_not_shut_out_a_normal_request(tmp_path, study)
         big = write_study(tmp_path / "big", [SeriesSpec("big", rows=256, cols=256, count=4)])
         parts = [("application/json", b"{}")] + [("application/dicom", i.path.read_bytes()) for i in big.instances]
         body = http.hand_built_body(parts, "b")
-        head = (f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = http.raw_post_head(body)
         for _ in range(40):
             sock = connect(bridge.port)
             sock.sendall(head + body[: 64 << 10])
@@ -226,8 +225,7 @@ def test_a_client_that_never_reads_its_answer_holds_no_model(tmp_path):
         body = http.hand_built_body(parts, "b")
         sock = connect(bridge.port)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        sock.sendall(http.raw_post_head(body) + body)
         wait_for(lambda: metric(metrics_port, "worker_inference_duration_seconds_count", stage="infer") >= 1,
                  timeout=20, what="the model to return")
         assert metric(metrics_port, "worker_inflight_inferences") == 0

@@ -12,7 +12,6 @@ from pydicom.uid import generate_uid
 from arterys_http.protocol import MASK_TYPES
 from worker.dicom_export.device import Device
 from worker.dicom_export.seg import SegOutput, SeriesUids, segmentations
-from worker.dicom_export.sources import in_unicode
 from worker.dicom_export.sr import structured_report
 from worker.study import Study
 
@@ -68,7 +67,7 @@ def export_dicom(
         if "dicomConformance" in part:
             entry["dicomConformance"] = part["dicomConformance"]
         new_parts.append(entry)
-        new_binaries.append(part10(in_unicode(seg.dataset)))
+        new_binaries.append(part10(seg.dataset))
 
     report = structured_report(result_json, [seg for _, seg in segs], study, device, sr_series_uid)
     if report is not None:
@@ -78,7 +77,7 @@ def export_dicom(
             "SeriesInstanceUID": sr_series_uid,
             "template": "TID 1500",
         }})
-        new_binaries.append(part10(in_unicode(report)))
+        new_binaries.append(part10(report))
 
     out = dict(result_json)
     out["parts"] = kept_parts + new_parts
@@ -86,7 +85,10 @@ def export_dicom(
 
 
 def part10(dataset) -> memoryview:
-    """A DICOM Part 10 file (preamble, 'DICM', file meta) in memory."""
+    """A DICOM Part 10 file (preamble, 'DICM', file meta) in memory, its text declared UTF-8 (ISO_IR 192): a
+    model's labels may use any character, and values copied from the source (patient name, descriptions)
+    are re-encoded from their decoded form."""
+    dataset.SpecificCharacterSet = "ISO_IR 192"
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getbuffer()

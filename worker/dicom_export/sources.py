@@ -100,18 +100,12 @@ def source_dataset(instance: Instance) -> Dataset:
             setattr(copy, keyword, "")
     if header.get("SpecificCharacterSet", "") not in ("", "ISO_IR 6", "ISO_IR 192"):
         # Every text value decoded with the source's own character set, then the copy called UTF-8, as the
-        # outputs are (in_unicode): highdicom copies the values and checks the character set against a list
+        # outputs are (export.part10): highdicom copies the values and checks the character set against a list
         # that lacks some DICOM allows ("\ISO 2022 IR 87", the usual Japanese form, or ISO 2022 IR 149).
         copy.decode()
         copy.SpecificCharacterSet = "ISO_IR 192"
     return copy
 
-
-def in_unicode(dataset: Dataset) -> Dataset:
-    """Declares the produced object's text as UTF-8 (ISO_IR 192): a model's labels may use any character, and
-    values copied from the source (patient name, descriptions) are re-encoded from their decoded form."""
-    dataset.SpecificCharacterSet = "ISO_IR 192"
-    return dataset
 
 
 def frame_position(dataset: Dataset, frame: int) -> list[float]:
