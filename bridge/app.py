@@ -1,8 +1,10 @@
-"""The bridge's application: routes, request ids, errors mapped once, one log line and the metrics per request.
+"""The bridge's ASGI application: routes, auth, request ids, errors mapped once, one log line and the
+metrics per request.
 
 Routes: the inference routes of the route table (POST), `/healthcheck` (READY only when every route's
-workers have a loaded model), `/ping`, `/healthz`, `/readyz`, `/metrics`. `create_app` builds it on the
-running event loop; `bridge.server` serves it.
+workers have a loaded model), `/ping`, `/healthz`, `/readyz`, `/metrics`; HEAD wherever GET is taken.
+`create_app` builds it on the running event loop; `bridge.server` serves it on granian, wrapped in the
+middleware of bridge/middleware.py.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge import errors
 from bridge.auth import Authenticator
 from bridge.config import BridgeConfig
-from bridge.httpserver import Request, Response
+from bridge.http import ClientGone, Message, Receive, Request, Response, Scope, Send, SendTimeout
 from bridge.inference import InferenceRequest
 from bridge.metrics import BridgeMetrics
 from bridge.tracing import NO_TRACE, RequestTrace
@@ -28,6 +30,9 @@ log = logging.getLogger("bridge.http")
 
 PING_TEXT = "inference-service is up and accepting connections"
 SERVICE_ROUTES = ("/healthcheck", "/ping", "/healthz", "/readyz", "/metrics")
+# Methods per service route; the inference routes take POST only.
+SERVICE_METHODS = {"/healthcheck": ("GET", "HEAD", "POST"), "/ping": ("GET", "HEAD", "POST")}
+READ_ONLY_METHODS = ("GET", "HEAD")
 
 
 def json_response(error: errors.ApiError, request_id: str) -> Response:
@@ -42,8 +47,13 @@ class BridgeApp:
         self.metrics = metrics
         self.pools = pools
         self.auth = auth  # None: no token configured, every route open
+        self.in_progress = 0  # requests being handled now
+        self.started = 0  # requests ever started (contract.malloc.release_when_idle watches both)
+        self.background: list[asyncio.Task] = []  # tasks that live as long as the app
 
     async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
         for pool in self.pools.values():
             await pool.close()
 
@@ -55,7 +65,31 @@ class BridgeApp:
                 reasons.append(f"route {route}: {pool.last_problem}")
         return reasons
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry: one request in, its answer out."""
+        if scope["type"] != "http":
+            return  # no lifespan (the app is built before serving starts) and no websockets
+        request = Request(scope, receive)
+        self.in_progress += 1
+        self.started += 1
+        watcher = DisconnectWatcher(request, receive, asyncio.current_task())
+        request.on_complete = watcher.start
+        if request.complete:
+            watcher.start()
+        try:
+            response = await self.handle(request)
+            await send_response(request, response, send, watcher)
+        except ClientGone:
+            pass  # the request's end is logged by handle() or by the body's close
+        except asyncio.CancelledError:
+            if not request.gone:
+                raise
+            # The watcher cancelled us: the client left; handle() or the body's close logged it.
+        finally:
+            watcher.stop()
+            self.in_progress -= 1
+
+    async def handle(self, request: Request) -> Response:
         started = time.monotonic()
         route = request.path if request.path in self.pools or request.path in SERVICE_ROUTES else "other"
         request_id = clean_request_id(request.header("x-request-id"))
@@ -68,7 +102,7 @@ class BridgeApp:
                     self.auth.check(request)  # before routing: no route, not even a 404, without a token
                 if request.path in self.pools:
                     if request.method != "POST":
-                        raise errors.error("method_not_allowed", f"{request.path} takes POST")
+                        raise errors.MethodNotAllowed(request.path, ("POST",))
                     self.metrics.inflight.inc()
                     inference = InferenceRequest(request, request.path, self.pools[request.path], self.config.limits,
                                                  request_id, self.metrics.request_bytes.inc, trace)
@@ -96,11 +130,11 @@ class BridgeApp:
 
     def _service(self, request: Request) -> Response:
         path = request.path
-        methods = {"/healthcheck": ("GET", "POST"), "/ping": ("GET", "POST")}.get(path, ("GET", "HEAD"))
+        methods = SERVICE_METHODS.get(path, READ_ONLY_METHODS)
         if path not in SERVICE_ROUTES:
             raise errors.error("not_found", f"no route {path[:200]}; inference routes: {', '.join(self.pools)}")
         if request.method not in methods:
-            raise errors.error("method_not_allowed", f"{path} takes {' or '.join(methods)}")
+            raise errors.MethodNotAllowed(path, methods)
         if path == "/healthcheck":
             # Always 200: the Arterys app reads the body, and only "READY" means "send requests now".
             reasons = self.not_ready_reasons()
@@ -158,6 +192,70 @@ def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None,
         for route, target in config.routes.items()
     }
     return BridgeApp(config, metrics, pools, security.authenticator())
+
+
+class DisconnectWatcher:
+    """Once a request's body has arrived, waits on `receive` for the client to go away and then cancels the
+    task handling it, so that a worker call whose answer nobody will read stops at once (ASGI tells the
+    application of a disconnect only through `receive`)."""
+
+    def __init__(self, request: Request, receive: Receive, handler: asyncio.Task | None) -> None:
+        self.request = request
+        self.receive = receive
+        self.handler = handler
+        self.answered = False  # the last piece of the answer is being sent: nothing left to cancel
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is None and self.handler is not None:
+            self._task = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        message: Message = await self.receive()
+        while message["type"] == "http.request":  # the empty body of a request that declared none
+            message = await self.receive()
+        if message["type"] == "http.disconnect" and not self.answered:
+            self.request.gone = True
+            self.handler.cancel()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def send_response(request: Request, response: Response, send: Send, watcher: DisconnectWatcher) -> None:
+    """Sends `response` through ASGI. A streamed body is closed at the end whatever happens (it may hold a
+    worker call open); one that breaks off mid-way raises, so that the server ends the connection short of
+    its Content-Length, the only honest signal left to the client."""
+    body = response.body
+    length = len(body) if isinstance(body, (bytes, bytearray)) else response.content_length
+    headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in response.headers]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    try:
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        if isinstance(body, (bytes, bytearray)):
+            watcher.answered = True
+            await send({"type": "http.response.body", "body": bytes(body)})
+            return
+        sent, ended = 0, False
+        async for chunk in body:
+            if chunk:
+                sent += len(chunk)
+                # The last byte says so: a client that has all of Content-Length may hang up at once, before the
+                # body's iterator has ended, and that is not a client gone early.
+                ended = length is not None and sent >= length
+                watcher.answered = watcher.answered or ended
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+        if not ended:
+            watcher.answered = True
+            await send({"type": "http.response.body", "body": b""})
+    except SendTimeout:
+        request.stopped_reading = True
+        raise
+    finally:
+        if hasattr(body, "aclose"):
+            await body.aclose()  # at once, not when collected: it may hold a worker call open
 
 
 class CountedBody:

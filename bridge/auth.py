@@ -24,7 +24,7 @@ import re
 import time
 
 from bridge import errors
-from bridge.httpserver import Request
+from bridge.http import Request
 
 log = logging.getLogger("bridge.auth")
 

@@ -8,7 +8,24 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from bridge import security
-from bridge.httpserver import HttpLimits
+
+# hyper (granian's HTTP/1.1 parser) refuses a request with more header fields than this (431).
+SERVER_MAX_HEADERS = 100
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What a client connection may do (README, "Limits and timeouts"; bridge/front.py, bridge/middleware.py)."""
+
+    header_timeout: float = 10.0  # to send a request head, and the longest idle time between two requests
+    body_timeout: float = 20.0
+    min_upload_rate: int = 64 << 10  # bytes per second, over each body_timeout seconds of waiting
+    send_timeout: float = 30.0
+    max_header_bytes: int = 64 << 10
+    max_headers: int = SERVER_MAX_HEADERS
+    max_url_bytes: int = 8 << 10
+    max_connections: int = 4096
+    drain_limit: int = 4 << 30  # request body bytes read and dropped after an early answer
 
 
 @dataclass(frozen=True)
@@ -57,27 +74,34 @@ _LIMIT_FLAGS = [
      "how long a request may wait for a worker with a free place before 503"),
 ]
 _HTTP_FLAGS = [
-    ("header-timeout", "header_timeout", float, "seconds a client has to send its request headers"),
-    ("keepalive-timeout", "keepalive_timeout", float, "seconds an idle keep-alive connection stays open"),
+    ("header-timeout", "header_timeout", float,
+     "seconds a client has to send its request headers; also the longest an idle keep-alive connection stays open"),
     ("body-timeout", "body_timeout", float,
      "a client must send --min-upload-rate x this many body bytes in every this many seconds of waiting"),
     ("min-upload-rate", "min_upload_rate", int, "bytes per second a client must send its body at (408 below)"),
     ("send-timeout", "send_timeout", float, "seconds a client may leave the answer unread before it is cut off"),
     ("max-header-bytes", "max_header_bytes", int, "largest request line + headers (431 beyond)"),
-    ("max-headers", "max_headers", int, "most header fields in a request (431 beyond)"),
-    ("max-connections", "max_connections", int, "most open client connections (503 beyond)"),
+    ("max-headers", "max_headers", int, f"most header fields in a request (431 beyond; at most {SERVER_MAX_HEADERS})"),
+    ("max-connections", "max_connections", int,
+     "most client connections served at once; more wait in the listen queue until one closes"),
 ]
+
+
+# Flags of the bridge's former HTTP server that no longer mean anything: each fails with its replacement named.
+REMOVED_FLAGS = {
+    "keepalive-timeout": "idle keep-alive connections now close after --header-timeout (BRIDGE_HEADER_TIMEOUT)",
+}
 
 
 def _env_name(flag: str) -> str:
     return "BRIDGE_" + flag.upper().replace("-", "_")
 
 
-
 def _program_name() -> str:
     """As the user typed it: `arterys-bridge` (the installed console script) or `python -m bridge`."""
     invoked = os.path.basename(sys.argv[0] if sys.argv else "")
     return invoked if invoked == "arterys-bridge" else "python -m bridge"
+
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
@@ -105,9 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_removed_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    for flag, replacement in REMOVED_FLAGS.items():
+        if any(arg == f"--{flag}" or arg.startswith(f"--{flag}=") for arg in argv):
+            parser.error(f"--{flag} is no longer supported: {replacement}")
+        if _env_name(flag) in os.environ:
+            parser.error(f"{_env_name(flag)} is no longer supported: {replacement}")
+
+
 def parse_config(argv: list[str] | None = None) -> BridgeConfig:
     parser = build_parser()
+    _refuse_removed_flags(parser, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if not 1 <= args.max_headers <= SERVER_MAX_HEADERS:
+        parser.error(f"--max-headers must be between 1 and {SERVER_MAX_HEADERS} (the HTTP server's own limit)")
     try:
         routes = parse_routes(args.route)
     except argparse.ArgumentTypeError as error:

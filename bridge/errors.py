@@ -31,6 +31,7 @@ ERRORS: dict[str, tuple[int, bool, str]] = {
     "unprocessable_study": (422, False, "the model cannot process this (valid) study"),
     "request_header_fields_too_large": (431, False, "too many or too large header fields"),
     "client_closed_request": (499, False, "the client went away before the answer (logged, never sent)"),
+    "not_implemented": (501, False, "a Transfer-Encoding other than chunked"),
     "model_error": (500, False, "the model raised an exception (the worker keeps serving)"),
     "bridge_error": (500, False, "the bridge failed unexpectedly"),
     "worker_error": (500, False, "the worker failed unexpectedly"),
@@ -88,6 +89,18 @@ def response_codes() -> list[str]:
 def error(code: str, message: str) -> ApiError:
     status, retryable, _ = ERRORS[code]
     return ApiError(status, code, message, RETRY_AFTER_SECONDS if retryable else None)
+
+
+class MethodNotAllowed(ApiError):
+    """405, with the Allow header RFC 9110 requires."""
+
+    def __init__(self, path: str, methods: tuple[str, ...]) -> None:
+        status, _, _ = ERRORS["method_not_allowed"]
+        super().__init__(status, "method_not_allowed", f"{path[:200]} takes {' or '.join(methods)}")
+        self.allowed = methods
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Allow": ", ".join(self.allowed)}
 
 
 def bad_request(message: str) -> ApiError:

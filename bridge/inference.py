@@ -32,7 +32,7 @@ from arterys_http.multipart import (
 )
 from bridge import errors
 from bridge.config import BridgeLimits
-from bridge.httpserver import BodyTimeout, ClientGone, Request, Response
+from bridge.http import BodyTimeout, ClientGone, Request, Response
 from bridge.tracing import NO_TRACE, RequestTrace
 from bridge.translate import (
     BadWorkerAnswer,

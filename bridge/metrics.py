@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -19,11 +21,16 @@ class BridgeMetrics:
         self.request_bytes = Counter("bridge_request_bytes", "Request body bytes read.", registry=r)
         self.response_bytes = Counter("bridge_response_bytes", "Response body bytes written.", registry=r)
         self.inflight = Gauge("bridge_inflight_requests", "Inference requests in progress.", registry=r)
-        self.open_connections = Gauge("bridge_http_open_connections", "Client connections open now.", registry=r)
-        # Connections the HTTP server ended itself, by reason: header_timeout, idle, send_timeout, bad_request,
-        # request_header_fields_too_large, uri_too_long, too_many_connections, evicted_idle (an idle connection
-        # closed to make room for a new one past max_connections).
-        self.rejected = Counter("bridge_http_rejected", "Connections ended by the server's limits and timeouts.",
+        # Read from the kernel's table at each scrape: the HTTP server (granian) does not report its connections.
+        self.open_connections = Gauge("bridge_http_open_connections",
+                                      "Client connections to the bridge's port open now (as the kernel counts).",
+                                      registry=r)
+        self.open_connections.set_function(lambda: self._count_connections())
+        self._count_connections = lambda: 0
+        # Requests the bridge's HTTP middleware ended itself, by reason: bad_request, not_implemented,
+        # request_header_fields_too_large, uri_too_long, send_timeout. What the HTTP server (hyper) ends itself
+        # (header timeouts, idle connections, unparsable requests) it does not report; docs/decisions.md.
+        self.rejected = Counter("bridge_http_rejected", "Requests ended by the bridge's HTTP limits and checks.",
                                 ["reason"], registry=r)
         self.worker_ready = Gauge("bridge_worker_ready", "1 when the route's worker target has a SERVING worker.",
                                   ["route"], registry=r)
@@ -35,9 +42,36 @@ class BridgeMetrics:
             for code in codes:
                 self.requests.labels(route, code)
 
-    def http_stats(self, what: str, value) -> None:
-        """The HTTP server's reports (see bridge.httpserver.HttpServer.stats)."""
-        if what == "open_connections":
-            self.open_connections.set(value)
-        elif what == "rejected":
-            self.rejected.labels(value).inc()
+    def rejected_request(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+    def watch_connections(self, port: int) -> None:
+        """bridge_http_open_connections counts the established connections to `port` from now on."""
+        self._count_connections = lambda: established_connections(port)
+
+
+_TCP_TABLES = (Path("/proc/self/net/tcp"), Path("/proc/self/net/tcp6"))
+_ESTABLISHED = "01"
+
+
+def established_connections(port: int, tables=_TCP_TABLES) -> int:
+    """Established TCP connections whose local port is `port`, from the kernel's tables (Linux); 0 elsewhere."""
+    count = 0
+    for table in tables:
+        try:
+            lines = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        count += count_established(lines, port)
+    return count
+
+
+def count_established(lines: list[str], port: int) -> int:
+    """Rows of /proc/net/tcp (header removed) in state ESTABLISHED with local port `port`."""
+    wanted = f"{port:04X}"
+    count = 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == _ESTABLISHED and fields[1].rpartition(":")[2] == wanted:
+            count += 1
+    return count

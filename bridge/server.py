@@ -1,4 +1,5 @@
-"""Runs the bridge: its application on its HTTP server, on one event loop (uvloop when installed).
+"""Runs the bridge: its ASGI application, wrapped in bridge/middleware.py, on granian (bridge/front.py), on
+one event loop (uvloop) that also holds the gRPC channels to the workers.
 
 `create_server(config)` runs it on a loop of its own thread, bound (port 0 picks a free one) and
 reporting its port: for tests and embedding. `serve(config)` runs it on the main thread until SIGTERM or
@@ -12,43 +13,44 @@ import logging
 import signal
 import threading
 
+import uvloop
+
 from bridge.app import BridgeApp, create_app
 from bridge.config import BridgeConfig
-from bridge.httpserver import HttpServer
+from bridge.front import HttpFront, PortInUse
 from bridge.metrics import BridgeMetrics
+from bridge.middleware import protect
 from contract import tracing
+from contract.malloc import release_when_idle
 
 log = logging.getLogger("bridge")
 
-
-class PortInUse(OSError):
-    pass
+__all__ = ["BridgeServer", "PortInUse", "create_server", "serve"]
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is pinned; plain asyncio works, a little slower
-        return asyncio.new_event_loop()
     return uvloop.new_event_loop()
 
 
-async def start(config: BridgeConfig, metrics: BridgeMetrics | None = None) -> tuple[BridgeApp, HttpServer]:
+async def start(config: BridgeConfig, metrics: BridgeMetrics | None = None) -> tuple[BridgeApp, HttpFront]:
     metrics = metrics or BridgeMetrics()
-    server = HttpServer(None, asyncio.get_running_loop(), config.http, metrics.http_stats)
     host, _, port = config.listen.rpartition(":")
+    security = config.security
+    security.http_ssl_context()  # the certificate and key are checked here, with their flags named
+    front = HttpFront(None, config.http, security.tls_cert, security.tls_key)
     # The port first: a bridge that cannot have it says so in one line, before its worker channels start
-    # (and log). No request is handled before the app is set below: nothing is awaited in between.
-    try:
-        await server.listen(host.strip("[]") or "0.0.0.0", int(port), ssl=config.security.http_ssl_context())
-    except OSError as error:
-        raise PortInUse(f"cannot listen on {config.listen}: {error.strerror or error}") from None
-    app = server.handler = create_app(config, metrics)
-    return app, server
+    # (and log).
+    front.listen(host.strip("[]") or "0.0.0.0", int(port))
+    metrics.watch_connections(front.port)
+    app = create_app(config, metrics)
+    front.app = protect(app, config.http, metrics.rejected_request)
+    await front.start()
+    app.background.append(asyncio.ensure_future(release_when_idle(lambda: (app.in_progress, app.started))))
+    return app, front
 
 
-async def stop(app: BridgeApp, server: HttpServer, grace: float) -> None:
-    await server.shutdown(grace)
+async def stop(app: BridgeApp, front: HttpFront, grace: float) -> None:
+    await front.stop(grace)
     await app.close()
 
 
@@ -103,16 +105,16 @@ def serve(config: BridgeConfig) -> int:
         loop.add_signal_handler(signum, stopping.set)
 
     async def main() -> None:
-        app, server = await start(config)
+        app, front = await start(config)
         # SIGHUP re-reads the token file (rotation); without tokens it is logged and ignored, never fatal.
         loop.add_signal_handler(signal.SIGHUP, app.auth.tokens.reload if app.auth else lambda: log.info(
             "SIGHUP: no bearer tokens configured, nothing to reload"))
-        log.info("bridge listening on %s (port %d, %s), routes %s", config.listen, server.port,
+        log.info("bridge listening on %s (port %d, %s), routes %s", config.listen, front.port,
                  "HTTPS" if config.security.tls_cert else "HTTP",
                  ", ".join(f"{r} -> {t}" for r, t in config.routes.items()))
         await stopping.wait()
         log.info("bridge stopping: finishing in-flight requests (up to %.0f s)", config.grace_seconds)
-        await stop(app, server, config.grace_seconds)
+        await stop(app, front, config.grace_seconds)
         log.info("bridge stopped")
 
     try:

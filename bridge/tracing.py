@@ -23,8 +23,7 @@ MAX_USER_AGENT = 256  # a header may be 64 KiB; a span attribute that size would
 
 
 def _scheme(request) -> str:
-    transport = request.conn.transport
-    return "https" if transport is not None and transport.get_extra_info("sslcontext") is not None else "http"
+    return request.scope.get("scheme", "http")
 
 
 class CallTrace:

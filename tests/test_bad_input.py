@@ -80,7 +80,10 @@ def dicom_bytes(ds) -> bytes:
 def raw_exchange(port: int, request: bytes, timeout: float = 10) -> tuple[bytes, float]:
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(request)
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the whole request was sent (a 20 MB header): the answer is still readable
         data = b""
         try:
             while chunk := sock.recv(65536):
@@ -189,7 +192,7 @@ def test_an_answer_over_the_workers_limit_is_refused(limited_worker, study):
 
 def test_a_negative_content_length_is_a_400_at_once(stack):
     answer, seconds = raw_exchange(stack["port"], b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 400") and b"Content-Length" in answer and seconds < 2
+    assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" in answer.lower() and seconds < 2
 
 
 def test_a_body_shorter_than_its_content_length_is_a_client_timeout(stack):

@@ -27,7 +27,7 @@ from tests.dicom_factory import SeriesSpec, write_standard_study, write_study
 from tests.services import free_port, start_bridge, start_worker, wait_for, wait_for_health
 from tests.worker_client import CHANNEL_OPTIONS, dicom_parts
 
-SHORT = ("--header-timeout", "1", "--body-timeout", "1", "--send-timeout", "2", "--keepalive-timeout", "2")
+SHORT = ("--header-timeout", "1", "--body-timeout", "1", "--send-timeout", "2")
 
 
 @pytest.fixture(scope="module")
@@ -114,16 +114,13 @@ def test_idle_and_slowloris_connections_delay_no_one(stack, study):
     finally:
         stop.set()
         sender.join()
-    # Past the header timeout (1 s here) the idle ones are closed without an answer, and the slow ones
-    # that had started a request get 408.
+    # Past the header timeout (1 s here) the idle and the slow ones are closed by the HTTP server (hyper),
+    # without an answer: a head that never completed is owed none.
     assert read_all(idle[0], timeout=5) == b""
-    answer = read_all(slow[0], timeout=5)
-    assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer
+    assert read_all(slow[0], timeout=5) == b""
     for sock in idle + slow:
         sock.close()
     wait_for(lambda: metric(stack["port"], "bridge_http_open_connections") <= 2, timeout=10, what="sockets closed")
-    timed_out = metric(stack["port"], "bridge_http_rejected_total", reason="header_timeout")
-    assert timed_out >= 1 and timed_out + metric(stack["port"], "bridge_http_rejected_total", reason="idle") >= 220
 
 
 def slow_upload(port: int, body: bytes, content_type: str, fast_bytes: int, results: list) -> None:
@@ -376,25 +373,27 @@ def test_a_call_refused_by_a_full_worker_is_taken_by_another(tmp_path, study):
         free.stop()
 
 
-def test_idle_connections_beyond_the_limit_make_room_for_probes_and_clients(tmp_path, study):
-    """More idle sockets than --max-connections: the longest idle one is closed for each newcomer, so health
-    probes (a liveness probe refused would restart the pod) and real clients still get through."""
+def test_idle_connections_beyond_the_limit_wait_and_are_never_refused(tmp_path, study):
+    """More idle sockets than --max-connections: newcomers wait in the listen queue (never refused: a refused
+    liveness probe would restart the pod) and are served as soon as the idle ones have used up their header
+    timeout (1 s here); with the default limit, 1,100 idle sockets delay nobody."""
     worker = start_worker(tmp_path, "mock_model")
-    bridge = start_bridge(tmp_path, worker.address, "--max-connections", "20")
+    small = start_bridge(tmp_path, worker.address, "--max-connections", "20", "--header-timeout", "1")
+    default = start_bridge(tmp_path, worker.address)
     idle = []
     try:
-        for _ in range(40):
-            idle.append(connect(bridge.port))
-            time.sleep(0.005)  # distinct idle times
-        for path in ("/ping", "/healthz", "/healthcheck"):
-            response, seconds = timed(requests.get, f"http://{bridge.address}{path}", timeout=10)
-            assert response.status_code == 200 and seconds < 2, (path, response.status_code, seconds)
-        response = http.post_like_original_tool(f"http://{bridge.address}/", {}, instances(study), timeout=30)
-        assert response.status_code == 200, response.text
-        assert metric(bridge.port, "bridge_http_rejected_total", reason="evicted_idle") >= 20
-        assert metric(bridge.port, "bridge_http_open_connections") <= 21
+        idle += [connect(small.port) for _ in range(40)]
+        idle += [connect(default.port) for _ in range(1100)]
+        for bridge, bound in ((small, 4), (default, 2)):
+            for path in ("/ping", "/healthz", "/healthcheck"):
+                response, seconds = timed(requests.get, f"http://{bridge.address}{path}", timeout=10)
+                assert response.status_code == 200 and seconds < bound, (path, response.status_code, seconds)
+            response = http.post_like_original_tool(f"http://{bridge.address}/", {}, instances(study), timeout=30)
+            assert response.status_code == 200, response.text
+        assert metric(default.port, "bridge_http_open_connections") >= 1100
     finally:
         for sock in idle:
             sock.close()
-        bridge.stop()
+        small.stop()
+        default.stop()
         worker.stop()

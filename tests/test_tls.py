@@ -124,17 +124,18 @@ def test_plaintext_http_to_the_https_bridge_fails_cleanly(stack, study, pki):
 
 
 def test_a_client_that_never_completes_the_tls_handshake_is_dropped(stack):
-    """The header timeout (1 s here) bounds the handshake too: silent and half-finished handshakes."""
+    """Silent and half-finished handshakes are dropped by the HTTP server (granian's TLS listener) after its
+    own handshake timeout, 10 s: a fixed bound, not the header timeout (docs/security.md)."""
     port = stack["bridge"].port
     for first_bytes in (b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):  # nothing; a ClientHello's start
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
             sock.sendall(first_bytes)
             started = time.monotonic()
             try:
                 assert sock.recv(1024) == b""
             except ConnectionResetError:
                 pass
-            assert time.monotonic() - started < 5
+            assert time.monotonic() - started < 15
 
 
 def test_the_worker_refuses_a_bridge_without_a_valid_client_certificate(stack, study, pki):

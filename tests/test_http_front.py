@@ -1,0 +1,270 @@
+"""The bridge's HTTP front against RFC 9112 and a hostile client: a real bridge process (granian + our ASGI
+middleware) in front of a real mock-model worker, spoken to over raw sockets.
+
+Each test is one row of what a review against the RFC found in the server the bridge had before
+(docs/decisions.md): pipelined floods, trailers, upgrades, request targets, early answers, Host, methods.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests import http_helpers as http
+from tests.dicom_factory import write_standard_study
+from tests.services import start_bridge, start_worker, wait_for
+
+TOKEN = "front-test-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return write_standard_study(tmp_path_factory.mktemp("front") / "study")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("front-stack")
+    worker = start_worker(tmp, "mock_model")
+    bridge = start_bridge(tmp, worker.address)
+    yield {"worker": worker, "bridge": bridge, "port": bridge.port}
+    bridge.stop()
+    worker.stop()
+
+
+def rss_kb(service) -> int:
+    return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{service.process.pid}/status").read_text())[1])
+
+
+def exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Sends `data`, then reads until the bridge closes the connection (or `timeout` passes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_until_closed(sock, timeout)
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return received
+
+
+def statuses(answer: bytes) -> list[int]:
+    return [int(code) for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", answer)]
+
+
+def json_error(answer: bytes) -> dict:
+    return json.loads(answer[answer.index(b"\r\n\r\n") + 4:])["error"]
+
+
+def head_of(answer: bytes) -> str:
+    return answer[: answer.index(b"\r\n\r\n")].decode("latin-1").lower()
+
+
+# ----------------------------------------------------------------------------------------- memory
+
+
+def test_a_pipelined_flood_never_read_leaves_the_bridge_as_it_was(stack):
+    """4 MB of pipelined GET /healthz whose answers are never read: requests are parsed one at a time, as
+    their answers leave, so nothing queues (the former server queued 77,864 of them: +139 MB)."""
+    bridge = stack["bridge"]
+    exchange(stack["port"], b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    before = rss_kb(bridge)
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", stack["port"]), timeout=10) as sock:
+        sock.setblocking(False)
+        sent, deadline = 0, time.monotonic() + 15
+        while sent < 4 << 20 and time.monotonic() < deadline:
+            try:
+                sent += sock.send(request * 1000)
+            except BlockingIOError:
+                time.sleep(0.01)
+        time.sleep(1)
+        during = rss_kb(bridge)
+    time.sleep(1)
+    after = rss_kb(bridge)
+    assert max(during, after) - before < 10_000, (before, during, after, sent)
+    assert statuses(exchange(stack["port"], b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) \
+        == [200]
+
+
+def test_aborted_uploads_do_not_raise_the_bridges_memory(stack):
+    """Headers announcing 30 MB, about 1.7 MB sent, then the client leaves, 2,000 times: the bridge stays
+    under 100 MB, and the second thousand adds at most 5 MB (the former server: 48 -> 163 MB over 480)."""
+    bridge = stack["bridge"]
+    body_start = (b"--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b\r\nContent-Type: application/dicom\r\n\r\n"
+                  + b"\0" * (1_700_000))
+    head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
+            b"Content-Length: 31457280\r\n\r\n")
+
+    def abort(count: int) -> None:
+        for _ in range(count):
+            with socket.create_connection(("127.0.0.1", stack["port"]), timeout=10) as sock:
+                sock.sendall(head + body_start)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    def settled() -> bool:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{stack['port']}/metrics", timeout=5).read().decode()
+        return "bridge_inflight_requests 0.0" in text
+
+    abort(1000)
+    wait_for(settled, timeout=30, what="the aborted uploads settled")
+    time.sleep(6)  # idle: the bridge gives freed memory back (contract.malloc.release_when_idle)
+    first = rss_kb(bridge)
+    abort(1000)
+    wait_for(settled, timeout=30, what="the aborted uploads settled")
+    time.sleep(6)
+    second = rss_kb(bridge)
+    assert first < 100_000 and second - first < 5_000, (first, second)
+
+
+# -------------------------------------------------------------------------------------- RFC 9112
+
+
+def test_a_trailer_never_reaches_the_application_as_a_header(tmp_path):
+    """A chunked request's trailer fields are not headers: a token in a trailer does not authenticate."""
+    worker = start_worker(tmp_path, "mock_model")
+    bridge = start_bridge(tmp_path, worker.address, env={"BRIDGE_TOKENS": TOKEN})
+    try:
+        answer = exchange(bridge.port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                                       b"Content-Type: application/json\r\nConnection: close\r\n\r\n"
+                                       b"2\r\n{}\r\n0\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n"
+                                       b"Content-Type: text/x-from-trailer\r\n\r\n")
+        assert statuses(answer) == [401] and json_error(answer)["code"] == "unauthorized"
+        assert b"x-from-trailer" not in answer
+    finally:
+        bridge.stop()
+        worker.stop()
+
+
+def test_an_upgrade_request_is_answered_and_the_connection_then_closes(stack):
+    """h2c is not offered: the request is answered in HTTP/1.1 with Connection: close, and the connection
+    closes at once instead of hanging (the former server kept it open, unread, until its idle timeout)."""
+    started = time.monotonic()
+    answer = exchange(stack["port"], b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                                     b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+                                     b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(answer) == [200] and "connection: close" in head_of(answer)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("target", [b"CONNECT 127.0.0.1:50051", b"*", b"example.com:80"])
+def test_a_request_target_that_is_not_a_path_is_a_400(stack, target):
+    line = target + b" HTTP/1.1" if target.startswith(b"CONNECT") else b"GET " + target + b" HTTP/1.1"
+    answer = exchange(stack["port"], line + b"\r\nHost: x\r\n\r\n")
+    assert statuses(answer) == [400], answer[:300]
+    assert "Traceback" not in stack["bridge"].log()
+
+
+def test_an_absolute_form_target_is_served_as_its_path(stack):
+    """RFC 9110, 4.2.3: an empty path is "/" (http://x is http://x/, which takes POST only: a 405 in JSON);
+    the former server failed with a 500 and a traceback on it."""
+    answer = exchange(stack["port"], b"GET http://bridge.example/ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert statuses(answer) == [200] and answer.endswith(b"accepting connections")
+    answer = exchange(stack["port"], b"GET http://x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert statuses(answer) == [405] and json_error(answer)["code"] == "method_not_allowed"
+    assert "Traceback" not in stack["bridge"].log()
+
+
+@pytest.mark.parametrize("closing", [b"POST / HTTP/1.1\r\nConnection: close\r\n", b"POST / HTTP/1.0\r\n",
+                                     b"POST / HTTP/1.1\r\n"])
+def test_an_early_answer_reaches_a_client_that_keeps_sending(stack, closing):
+    """A 30 MB upload refused from its headers (415): the client sends all of it without an error and then
+    reads the answer, which says Connection: close."""
+    with socket.create_connection(("127.0.0.1", stack["port"]), timeout=20) as sock:
+        sock.sendall(closing + b"Host: x\r\nContent-Type: text/plain\r\nContent-Length: 31457280\r\n\r\n")
+        for _ in range(480):
+            sock.sendall(b"a" * 65536)  # raises if the bridge resets the connection
+        answer = read_until_closed(sock, 10)
+    assert statuses(answer) == [415] and "connection: close" in head_of(answer)
+    assert json_error(answer)["code"] == "unsupported_media_type"
+
+
+def test_an_early_answer_to_expect_100_continue_says_it_closes(stack):
+    answer = exchange(stack["port"], b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                                     b"Expect: 100-continue\r\nContent-Length: 1000000\r\n\r\n", timeout=5)
+    assert statuses(answer) == [415] and "connection: close" in head_of(answer)
+
+
+def test_100_continue_goes_to_http_1_1_clients_only(stack):
+    """The inference route reads the body, so the server sends 100 Continue, but never to HTTP/1.0."""
+    request = (b"POST / %s\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 2\r\n\r\n")
+    for version, expected in ((b"HTTP/1.1", True), (b"HTTP/1.0", False)):
+        with socket.create_connection(("127.0.0.1", stack["port"]), timeout=5) as sock:
+            sock.sendall(request % version)
+            sock.settimeout(1)
+            try:
+                first = sock.recv(100)
+            except TimeoutError:
+                first = b""
+            assert first.startswith(b"HTTP/1.1 100") is expected, (version, first)
+            sock.sendall(b"{}")
+            assert statuses(first + read_until_closed(sock, 3))[-1] == 400  # no studyPath: the body was read
+
+
+@pytest.mark.parametrize("hosts", [b"", b"Host:\r\n", b"Host: a\r\nHost: b\r\n"])
+def test_a_missing_or_repeated_host_is_a_400(stack, hosts):
+    answer = exchange(stack["port"], b"GET /ping HTTP/1.1\r\n" + hosts + b"\r\n")
+    assert statuses(answer) == [400] and "host" in json_error(answer)["message"].lower()
+    assert "connection: close" in head_of(answer)
+
+
+def test_an_http_1_0_request_needs_no_host(stack):
+    assert statuses(exchange(stack["port"], b"GET /ping HTTP/1.0\r\n\r\n")) == [200]
+
+
+def test_transfer_codings_other_than_chunked_are_refused(stack):
+    answer = exchange(stack["port"], b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n"
+                                     b"Content-Type: application/json\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    assert statuses(answer) == [501] and json_error(answer)["code"] == "not_implemented"
+    # HTTP/1.0 has no Transfer-Encoding: its framing cannot be trusted (RFC 9112, 6.1).
+    answer = exchange(stack["port"], b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert statuses(answer) == [400]
+
+
+def test_an_http_2_request_line_is_not_served_as_http_1(stack):
+    assert statuses(exchange(stack["port"], b"GET /ping HTTP/2.0\r\nHost: x\r\n\r\n")) == [400]
+
+
+@pytest.mark.parametrize(("path", "method", "allowed"), [
+    ("/", "GET", "POST"), ("/metrics", "POST", "GET, HEAD"), ("/ping", "PUT", "GET, HEAD, POST")])
+def test_a_405_says_which_methods_are_allowed(stack, path, method, allowed):
+    answer = exchange(stack["port"], f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                     f"Content-Length: 0\r\n\r\n".encode())
+    assert statuses(answer) == [405] and f"allow: {allowed.lower()}" in head_of(answer)
+
+
+@pytest.mark.parametrize("path", ["/ping", "/healthcheck", "/healthz", "/readyz", "/metrics"])
+def test_head_works_wherever_get_does(stack, path):
+    get = exchange(stack["port"], f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    head = exchange(stack["port"], f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert statuses(head) == statuses(get) and head.endswith(b"\r\n\r\n"), head[-200:]
+
+
+def test_many_headers_or_a_long_target_are_refused_with_json(stack):
+    answer = exchange(stack["port"], b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (70 << 10) + b"\r\n\r\n")
+    assert statuses(answer) == [431] and json_error(answer)["code"] == "request_header_fields_too_large"
+    answer = exchange(stack["port"], b"GET /" + b"a" * (9 << 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(answer) == [414] and json_error(answer)["code"] == "uri_too_long"
+
+
+def test_a_keep_alive_connection_serves_requests_one_after_another(stack, study):
+    """Three requests on one connection, an inference between two probes: each answered in order."""
+    body = http.hand_built_body([("application/json", b'{"inference_command": "get-bounding-box-2d"}'),
+                                 ("application/dicom", study.instances[0].path.read_bytes())], "b")
+    ping = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = exchange(stack["port"], ping + http.raw_post_head(body) + body + ping.replace(
+        b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    assert statuses(answer) == [200, 200, 200]
