@@ -169,7 +169,8 @@ def test_heads_the_rfc_or_our_limits_refuse(request_scope, reason, status):
 
 
 @pytest.mark.parametrize("request_scope", [
-    scope(), scope(headers=[], version="1.0"), scope(headers=[(b"host", b"")], version="1"), scope(headers=[(b"host", b"x"), (b"transfer-encoding", b"Chunked")]),
+    scope(), scope(headers=[], version="1.0"), scope(headers=[(b"host", b"")], version="1"),
+    scope(headers=[(b"host", b"x"), (b"transfer-encoding", b"Chunked")]),
     scope(path=b"/a%20b"),
 ])
 def test_heads_that_pass(request_scope):
