@@ -8,7 +8,6 @@ report. Missing Chromium is a failure, not a skip: .ci/run installs it.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import system_tools
 from tests.dicom_factory import write_standard_study
 from tests.services import ROOT, mock_stack
 from testtool.drawing import LINE_COLOR
@@ -56,10 +56,7 @@ def chromium_driver(profile: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.fail("chromium and chromedriver are needed: apt-get install -y chromium chromium-driver "
-                    "(.ci/run installs them)")
+    browser, driver = system_tools.require("chromium", "chromedriver")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in CHROMIUM_FLAGS:
