@@ -11,7 +11,7 @@ WORKER_LISTEN ?= 127.0.0.1:50051
 WORKER_METRICS_LISTEN ?= 127.0.0.1:9464
 WORKER_MODEL ?= mock_model
 
-.PHONY: setup system-tools run test fuzz soak proto lint bench clean
+.PHONY: setup system-tools sample-study run test fuzz soak proto lint bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ run: setup
 # still run: those needing a missing program fail, listed together at the end.
 system-tools:
 	$(PYTHON) tools/system_tools.py install
+
+# A small CT series of a phantom (no patient data) in sample-study/, to send with the test tool.
+sample-study: setup
+	$(PY) -m testtool --make-sample-study sample-study
 
 # Tests spend most of their time waiting on real processes, so they run on 4 xdist workers.
 test: setup system-tools

@@ -33,6 +33,7 @@ from testtool.html_report import REPORT_FILE, ReportInput, write_report
 from testtool.loading import load_study
 from testtool.render import SHEET_FILE, write_pictures
 from testtool.report import summary
+from testtool.sample_study import write_sample_study
 from testtool.send import (
     DEFAULT_COMMANDS,
     MultipartBody,
@@ -98,8 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog=_program_name(), description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-i", "--input", required=True, type=Path, metavar="STUDY_DIR",
-                        help="folder of the study to send (searched recursively)")
+    parser.add_argument("-i", "--input", type=Path, metavar="STUDY_DIR",
+                        help="folder of the study to send (searched recursively); required unless "
+                             "--make-sample-study is given")
+    parser.add_argument("--make-sample-study", "--make_sample_study", type=Path, metavar="DIR",
+                        help="write a small CT series of a body-shaped phantom (24 slices of 128 x 128, no patient "
+                             "data) into DIR and stop: a study to try the tool and a model with")
     parser.add_argument("--host", default="127.0.0.1", help="host of the inference service (default: %(default)s)")
     parser.add_argument("-p", "--port", type=int, default=8900, help="its port (default: %(default)s)")
     parser.add_argument("-r", "--route", default="/",
@@ -187,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     options = parse_options(parser, args.request_options)
+    if args.make_sample_study is not None:
+        return _make_sample_study(args.make_sample_study)
+    if args.input is None:
+        parser.error("the following arguments are required: -i/--input (or --make-sample-study DIR)")
     if not args.input.is_dir():
         parser.error(f"STUDY_DIR {args.input} is not a folder")
     for path in args.attachments:
@@ -224,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         _remove_own_files(args.output)
         answer, broken = _receive(response, args.output, bars)
     return _finish(args, study, answer, input_hash, broken, url, request_json)
+
+
+def _make_sample_study(folder: Path) -> int:
+    sample = write_sample_study(folder)
+    print(f"wrote a sample CT study into {sample.folder}: {len(sample.files)} slices of a phantom "
+          f"({sample.folder / 'CT'}), no patient data.\nSend it: {_program_name()} -i {folder} "
+          "-c get-probability-mask -o output")
+    return EXIT_OK
 
 
 def _connection(args) -> dict:
