@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     request_json = build_request_json(command, study, args.send_study_size, options, args.output_formats)
     url = url_of(args.host, args.port, args.route, "https" if args.https or args.cacert else "http")
     timeout = (min(CONNECT_TIMEOUT, args.timeout), args.timeout) if args.timeout > 0 else None
+    request_id = f"testtool-{uuid.uuid4().hex[:12]}"  # both services log it: printed with any error answer
     try:
-        response, input_hash = _post(url, args, study, request_json, timeout, bars)
+        response, input_hash = _post(url, args, study, request_json, timeout, bars, request_id)
     except requests.Timeout:
         print(f"error: no answer from {url} within {args.timeout:g} s (--timeout)", file=sys.stderr)
         return EXIT_FAILURE
@@ -228,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     with response:
         if response.status_code != 200:
-            print(_http_error(url, response), file=sys.stderr)
+            message = _http_error(url, response, request_id)
+            print(message, file=sys.stderr)
+            _remove_own_files(args.output)
+            report = _error_report(args, study, url, request_json, input_hash, message.removeprefix("error: "))
+            print(f"Report: {report} (open it in a browser)", file=sys.stderr)
             return EXIT_FAILURE
         _remove_own_files(args.output)
         answer, broken = _receive(response, args.output, bars)
@@ -243,15 +249,15 @@ def _make_sample_study(folder: Path) -> int:
     return EXIT_OK
 
 
-def _connection(args) -> dict:
-    """requests' keyword arguments for the token and the HTTPS certificate check."""
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+def _connection(args, request_id: str) -> dict:
+    """requests' keyword arguments for the token, the request id and the HTTPS certificate check."""
+    headers = {"X-Request-Id": request_id, **({"Authorization": f"Bearer {args.token}"} if args.token else {})}
     return {"headers": headers, "verify": str(args.cacert) if args.cacert else True}
 
 
-def _post(url, args, study: LoadedStudy, request_json: dict, timeout, bars: bool):
+def _post(url, args, study: LoadedStudy, request_json: dict, timeout, bars: bool, request_id: str):
     """(streamed response, SHA-256 of the parts sent)."""
-    connection = _connection(args)
+    connection = _connection(args, request_id)
     if args.request_study_path:
         body = study_path_body(args.request_study_path, request_json)
         print(f"Sending studyPath {args.request_study_path!r} to {url} with {json.dumps(request_json)}")
@@ -302,7 +308,14 @@ def _reason(exc: BaseException) -> str:
     return text.split(": ", 1)[-1] if text.startswith("<") else text
 
 
-def _http_error(url: str, response: requests.Response) -> str:
+def _error_report(args, study: LoadedStudy, url: str, request_json: dict, input_hash: str, error: str) -> Path:
+    """The report of an error answer: the error, the request, the study's images with nothing drawn."""
+    pictures = write_pictures(study, {}, args.output)
+    return write_report(ReportInput(args.output, url, request_json, input_hash, study, None, ReceivedAnswer(""), {},
+                                    [], [], pictures, EXIT_FAILURE, error))
+
+
+def _http_error(url: str, response: requests.Response, sent_id: str = "") -> str:
     raw = b""
     for chunk in response.iter_content(64 * 1024):
         raw += chunk
@@ -310,12 +323,18 @@ def _http_error(url: str, response: requests.Response) -> str:
             break
     text = raw.decode("utf-8", errors="replace")
     message = text.strip()[:2000] or "(empty body)"
+    request_id = response.headers.get("X-Request-Id", "")
     try:
         error = json.loads(text).get("error", {})
         message = f"{error.get('message')} ({error.get('code')})" if error.get("message") else message
+        request_id = str(error.get("request_id") or request_id)
     except (ValueError, AttributeError):
         pass
-    return f"error: {url} answered HTTP {response.status_code} {response.reason or ''}".rstrip() + f": {message}"
+    request_id = request_id or sent_id
+    where = (f"; request id {request_id}: the bridge's and the worker's log lines about it carry "
+             f"request_id={request_id}") if request_id else ""
+    return (f"error: {url} answered HTTP {response.status_code} {response.reason or ''}".rstrip()
+            + f": {message}{where}")
 
 
 def _remove_own_files(out_dir: Path) -> None:
