@@ -347,3 +347,27 @@ def test_underscored_flags_of_the_original_tool_also_take_hyphens():
         "--include-label-plots", "--bounding-box-model", "--output-formats", "dicom"])
     assert vars(underscored) == vars(hyphenated)
     assert underscored.model_type == "bounding_box" and underscored.request_options == ["a=1"]
+
+
+def test_outline_draws_the_edge_of_the_masks_that_a_filled_run_fills(stack, study, tmp_path):
+    runs = {}
+    for mode in ("filled", "outline"):
+        out = tmp_path / mode
+        run = run_tool(stack["port"], "-i", str(study.folder), "-o", str(out), "-c", "get-boolean-mask",
+                       *(["--outline"] if mode == "outline" else []))
+        assert run.returncode == 0, run.stdout + run.stderr
+        runs[mode] = out
+    names = sorted(path.name for path in runs["filled"].glob(SLICE_PNGS))
+    changed_somewhere = False
+    for name in names:
+        plain = runs["filled"] / "plain" / name
+        if not plain.exists():
+            continue
+        base, filled, outlined = (pixels(path) for path in (plain, runs["filled"] / name, runs["outline"] / name))
+        height = base.shape[0]  # the picture's panel (legend) lies below the image
+        filled_pixels = (filled[:height] != base).any(axis=2)
+        outline_pixels = (outlined[:height] != base).any(axis=2)
+        assert not (outline_pixels & ~filled_pixels).any(), name  # an outline stays on the mask
+        changed_somewhere |= outline_pixels.sum() < filled_pixels.sum()
+        assert (plain.read_bytes() == (runs["outline"] / "plain" / name).read_bytes())  # the same image as sent
+    assert changed_somewhere

@@ -32,7 +32,7 @@ from testtool.dicom_outputs import merge_findings, read_dicom_outputs
 from testtool.findings import findings_for_study
 from testtool.html_report import REPORT_FILE, ReportInput, write_report
 from testtool.loading import load_study
-from testtool.render import SHEET_FILE, write_pictures
+from testtool.render import PLAIN_DIR, SHEET_FILE, write_pictures
 from testtool.report import summary
 from testtool.sample_study import write_sample_study
 from testtool.send import (
@@ -52,7 +52,7 @@ LARGE_ANSWER = 4 << 20  # below this a download bar would only flicker
 ERROR_BODY_LIMIT = 1 << 20
 # Files of an earlier run that this run would otherwise leave mixed with its own.
 OWN_FILES = ("response.json", "hashes.txt", MASK_FILE.format("*"), DICOM_FILE.format("*"), "series*_slice*_frame*.png",
-             SHEET_FILE.format("*"), REPORT_FILE)
+             SHEET_FILE.format("*"), REPORT_FILE, f"{PLAIN_DIR}/series*_slice*_frame*.png")
 
 DESCRIPTION = """\
 Send a DICOM study to an Arterys-protocol inference service (e.g. the bridge), check the answer
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output_formats of the request JSON, comma-separated: arterys (the protocol's masks), "
                              "dicom (DICOM Segmentations and a TID 1500 report, drawn and listed like the rest); "
                              "without it the request names none and the server's default applies")
+    parser.add_argument("--outline", action="store_true",
+                        help="draw masks as outlines (one pixel of the label's colour around each region) instead "
+                             "of filled, so that the tissue under them stays visible")
     parser.add_argument("-l", "--include_label_plots", "--include-label-plots", action="store_true",
                         help="also write study_ml_json / series_ml_json (classification labels) on the PNGs")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
@@ -384,7 +387,7 @@ def _finish(args, study: LoadedStudy, answer: ReceivedAnswer, input_hash: str, b
         findings, notes = merge_findings(findings, dicom.findings), notes + dicom.notes
     else:
         findings, notes, dicom = {}, [], None
-    pictures = write_pictures(study, findings, out_dir)
+    pictures = write_pictures(study, findings, out_dir, outline=args.outline)
     pngs = [picture.path for series in pictures for picture in series.frames]
     status = EXIT_FAILURE if broken else EXIT_VIOLATIONS if violations else EXIT_OK
     report = write_report(ReportInput(out_dir, url, request_json, input_hash, study, result, answer, findings,
