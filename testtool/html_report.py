@@ -196,8 +196,8 @@ def _pair(picture, out_dir: Path) -> str:
         else picture.plain.as_posix()
     overlay = picture.path.name
     caption = f"slice {picture.slice_number}" + (f", frame {picture.frame + 1}" if picture.image.frames > 1 else "")
-    return (f"<figure class=\"pair\"><a href=\"{escape(plain)}\"><img loading=\"lazy\" src=\"{escape(plain)}\" "
-            f"alt=\"{escape(caption)}, as sent\"></a><a href=\"{escape(overlay)}\"><img loading=\"lazy\" "
+    return (f"<figure class=\"pair\"><a href=\"{escape(plain)}\"><img src=\"{escape(plain)}\" "
+            f"alt=\"{escape(caption)}, as sent\"></a><a href=\"{escape(overlay)}\"><img "
             f"src=\"{escape(overlay)}\" alt=\"{escape(caption)}, findings drawn\"></a>"
             f"<figcaption>{escape(caption)}: as sent · findings drawn</figcaption></figure>")
 
