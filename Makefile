@@ -11,7 +11,7 @@ WORKER_LISTEN ?= 127.0.0.1:50051
 WORKER_METRICS_LISTEN ?= 127.0.0.1:9464
 WORKER_MODEL ?= mock_model
 
-.PHONY: setup run test fuzz soak proto lint bench clean
+.PHONY: setup system-tools sample-study run test fuzz soak proto lint bench clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,19 @@ run: setup
 	$(PY) -m tools.run_local --http $(BRIDGE_LISTEN) --worker $(WORKER_LISTEN) --metrics $(WORKER_METRICS_LISTEN) \
 		--model $(WORKER_MODEL)
 
+# The programs the tests run for real (tools/system-tools.txt: Prometheus, Chromium, dicom3tools...): the
+# missing ones are installed with apt-get on Debian/Ubuntu as root or with sudo, after a line saying which;
+# elsewhere (or with INSTALL_SYSTEM_TOOLS=0) a line says what is missing and how to install it, and the tests
+# still run: those needing a missing program fail, listed together at the end.
+system-tools:
+	$(PYTHON) tools/system_tools.py install
+
+# A small CT series of a phantom (no patient data) in sample-study/, to send with the test tool.
+sample-study: setup
+	$(PY) -m testtool --make-sample-study sample-study
+
 # Tests spend most of their time waiting on real processes, so they run on 4 xdist workers.
-test: setup
+test: setup system-tools
 	$(PY) -m pytest -n 4 --dist worksteal
 
 # A longer fuzzing run than CI's: tests/test_fuzz_*.py (hypothesis, see tests/conftest.py) with the "long"

@@ -114,6 +114,10 @@ class BridgeApp:
                     response.body = self._counted(response.body, request, route, started, inference, request_id,
                                                   trace)
                     return response
+                if request.path in ("/healthcheck", "/readyz"):
+                    # A bridge that has just started answers with its workers' first health check (at most
+                    # its 1 s timeout away), never "not checked yet": a probe right after start got that.
+                    await asyncio.gather(*(pool.first_check() for pool in self.pools.values()))
                 response = self._service(request)
             except errors.ApiError as error:
                 response = json_response(error, request_id)

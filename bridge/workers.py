@@ -16,6 +16,7 @@ seconds; 503 comes only when every worker stayed full that long.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -31,6 +32,7 @@ log = logging.getLogger("bridge.workers")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 MESSAGE_LIMIT = 16 << 20
+HEALTH_CHECK_SECONDS = 1.0
 PUBLIC_HEALTH_PROBLEMS = {
     grpc.StatusCode.UNAVAILABLE: "no worker can be reached",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the worker did not answer its health check within 1 s",
@@ -168,6 +170,8 @@ class WorkerPool:
     infer: grpc.aio.StreamStreamMultiCallable = field(init=False)
     ready: bool = field(default=False, init=False)
     last_problem: str = field(default="not checked yet", init=False)
+    # Set once the first health check has an answer: until then "not ready" would be a guess (first_check).
+    checked: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def __post_init__(self) -> None:
         options = channel_options() + self.extra_options
@@ -187,7 +191,8 @@ class WorkerPool:
         """Asks a worker's health service; with client-side health checking only SERVING workers answer."""
         detail = ""
         try:
-            response = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1.0)
+            response = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+                                                timeout=HEALTH_CHECK_SECONDS)
             serving = response.status == health_pb2.HealthCheckResponse.SERVING
             self.last_problem = "" if serving else "the worker's model is not loaded yet"
         except grpc.aio.AioRpcError as error:
@@ -205,7 +210,14 @@ class WorkerPool:
             log.info("worker target %s is %s", self.target,
                      "ready" if serving else f"not ready ({self.last_problem}{detail})")
         self.ready = serving
+        self.checked.set()
         return serving
+
+    async def first_check(self) -> None:
+        """Returns once the first health check has answered (at most HEALTH_CHECK_SECONDS after start)."""
+        if not self.checked.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.checked.wait(), HEALTH_CHECK_SECONDS + 1)
 
     async def _watch(self) -> None:
         while True:

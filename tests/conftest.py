@@ -20,6 +20,7 @@ from hypothesis import settings
 
 from contract import inference_pb2_grpc as pb_grpc
 from contract.logs import configure_logging
+from tests import system_tools
 from tests.dicom_factory import StudyRecord, write_standard_study
 from tests.services import Service, free_port, spawn_process, wait_for
 from tests.worker_client import CHANNEL_OPTIONS, dicom_parts
@@ -30,6 +31,15 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def pytest_configure(config) -> None:
     configure_logging()  # once, as every entry point does, before anything logs
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The tests that failed for want of a system program, in one list with the command that installs them."""
+    lines = system_tools.summary_lines(terminalreporter.stats.get("failed", []))
+    if lines:
+        terminalreporter.section("system tools missing", red=True)
+        for line in lines:
+            terminalreporter.line(line, red=True)
 
 
 # ------------------------------------------------------------------------------------------- studies

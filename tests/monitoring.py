@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import services
+from tests import services, system_tools
 from tests.services import ROOT, free_port
 
 PROMETHEUS_DIR = ROOT / "deploy/prometheus"
@@ -30,11 +28,7 @@ DASHBOARD_DIR = ROOT / "deploy/grafana"
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"`{name}` is not installed. It comes with the Debian package `prometheus`: "
-                    "apt-get install -y prometheus (.ci/run does this when it is missing).", pytrace=False)
-    return path
+    return system_tools.require(name)[0]
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess:

@@ -56,21 +56,22 @@ class Service:
         return self.process.returncode
 
 
-def spawn_process(args: list[str], env: dict | None, log_path: Path, base_env: dict | None = None) -> subprocess.Popen:
-    """`python ARGS` in the repository, output to log_path; environment: base_env (default: ours) + env."""
+def spawn_process(args: list[str], env: dict | None, log_path: Path, base_env: dict | None = None,
+                  cwd: Path = ROOT) -> subprocess.Popen:
+    """`python ARGS` in `cwd` (the repository), output to log_path; environment: base_env (default: ours) + env."""
     full_env = {**(os.environ if base_env is None else base_env), "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "wb") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=handle,
+        return subprocess.Popen([sys.executable, *args], cwd=cwd, env=full_env, stdout=handle,
                                 stderr=subprocess.STDOUT)
 
 
 _started = itertools.count(1)
 
 
-def spawn(tmp: Path, name: str, args: list[str], port: int, env: dict | None = None) -> Service:
+def spawn(tmp: Path, name: str, args: list[str], port: int, env: dict | None = None, cwd: Path = ROOT) -> Service:
     """Starts `python ARGS` with its output in TMP/NAME-N.log (N counts the processes started); does not wait."""
     log_path = tmp / f"{name}-{next(_started)}.log"
-    return Service(spawn_process(args, env, log_path), port, log_path)
+    return Service(spawn_process(args, env, log_path, cwd=cwd), port, log_path)
 
 
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition", interval: float = 0.02,
@@ -102,10 +103,11 @@ def reported_port(service: Service, timeout: float = 60) -> int:
 
 
 def start_worker(tmp: Path, model: str = "mock_model", *extra: str, env: dict | None = None,
-                 wait_serving: bool = True, timeout: float = 60, port: int | None = None) -> Service:
-    """`python -m worker` on `port`, or on port 0 with the port it reports (no race for a free port)."""
+                 wait_serving: bool = True, timeout: float = 60, port: int | None = None,
+                 cwd: Path = ROOT) -> Service:
+    """`python -m worker` on `port`, or on port 0 with the port it reports (no race for a free port); in `cwd`."""
     service = spawn(tmp, "worker", ["-m", "worker", "--model", model, "--listen", f"127.0.0.1:{port or 0}", *extra],
-                    port or 0, env)
+                    port or 0, env, cwd)
     if not port:
         service.port = reported_port(service, timeout)
     if wait_serving:

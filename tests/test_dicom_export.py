@@ -22,6 +22,7 @@ from pydicom.sr.codedict import codes
 
 from mock_model.model import MockModel
 from tests import dicom_factory as factory
+from tests import system_tools
 from tests.test_dicom_export_studies import as_study, write_export_study
 from worker.api import UnsupportedStudy
 from worker.dicom_export import DicomExportError, export_dicom
@@ -46,10 +47,8 @@ ACCEPTED_WARNINGS = {
 
 def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
     """(errors, warnings) dciodvfy reports for a file. Fails (not skips) when dicom3tools is missing."""
-    try:
-        result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False)
-    except FileNotFoundError:
-        pytest.fail("dciodvfy is not installed: apt-get install -y dicom3tools (.ci/run does it)")
+    program = system_tools.require("dciodvfy")[0]
+    result = subprocess.run([program, str(path)], capture_output=True, text=True, timeout=60, check=False)
     lines = (result.stdout + result.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")], [line for line in lines if line.startswith("Warning")]
 

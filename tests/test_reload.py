@@ -2,7 +2,8 @@
 
 A real `python -m worker --reload` process hosting a model written into a temporary folder: an edit
 restarts it (one log line), a request in flight during the edit still gets its answer from the old
-model, a syntax error leaves the supervisor waiting for the next edit, and SIGTERM stops everything.
+model, a syntax error leaves the supervisor waiting for the next edit (also when the model is broken from
+the start), and SIGTERM stops everything.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import grpc
 import pytest
 
 from tests.dicom_factory import SeriesSpec, write_study
-from tests.services import free_port, spawn, wait_for_health
+from tests.services import free_port, spawn, wait_for, wait_for_health
 from tests.worker_client import dicom_parts, infer, stub_for
 
 MODEL = textwrap.dedent("""
@@ -100,3 +101,30 @@ def test_an_edit_restarts_the_worker_with_the_new_model(tmp_path):
         assert worker.stop() == 0
     with pytest.raises(ConnectionError):  # the child is gone too
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+@pytest.mark.timeout(120)
+def test_a_model_broken_from_the_start_is_waited_for(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    source = models / "reloadable.py"
+    write_model(source, "def broken(:\n")
+    study = write_study(tmp_path / "study", [SeriesSpec("ct", rows=8, cols=8, count=1)])
+    port = free_port()
+    worker = spawn(tmp_path, "worker", ["-m", "worker", "--model", "reloadable:Reloadable", "--model-dir", str(models),
+                                        "--reload", "--listen", f"127.0.0.1:{port}"], port, env={"WORKER_RELOAD": ""})
+    try:
+        wait_for(lambda: "could not start (its error is above); waiting for a change to" in worker.log(), 30,
+                 "the supervisor to wait for a fix", service=worker)
+        assert "importing reloadable failed: SyntaxError" in worker.log()
+        write_model(source, MODEL.format(version="fixed"))
+        wait_for_label(port, dicom_parts([study.instances[0].path]), "fixed")
+    finally:
+        assert worker.stop() == 0
+
+
+def test_a_model_that_cannot_be_found_still_ends_reload_with_status_2(tmp_path):
+    worker = spawn(tmp_path, "worker", ["-m", "worker", "--model", "no_such_model_here:Model", "--reload",
+                                        "--listen", f"127.0.0.1:{free_port()}"], 0, env={"WORKER_RELOAD": ""})
+    assert worker.process.wait(60) == 2
+    assert "no module named 'no_such_model_here'" in worker.log()

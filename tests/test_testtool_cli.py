@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import struct
@@ -190,11 +191,22 @@ def test_request_study_path(stack, study_root, tmp_path):
     assert len(list(out.glob(SLICE_PNGS))) == 18
 
 
-def test_an_unknown_command_exits_2_with_the_bridge_message(stack, study, tmp_path):
-    run = run_tool(stack["port"], "-i", str(study.folder), "-o", str(tmp_path / "out"), "-c", "get-nothing")
+def test_an_error_answer_exits_2_with_the_message_the_request_id_and_a_report(stack, study, tmp_path):
+    out = tmp_path / "out"
+    run = run_tool(stack["port"], "-i", str(study.folder), "-o", str(out), "-c", "get-nothing")
     assert run.returncode == 2, run.stdout + run.stderr
     assert "HTTP 400" in run.stderr
     assert "unknown inference_command 'get-nothing'" in run.stderr
+    # The id the tool sent, printed so that both services' logs can be searched for it.
+    request_id = re.search(r"request id (testtool-[0-9a-f]{12}): the bridge's and the worker's log lines about it "
+                           r"carry request_id=\1", run.stderr)[1]
+    for service in ("bridge", "worker"):
+        assert f"request_id={request_id}" in stack[service].log(), service
+    # The report is written all the same, with the error, and the study's images with nothing drawn.
+    page = (out / "index.html").read_text()
+    assert "unknown inference_command &#x27;get-nothing&#x27;" in page and request_id in page
+    assert len(list(out.glob(SLICE_PNGS))) == 18
+    assert f"Report: {out / 'index.html'}" in run.stderr
 
 
 def test_no_server_exits_2_with_a_clear_message(study, tmp_path):
@@ -335,3 +347,27 @@ def test_underscored_flags_of_the_original_tool_also_take_hyphens():
         "--include-label-plots", "--bounding-box-model", "--output-formats", "dicom"])
     assert vars(underscored) == vars(hyphenated)
     assert underscored.model_type == "bounding_box" and underscored.request_options == ["a=1"]
+
+
+def test_outline_draws_the_edge_of_the_masks_that_a_filled_run_fills(stack, study, tmp_path):
+    runs = {}
+    for mode in ("filled", "outline"):
+        out = tmp_path / mode
+        run = run_tool(stack["port"], "-i", str(study.folder), "-o", str(out), "-c", "get-boolean-mask",
+                       *(["--outline"] if mode == "outline" else []))
+        assert run.returncode == 0, run.stdout + run.stderr
+        runs[mode] = out
+    names = sorted(path.name for path in runs["filled"].glob(SLICE_PNGS))
+    changed_somewhere = False
+    for name in names:
+        plain = runs["filled"] / "plain" / name
+        if not plain.exists():
+            continue
+        base, filled, outlined = (pixels(path) for path in (plain, runs["filled"] / name, runs["outline"] / name))
+        height = base.shape[0]  # the picture's panel (legend) lies below the image
+        filled_pixels = (filled[:height] != base).any(axis=2)
+        outline_pixels = (outlined[:height] != base).any(axis=2)
+        assert not (outline_pixels & ~filled_pixels).any(), name  # an outline stays on the mask
+        changed_somewhere |= outline_pixels.sum() < filled_pixels.sum()
+        assert (plain.read_bytes() == (runs["outline"] / "plain" / name).read_bytes())  # the same image as sent
+    assert changed_somewhere

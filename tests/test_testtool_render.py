@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from arterys_http.label_colours import label_colours
 from tests.dicom_factory import SAGITTAL, TILTED, write_enhanced_series, write_standard_study
+from testtool.answer import ReceivedAnswer
 from testtool.drawing import draw_box, draw_legend, draw_measurement, draw_text_lines
 from testtool.findings import (
     BooleanMask,
@@ -29,7 +31,6 @@ from testtool.findings import (
 )
 from testtool.loading import load_study
 from testtool.overlay import (
-    label_colors,
     overlay_boolean,
     overlay_heatmap,
     overlay_labels,
@@ -37,6 +38,7 @@ from testtool.overlay import (
     palette_lookup,
 )
 from testtool.render import choose_scale, render_frame, render_image, save_png, write_pngs
+from testtool.report import series_notes, summary
 from testtool.study import InputImage, LoadedStudy
 
 GRAY = 100
@@ -173,15 +175,49 @@ def test_heatmap_composites_with_the_palette_alpha():
     assert out[3, 0].tolist() == [114, 114, 55]
 
 
-def test_label_colours_are_distinct_and_deterministic():
-    label_map = {"1": "liver", "2": "spleen", "3": "kidney", "x": "not a class"}
-    colors = label_colors(label_map)
+def test_one_colour_per_label_across_series_parts_and_label_maps(tmp_path):
+    """The colour follows the label, never the part's position: the same label is the same colour in every
+    series (and a class of a label mask named like a mask is that mask's colour), from the shared
+    arterys_http.label_colours, which the worker's DICOM Segmentations use too."""
+    write_standard_study(tmp_path / "study")
+    study = load_study(tmp_path / "study")
+    series = [uid for uid, images in study.series.items() if images[0].frames == 1][:2]
 
-    assert set(colors) == {1, 2, 3}
-    assert len(set(colors.values())) == 3
-    assert label_colors(dict(reversed(label_map.items()))) == colors
-    many = label_colors({str(k): f"class {k}" for k in range(1, 61)})
-    assert len(set(many.values())) == 60
+    def volume(uid: str, label: str, binary_type: str = "probability_mask", **extra) -> dict:
+        images = study.series[uid]
+        shape = {"timepoints": 1, "depth": len(images), "height": images[0].rows, "width": images[0].cols}
+        return {"label": label, "binary_type": binary_type, "binary_data_shape": shape, "SeriesInstanceUID": uid,
+                **extra}
+
+    parts = [volume(series[0], "liver"), volume(series[1], "spleen"), volume(series[1], "liver"),
+             volume(series[0], "organs", "numeric_label_mask", label_map={"1": "liver", "2": "kidney"})]
+    binaries = [np.ones(p["binary_data_shape"]["depth"] * p["binary_data_shape"]["height"]
+                        * p["binary_data_shape"]["width"], np.uint8).tobytes() for p in parts]
+    findings, notes = findings_for_study(study, _answer(parts=parts), binaries)
+
+    assert notes == []
+    expected = label_colours(["liver", "spleen", "organs", "kidney"])
+    drawn = [f for found in findings.values() for f in found]
+    masks = {(f.label, f.color) for f in drawn if isinstance(f, ProbabilityMask)}
+    assert masks == {("liver", expected["liver"]), ("spleen", expected["spleen"])}
+    (classes,) = {tuple(sorted(f.colors.items())) for f in drawn if isinstance(f, LabelMask)}
+    assert dict(classes) == {1: expected["liver"], 2: expected["kidney"]}
+
+
+def test_outline_mode_draws_only_the_edge_in_the_full_colour():
+    mask = np.zeros((ROWS, COLS), np.uint8)
+    mask[0:3, 1:4] = 255  # a 3 x 3 square: its centre (1, 2) is the only inner pixel
+    filled = overlay_probability(_gray(), mask, 0.5, (255, 0, 0), 0.5)
+    outlined = overlay_probability(_gray(), mask, 0.5, (255, 0, 0), 0.5, outline=True)
+    square = {(r, c) for r in range(3) for c in range(1, 4)}
+    assert _changed(_gray(), filled) == square
+    assert _changed(_gray(), outlined) == square - {(1, 2)}
+    assert all(outlined[r, c].tolist() == [255, 0, 0] for r, c in square - {(1, 2)})
+    labels = np.zeros((ROWS, COLS), np.uint8)
+    labels[:, :2], labels[:, 2:] = 1, 2  # two regions side by side, each touching the image's edge
+    out = overlay_labels(_gray(), labels, {1: (255, 0, 0), 2: (0, 0, 255)}, outline=True)
+    assert out[1, 0].tolist() == [255, 0, 0] and out[1, 1].tolist() == [255, 0, 0]  # image edge, region edge
+    assert out[1, 3].tolist() == [GRAY] * 3 and out[1, 2].tolist() == [0, 0, 255]
 
 
 def test_label_overlay_colours_each_class_and_leaves_unknown_values():
@@ -419,7 +455,7 @@ def test_3d_mask_with_time_points_and_multi_frame_instances():
     for f in range(3):
         (finding,) = findings[("multi", f)]
         assert {tuple(p) for p in np.argwhere(finding.mask)} == {(3, f)}
-    assert findings[("t0s0", 0)][0].color != findings[("multi", 0)][0].color  # one colour per part
+    assert findings[("t0s0", 0)][0].color == findings[("multi", 0)][0].color  # one label, one colour
 
 
 def test_2d_masks_go_to_their_image_and_frame():
@@ -628,6 +664,11 @@ def test_write_pngs_one_file_per_frame_in_send_order(tmp_path):
     paths = write_pngs(study, findings, tmp_path / "out")
 
     assert len(paths) == sum(image.frames for image in study.images) == 18
+    # The frame with a finding drawn on it (the box; text is not a finding on the anatomy) also has a copy
+    # with nothing drawn, under the same name in plain/.
+    series_number = list(study.series.values()).index(axial) + 1
+    assert [p.name for p in (tmp_path / "out" / "plain").iterdir()] == [
+        f"series{series_number:02d}_slice0003_frame01.png"]
     assert [p.name for p in paths] == sorted(p.name for p in paths)
     assert all(re.fullmatch(r"series\d{2}_slice\d{4}_frame\d{2}\.png", p.name) for p in paths)
     series_number = list(study.series.values()).index(axial) + 1
@@ -640,3 +681,26 @@ def test_write_pngs_one_file_per_frame_in_send_order(tmp_path):
     assert [p.name for p in paths if p.name.startswith(f"series{multiframe:02d}")] == [
         f"series{multiframe:02d}_slice0001_frame{f:02d}.png" for f in range(1, 6)
     ]
+
+
+def test_a_series_with_nothing_drawn_gets_a_note_saying_why(tmp_path):
+    write_standard_study(tmp_path / "study")
+    study = load_study(tmp_path / "study")
+    boxed, misshapen, *untouched = list(study.series)
+    first = study.series[boxed][0]
+    answer = _answer({"label": "m", "binary_type": "boolean_mask", "SeriesInstanceUID": misshapen,
+                      "binary_data_shape": {"timepoints": 1, "depth": 1, "height": 1, "width": 1}},
+                     bounding_boxes_2d=[{"label": "b", "SOPInstanceUID": first.sop_instance_uid,
+                                         "top_left": [1, 1], "bottom_right": [3, 3]}])
+    findings, drawing_notes = findings_for_study(study, answer, [b"\x01"])
+    assert drawing_notes  # the misshapen mask is not drawn, and a drawing note says why
+
+    notes = series_notes(study, answer, findings)
+
+    assert notes == {misshapen: "the answer names this series, but nothing of it could be drawn: see the "
+                                "drawing notes",
+                     **{uid: "the model did not annotate this series: nothing in its answer names it"
+                        for uid in untouched}}
+    text = summary(study, answer, ReceivedAnswer(""), findings, [], drawing_notes, tmp_path, [])
+    assert "  series 3: the model did not annotate this series: nothing in its answer names it" in text
+    assert "  series 1:" not in text

@@ -8,7 +8,6 @@ report. Missing Chromium is a failure, not a skip: .ci/run installs it.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import system_tools
 from tests.dicom_factory import write_standard_study
 from tests.services import ROOT, mock_stack
 from testtool.drawing import LINE_COLOR
@@ -56,10 +56,7 @@ def chromium_driver(profile: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.fail("chromium and chromedriver are needed: apt-get install -y chromium chromium-driver "
-                    "(.ci/run installs them)")
+    browser, driver = system_tools.require("chromium", "chromedriver")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in CHROMIUM_FLAGS:
@@ -86,7 +83,12 @@ def test_the_report_opens_in_a_real_browser(runs, tmp_path):
     finally:
         driver.quit()
 
-    assert [src for src, _, _ in images] == [f"series{n:02d}_sheet.png" for n in range(1, SERIES + 1)]
+    sources = [src for src, _, _ in images]
+    assert [src for src in sources if src.endswith("_sheet.png")] == [f"series{n:02d}_sheet.png"
+                                                                       for n in range(1, SERIES + 1)]
+    # Each frame with findings: the image as sent (plain/) beside the same frame with its findings drawn.
+    pairs = [(src, sources[i + 1]) for i, src in enumerate(sources) if src.startswith("plain/")]
+    assert pairs and all(overlay == plain.removeprefix("plain/") for plain, overlay in pairs), sources
     assert all(complete and width > 0 for _, complete, width in images), images
     assert log == []  # no error, no warning: a missing image or a script error would show here
     assert headings == ["Summary", "Series", "Findings", "Protocol checks", "Request and answer"]
@@ -152,7 +154,7 @@ def middle_axial_png(out: Path, study) -> Path:
 def test_label_mask_legend_is_listed_on_the_page_and_below_each_image(runs):
     out, _, study = runs["get-label-mask"]
     page = (out / "index.html").read_text(encoding="utf-8")
-    assert page.count('class="swatch"') == 2 * SERIES  # core and rim, for every series
+    assert page.count('class="swatch"') == 2 * SERIES + 2  # core and rim, for every series and the whole study
     with Image.open(middle_axial_png(out, study)) as img:
         pixels = np.asarray(img.convert("RGB"))
     image_height = 32 * 8  # the axial CT: 32 rows at scale 8; the panel is below it

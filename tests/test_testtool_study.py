@@ -20,6 +20,8 @@ from tests.dicom_factory import SAGITTAL, SeriesSpec, _pixels, make_dataset, wri
 from testtool.conversion import SECONDARY_CAPTURE_STORAGE
 from testtool.display import frame_pixels, to_display, window_linear
 from testtool.loading import load_study
+from worker.errors import BadRequest
+from worker.study import Instance
 
 
 def _paths(images) -> list[Path]:
@@ -225,26 +227,38 @@ def _minimal_image(rows: int, cols: int, bits: int = 16) -> Dataset:
     return ds
 
 
-def test_files_without_preamble_are_instances(tmp_path):
-    record = write_study(tmp_path / "source", [SeriesSpec("ct", rows=32, cols=48, count=2)])
+def test_files_the_worker_refuses_are_left_out_with_a_note(tmp_path):
+    """The worker's own rule (dicom_geometry.acceptance) decides: a file without a Part 10 header, or whose
+    pixel data is shorter than its header declares, would fail the whole request with a 400 (the worker
+    refuses it; shown below through the worker's own reader), so the tool leaves it out and says why."""
+    record = write_study(tmp_path / "source", [SeriesSpec("ct", rows=32, cols=48, count=4)])
     folder = tmp_path / "study"
     folder.mkdir()
-    first, second = record.instances
+    first, second, third, kept = record.instances
     (folder / "no_preamble.dcm").write_bytes(first.path.read_bytes()[132:])  # meta group, no 'DICM'
     ds = dcmread(second.path)
     ds.preamble = None
     del ds.file_meta
     ds.save_as(folder / "raw_dataset", implicit_vr=True, little_endian=True, enforce_file_format=False)
+    ds = dcmread(third.path)
+    ds.PixelData = ds.PixelData[:100]
+    ds.save_as(folder / "short_pixels.dcm", enforce_file_format=True)
+    shutil.copy(kept.path, folder / "kept.dcm")
 
     study = load_study(folder)
 
-    assert study.skipped == []
-    assert sorted(i.sop_instance_uid for i in study.images) == sorted([first.sop_instance_uid,
-                                                                       second.sop_instance_uid])
-    for image in study.images:
-        seed = int(image.dataset.InstanceNumber)
-        np.testing.assert_array_equal(frame_pixels(image), _pixels(32, 48, 1, seed=seed))
-        assert image.read_bytes() == image.path.read_bytes()
+    assert [i.sop_instance_uid for i in study.images] == [kept.sop_instance_uid]
+    notes = {path.name: note for path, note in study.skipped}
+    assert set(notes) == {"no_preamble.dcm", "raw_dataset", "short_pixels.dcm"}
+    assert notes["no_preamble.dcm"].startswith("left out, the worker would refuse it: not a DICOM Part 10 file")
+    assert notes["short_pixels.dcm"] == ("left out, the worker would refuse it: the file declares 32 x 48 pixels x 1 "
+                                         "frame(s) x 1 sample(s) x 16 bits = 3072 bytes of pixels but its PixelData "
+                                         "holds 100")
+    for name in notes:  # the worker itself refuses each of them, with the same words
+        with pytest.raises(BadRequest) as refused:
+            Instance.parse(0, folder / name, filename=name)
+        if name == "short_pixels.dcm":
+            assert notes[name].endswith(refused.value.message.partition(f"({name}) ")[2])
 
 
 def test_dicom_without_pixels_is_sent_but_has_nothing_to_draw(tmp_path):

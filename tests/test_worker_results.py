@@ -16,7 +16,7 @@ from contract.result_json import encode_result
 from mock_model.legacy import legacy_model
 from tests.conftest import serving
 from tests.worker_client import infer
-from worker import BoundingBox, DicomOutput, LinearMeasurement, Mask, Model, Palette, Result
+from worker import BoundingBox, DicomOutput, LegacyHandlerModel, LinearMeasurement, Mask, Model, Palette, Result
 
 BROKEN = "the model's result breaks the Arterys protocol"
 
@@ -118,6 +118,20 @@ def first_axial_instance(study):
 
 
 BROKEN_CASES = {
+    # A shape in the author's terms: the array's axes, the expected ones, and the call that fixes it.
+    "3D mask built as (rows, cols, depth)": (
+        lambda s: Result(parts=[axial_mask(s, zeros(32, 48, 6))]),
+        ["width x height is 6 x 48 but the series' images are 48 x 32",
+         "the mask array is (32, 48, 6) but series ", "needs (depth, rows, cols) = (6, 32, 48) "
+         "(series.mask_shape() gives (timepoints, depth, rows, cols)); it looks like (rows, cols, depth): "
+         "np.moveaxis(mask, -1, 0) makes it (depth, rows, cols)"],
+    ),
+    "2D mask built as (cols, rows)": (
+        lambda s: Result(parts=[Mask("lesion", zeros(48, 32), "probability_mask",
+                                     sop_instance_uid=axial(s).instances[0].sop_instance_uid)]),
+        ["the mask array is (48, 32) but image ", "needs (rows, cols) = (32, 48) (instance.rows, instance.columns); "
+         "it looks like (cols, rows): mask.T makes it (rows, cols)"],
+    ),
     "fewer binaries than parts": (
         lambda s: ({"protocol_version": "1.0", "parts": [volume_part(s), volume_part(s)]}, [zeros(6, 32, 48)]),
         ["2 entries declared but 1 binaries returned", "exactly one binary per entry of parts"],
@@ -339,3 +353,31 @@ def test_any_memory_layout_is_sent_in_c_order_of_the_logical_shape(scripted, sta
     assert set(result.binaries[7]) == {0, 1}
     assert result.binaries[7] == result.binaries[8]
     assert json.loads(encode_result(result.json))["parts"][6]["label_map"] == {"1": "core", "2": "rim"}
+
+
+# ------------------------------------------------------------------- a legacy mask in the wrong layout
+
+
+def test_a_legacy_mask_in_another_axis_order_goes_out_as_the_original_sent_it_with_a_warning(
+        scripted, standard_parts, caplog):
+    """The original gateway sent `array.tostring()` whatever its shape: a handler whose binary_data_shape is
+    right but whose array is (rows, cols, depth) is answered as before, its bytes in the array's order (the
+    viewer draws them scrambled), and the log names the axes and the fix."""
+    model, stub, _server = scripted
+    array = np.arange(32 * 48 * 6, dtype=np.uint32).astype(np.uint8).reshape(32, 48, 6)
+
+    def answer(study):
+        def handler(json_input, dicom_instances, input_hash):
+            return {"protocol_version": "1.0", "parts": [volume_part(study)]}, [array]
+
+        return LegacyHandlerModel(handler).infer(study)
+
+    model.answer = answer
+    with caplog.at_level("WARNING", logger="worker.legacy"):
+        answer = infer(stub, {}, standard_parts)
+    assert answer.binaries == [array.tobytes()]
+    (warning,) = [r.getMessage() for r in caplog.records if "mask array" in r.getMessage()]
+    assert warning == ("parts[0] ('lesion'): the handler's mask array is (32, 48, 6) but its binary_data_shape says "
+                       "(depth, rows, cols) = (6, 32, 48): its bytes are sent in the array's own order, as the "
+                       "original gateway sent them, and the viewer will draw them scrambled; it looks like "
+                       "(rows, cols, depth): np.moveaxis(mask, -1, 0) makes it (depth, rows, cols)")

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,8 +32,9 @@ from testtool.dicom_outputs import merge_findings, read_dicom_outputs
 from testtool.findings import findings_for_study
 from testtool.html_report import REPORT_FILE, ReportInput, write_report
 from testtool.loading import load_study
-from testtool.render import SHEET_FILE, write_pictures
+from testtool.render import PLAIN_DIR, SHEET_FILE, write_pictures
 from testtool.report import summary
+from testtool.sample_study import write_sample_study
 from testtool.send import (
     DEFAULT_COMMANDS,
     MultipartBody,
@@ -50,7 +52,7 @@ LARGE_ANSWER = 4 << 20  # below this a download bar would only flicker
 ERROR_BODY_LIMIT = 1 << 20
 # Files of an earlier run that this run would otherwise leave mixed with its own.
 OWN_FILES = ("response.json", "hashes.txt", MASK_FILE.format("*"), DICOM_FILE.format("*"), "series*_slice*_frame*.png",
-             SHEET_FILE.format("*"), REPORT_FILE)
+             SHEET_FILE.format("*"), REPORT_FILE, f"{PLAIN_DIR}/series*_slice*_frame*.png")
 
 DESCRIPTION = """\
 Send a DICOM study to an Arterys-protocol inference service (e.g. the bridge), check the answer
@@ -98,8 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog=_program_name(), description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-i", "--input", required=True, type=Path, metavar="STUDY_DIR",
-                        help="folder of the study to send (searched recursively)")
+    parser.add_argument("-i", "--input", type=Path, metavar="STUDY_DIR",
+                        help="folder of the study to send (searched recursively); required unless "
+                             "--make-sample-study is given")
+    parser.add_argument("--make-sample-study", "--make_sample_study", type=Path, metavar="DIR",
+                        help="write a small CT series of a body-shaped phantom (24 slices of 128 x 128, no patient "
+                             "data) into DIR and stop: a study to try the tool and a model with")
     parser.add_argument("--host", default="127.0.0.1", help="host of the inference service (default: %(default)s)")
     parser.add_argument("-p", "--port", type=int, default=8900, help="its port (default: %(default)s)")
     parser.add_argument("-r", "--route", default="/",
@@ -128,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output_formats of the request JSON, comma-separated: arterys (the protocol's masks), "
                              "dicom (DICOM Segmentations and a TID 1500 report, drawn and listed like the rest); "
                              "without it the request names none and the server's default applies")
+    parser.add_argument("--outline", action="store_true",
+                        help="draw masks as outlines (one pixel of the label's colour around each region) instead "
+                             "of filled, so that the tissue under them stays visible")
     parser.add_argument("-l", "--include_label_plots", "--include-label-plots", action="store_true",
                         help="also write study_ml_json / series_ml_json (classification labels) on the PNGs")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
@@ -187,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     options = parse_options(parser, args.request_options)
+    if args.make_sample_study is not None:
+        return _make_sample_study(args.make_sample_study)
+    if args.input is None:
+        parser.error("the following arguments are required: -i/--input (or --make-sample-study DIR)")
     if not args.input.is_dir():
         parser.error(f"STUDY_DIR {args.input} is not a folder")
     for path in args.attachments:
@@ -204,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     request_json = build_request_json(command, study, args.send_study_size, options, args.output_formats)
     url = url_of(args.host, args.port, args.route, "https" if args.https or args.cacert else "http")
     timeout = (min(CONNECT_TIMEOUT, args.timeout), args.timeout) if args.timeout > 0 else None
+    request_id = f"testtool-{uuid.uuid4().hex[:12]}"  # both services log it: printed with any error answer
     try:
-        response, input_hash = _post(url, args, study, request_json, timeout, bars)
+        response, input_hash = _post(url, args, study, request_json, timeout, bars, request_id)
     except requests.Timeout:
         print(f"error: no answer from {url} within {args.timeout:g} s (--timeout)", file=sys.stderr)
         return EXIT_FAILURE
@@ -219,22 +233,34 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     with response:
         if response.status_code != 200:
-            print(_http_error(url, response), file=sys.stderr)
+            message = _http_error(url, response, request_id)
+            print(message, file=sys.stderr)
+            _remove_own_files(args.output)
+            report = _error_report(args, study, url, request_json, input_hash, message.removeprefix("error: "))
+            print(f"Report: {report} (open it in a browser)", file=sys.stderr)
             return EXIT_FAILURE
         _remove_own_files(args.output)
         answer, broken = _receive(response, args.output, bars)
     return _finish(args, study, answer, input_hash, broken, url, request_json)
 
 
-def _connection(args) -> dict:
-    """requests' keyword arguments for the token and the HTTPS certificate check."""
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+def _make_sample_study(folder: Path) -> int:
+    sample = write_sample_study(folder)
+    print(f"wrote a sample CT study into {sample.folder}: {len(sample.files)} slices of a phantom "
+          f"({sample.folder / 'CT'}), no patient data.\nSend it: {_program_name()} -i {folder} "
+          "-c get-probability-mask -o output")
+    return EXIT_OK
+
+
+def _connection(args, request_id: str) -> dict:
+    """requests' keyword arguments for the token, the request id and the HTTPS certificate check."""
+    headers = {"X-Request-Id": request_id, **({"Authorization": f"Bearer {args.token}"} if args.token else {})}
     return {"headers": headers, "verify": str(args.cacert) if args.cacert else True}
 
 
-def _post(url, args, study: LoadedStudy, request_json: dict, timeout, bars: bool):
+def _post(url, args, study: LoadedStudy, request_json: dict, timeout, bars: bool, request_id: str):
     """(streamed response, SHA-256 of the parts sent)."""
-    connection = _connection(args)
+    connection = _connection(args, request_id)
     if args.request_study_path:
         body = study_path_body(args.request_study_path, request_json)
         print(f"Sending studyPath {args.request_study_path!r} to {url} with {json.dumps(request_json)}")
@@ -285,7 +311,14 @@ def _reason(exc: BaseException) -> str:
     return text.split(": ", 1)[-1] if text.startswith("<") else text
 
 
-def _http_error(url: str, response: requests.Response) -> str:
+def _error_report(args, study: LoadedStudy, url: str, request_json: dict, input_hash: str, error: str) -> Path:
+    """The report of an error answer: the error, the request, the study's images with nothing drawn."""
+    pictures = write_pictures(study, {}, args.output)
+    return write_report(ReportInput(args.output, url, request_json, input_hash, study, None, ReceivedAnswer(""), {},
+                                    [], [], pictures, EXIT_FAILURE, error))
+
+
+def _http_error(url: str, response: requests.Response, sent_id: str = "") -> str:
     raw = b""
     for chunk in response.iter_content(64 * 1024):
         raw += chunk
@@ -293,12 +326,18 @@ def _http_error(url: str, response: requests.Response) -> str:
             break
     text = raw.decode("utf-8", errors="replace")
     message = text.strip()[:2000] or "(empty body)"
+    request_id = response.headers.get("X-Request-Id", "")
     try:
         error = json.loads(text).get("error", {})
         message = f"{error.get('message')} ({error.get('code')})" if error.get("message") else message
+        request_id = str(error.get("request_id") or request_id)
     except (ValueError, AttributeError):
         pass
-    return f"error: {url} answered HTTP {response.status_code} {response.reason or ''}".rstrip() + f": {message}"
+    request_id = request_id or sent_id
+    where = (f"; request id {request_id}: the bridge's and the worker's log lines about it carry "
+             f"request_id={request_id}") if request_id else ""
+    return (f"error: {url} answered HTTP {response.status_code} {response.reason or ''}".rstrip()
+            + f": {message}{where}")
 
 
 def _remove_own_files(out_dir: Path) -> None:
@@ -348,7 +387,7 @@ def _finish(args, study: LoadedStudy, answer: ReceivedAnswer, input_hash: str, b
         findings, notes = merge_findings(findings, dicom.findings), notes + dicom.notes
     else:
         findings, notes, dicom = {}, [], None
-    pictures = write_pictures(study, findings, out_dir)
+    pictures = write_pictures(study, findings, out_dir, outline=args.outline)
     pngs = [picture.path for series in pictures for picture in series.frames]
     status = EXIT_FAILURE if broken else EXIT_VIOLATIONS if violations else EXIT_OK
     report = write_report(ReportInput(out_dir, url, request_json, input_hash, study, result, answer, findings,

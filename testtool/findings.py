@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
+from arterys_http.label_colours import label_colours
 from arterys_http.protocol import DICOM_TYPES, MASK_TYPES
 from testtool.drawing import BOX_COLOR, LINE_COLOR
-from testtool.overlay import DEFAULT_PALETTE, MASK_COLORS, Color, palette_lookup
+from testtool.overlay import DEFAULT_PALETTE, Color, palette_lookup
 from testtool.study import InputImage, LoadedStudy
 
 
@@ -59,6 +60,7 @@ class LabelMask:
     mask: np.ndarray
     label_map: dict[str, str]
     label: str = ""
+    colors: dict[int, Color] = field(default_factory=dict)  # class value -> the colour of its name
     kind: ClassVar[str] = "labels"
 
 
@@ -153,16 +155,29 @@ def _map_parts(study, by_sop, result_json, binaries, findings, notes) -> None:
             "the binary at the same position, so masks after a missing binary may be drawn from the wrong one"
         )
     palettes = result_json.get("palettes") if isinstance(result_json.get("palettes"), dict) else {}
+    colours = answer_colours(result_json)
     for index, (part, data) in enumerate(zip(parts, binaries, strict=False)):
         label = str(part.get("label", "")) if isinstance(part, dict) else ""
         name = f"part {index + 1}" + (f" ({label})" if label else "")
         try:
-            _map_part(study, by_sop, part, data, index, palettes, findings, notes, name)
+            _map_part(study, by_sop, part, data, colours, palettes, findings, notes, name)
         except _Skip as skip:
             notes.append(f"{name}: {skip}; not drawn")
 
 
-def _map_part(study, by_sop, part, data, index, palettes, findings, notes, name) -> None:
+def answer_colours(result_json: dict) -> dict[str, Color]:
+    """One colour per label the answer's masks name (part labels, label_map class names), from
+    arterys_http.label_colours: the same label is the same colour in every series, picture and file."""
+    names = []
+    for part in result_json.get("parts") or []:
+        if isinstance(part, dict) and part.get("binary_type") in MASK_TYPES:
+            names.append(str(part.get("label", "")) or f"{part.get('binary_type')}")
+            if isinstance(part.get("label_map"), dict):
+                names.extend(str(value) for value in part["label_map"].values())
+    return label_colours(names)
+
+
+def _map_part(study, by_sop, part, data, colours, palettes, findings, notes, name) -> None:
     if not isinstance(part, dict):
         raise _Skip("not a JSON object")
     binary_type = part.get("binary_type")
@@ -175,7 +190,7 @@ def _map_part(study, by_sop, part, data, index, palettes, findings, notes, name)
     shape = part.get("binary_data_shape")
     if not isinstance(shape, dict):
         raise _Skip("no binary_data_shape object")
-    make = _mask_maker(part, binary_type, index, palettes, notes, name, data)
+    make = _mask_maker(part, binary_type, colours, palettes, notes, name, data)
     if "depth" in shape or "timepoints" in shape or "SeriesInstanceUID" in part:
         for image, frame, mask in _slices_3d(study, part, shape, data):
             findings[(image.sop_instance_uid, frame)].append(make(mask))
@@ -236,10 +251,10 @@ def _dimension(shape: dict, key: str) -> int:
     return value
 
 
-def _mask_maker(part, binary_type, index, palettes, notes, name, data):
+def _mask_maker(part, binary_type, colours, palettes, notes, name, data):
     """A function mask -> Finding for this part, after checking its per-type metadata once."""
     label = str(part.get("label", ""))
-    color = MASK_COLORS[index % len(MASK_COLORS)]
+    color = colours.get(label or binary_type, (255, 0, 0))
     if binary_type == "probability_mask":
         threshold = part.get("probability_threshold", 0.5)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
@@ -261,7 +276,10 @@ def _mask_maker(part, binary_type, index, palettes, notes, name, data):
         notes.append(f"{name}: value(s) {missing} have no label_map entry; those pixels are not drawn")
     elif missing:
         label_map = {str(v): f"class {v}" for v in missing}
-    return lambda mask: LabelMask(mask, {str(k): str(v) for k, v in label_map.items()}, label)
+    names = {str(k): str(v) for k, v in label_map.items()}
+    by_name = {**label_colours(names.values()), **{n: c for n, c in colours.items() if n in names.values()}}
+    class_colours = {int(k): by_name[v] for k, v in names.items() if k.isdigit()}
+    return lambda mask: LabelMask(mask, names, label, class_colours)
 
 
 def _palette(part, palettes, notes, name) -> dict:

@@ -19,10 +19,11 @@ from pathlib import Path
 from testtool.answer import ReceivedAnswer
 from testtool.dicom_outputs import DicomOutputs
 from testtool.render import SeriesPictures
-from testtool.report import part_rows, series_rows
+from testtool.report import part_rows, series_notes, series_rows
 from testtool.study import LoadedStudy
 
 REPORT_FILE = "index.html"
+OPEN_PAIRS = 24  # more frames with findings than this: their side-by-side pictures start folded
 JSON_SHOWN = 1 << 20  # longer JSON is cut on the page; response.json holds all of it
 CHECKS = (
     "the response is multipart/related with a boundary; part 1 is the result JSON (application/json)",
@@ -51,6 +52,10 @@ pre { background: #fff; border: 1px solid #d0d0d0; padding: 8px; overflow: auto;
           vertical-align: middle; margin-right: 4px; }
 .legend span.item { margin-right: 14px; white-space: nowrap; } .muted { color: #666; }
 nav a { margin-right: 12px; }
+.note { background: #eef3fb; border-left: 4px solid #5b8bd9; padding: 6px 10px; }
+figure.pair { display: inline-block; margin: 6px 12px 6px 0; vertical-align: top; }
+figure.pair img { vertical-align: top; margin-right: 4px; border: 1px solid #888; max-width: 45vw; }
+figure.pair figcaption { font-size: 12px; color: #444; }
 """
 
 
@@ -143,6 +148,11 @@ def _summary(report: ReportInput) -> str:
 
 def _series(report: ReportInput) -> str:
     out = ["<h2 id=\"series\">Series</h2>"]
+    legend = list(dict.fromkeys(item for series in report.pictures for item in series.legend))
+    if legend:
+        out.append("<p class=\"legend\" id=\"legend\"><b>Legend</b> (each label has one colour in every series "
+                   "and picture): " + _legend(legend) + "</p>")
+    notes = series_notes(report.study, report.result, report.findings)
     for series in report.pictures:
         images = report.study.series.get(series.uid, [])
         description = str(images[0].dataset.get("SeriesDescription", "") or "") if images else ""
@@ -152,16 +162,21 @@ def _series(report: ReportInput) -> str:
         out.append(f"<p>SeriesInstanceUID {_uid(series.uid)}<br>{len(images)} instance(s), "
                    f"{len(series.frames)} frame(s) drawn; a 3D mask on it is {timepoints} time point(s) x "
                    f"{depth} slice(s)</p>")
+        if series.uid in notes:
+            out.append(f"<p class=\"note\">{escape(notes[series.uid][0].upper() + notes[series.uid][1:])}.</p>")
         if series.legend:
-            out.append("<p class=\"legend\">" + " ".join(
-                f"<span class=\"item\"><span class=\"swatch\" style=\"background: rgb{tuple(color)}\"></span>"
-                f"{escape(name)}</span>" for name, color in series.legend) + "</p>")
+            out.append("<p class=\"legend\">" + _legend(series.legend) + "</p>")
         if series.sheet is not None:
             name = series.sheet.name
             out.append(f"<a href=\"{escape(name)}\"><img class=\"sheet\" src=\"{escape(name)}\" "
                        f"alt=\"contact sheet of series {series.number}\"></a>")
         for failure in series.failures:
             out.append(f"<p class=\"bad\">Not drawn: {escape(failure)}</p>")
+        pairs = [picture for picture in series.frames if picture.plain is not None]
+        if pairs:
+            out.append(f"<details{' open' if len(pairs) <= OPEN_PAIRS else ''}><summary>{len(pairs)} frame(s) with "
+                       "findings: the image as sent beside the findings drawn on it</summary>"
+                       + "".join(_pair(picture, report.out_dir) for picture in pairs) + "</details>")
         rows = [[_link(picture.path.name, picture.path.name), _uid(picture.image.sop_instance_uid),
                  _num(picture.frame + 1), "yes" if picture.has_findings else ""] for picture in series.frames]
         if rows:
@@ -170,6 +185,21 @@ def _series(report: ReportInput) -> str:
     if len(out) == 1:
         out.append("<p>No image to draw.</p>")
     return "\n".join(out)
+
+
+def _legend(items) -> str:
+    return " ".join(f"<span class=\"item\">{_swatch(color)}{escape(name)}</span>" for name, color in items)
+
+
+def _pair(picture, out_dir: Path) -> str:
+    plain = picture.plain.relative_to(out_dir).as_posix() if picture.plain.is_relative_to(out_dir) \
+        else picture.plain.as_posix()
+    overlay = picture.path.name
+    caption = f"slice {picture.slice_number}" + (f", frame {picture.frame + 1}" if picture.image.frames > 1 else "")
+    return (f"<figure class=\"pair\"><a href=\"{escape(plain)}\"><img src=\"{escape(plain)}\" "
+            f"alt=\"{escape(caption)}, as sent\"></a><a href=\"{escape(overlay)}\"><img "
+            f"src=\"{escape(overlay)}\" alt=\"{escape(caption)}, findings drawn\"></a>"
+            f"<figcaption>{escape(caption)}: as sent · findings drawn</figcaption></figure>")
 
 
 def _findings(report: ReportInput) -> str:

@@ -3,7 +3,9 @@
 Why this exists: a model author points the tool at whatever folder they have (nested exports, stray
 README files, a DICOMDIR, a few PNG screenshots). The tool must send every DICOM instance, convert
 PNG/JPEG files into real DICOM (testtool.conversion), skip the rest with a reason a person
-understands, and hand over the instances in the protocol's order (testtool.study).
+understands, and hand over the instances in the protocol's order (testtool.study). A file the worker would
+refuse (its rule, dicom_geometry.acceptance: no Part 10 header, no SOPInstanceUID, pixel data that does not
+match its header) is left out with a note: sent, it would fail the whole study with a 400.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, generate_uid
 
 from dicom_geometry import frame_count, frame_geometry
+from dicom_geometry.acceptance import NotReadable, Refused, read_instance_header
 from testtool.conversion import convert_folder
 from testtool.study import InputImage, LoadedStudy, order_series
 
@@ -96,7 +99,9 @@ def _classify(path: Path) -> tuple[str, object]:
     if size == 0:
         return "skip", "empty file"
     try:
-        return _read_dicom(path, force=False)
+        kind, value = _read_dicom(path, force=False)
+        refusal = _worker_refusal(path, size) if kind == "dicom" else None
+        return ("skip", refusal) if refusal else (kind, value)
     except InvalidDicomError:
         pass  # no DICM preamble: maybe a picture, maybe a preamble-less DICOM
     except Exception as exc:  # noqa: BLE001 - any parser failure means "broken", never a crash
@@ -106,7 +111,9 @@ def _classify(path: Path) -> tuple[str, object]:
         return "picture", path
     try:
         kind, value = _read_dicom(path, force=True)
-        if kind == "dicom" or value != "not DICOM":
+        if kind == "dicom":
+            return "skip", _worker_refusal(path, size) or "left out: the worker refuses a file it must force to read"
+        if value != "not DICOM":
             return kind, value
     except Exception:  # noqa: BLE001, S110 - forced parsing of a non-DICOM file fails in many ways
         pass
@@ -115,6 +122,19 @@ def _classify(path: Path) -> tuple[str, object]:
     if _looks_like_text(path):
         return "skip", "a text file, not DICOM or a PNG/JPEG picture"
     return "skip", "not a DICOM file, nor a PNG/JPEG picture"
+
+
+def _worker_refusal(path: Path, size: int) -> str | None:
+    """Why the worker would refuse the file as an instance (its own rule, dicom_geometry.acceptance), or None:
+    sent, it would fail the whole request with a 400, so it is left out with this note instead."""
+    try:
+        with path.open("rb") as handle:
+            read_instance_header(handle, size, "the file")
+    except NotReadable as refusal:
+        return f"left out, the worker would refuse it: not a DICOM Part 10 file ({refusal.reason})"
+    except Refused as refusal:
+        return f"left out, the worker would refuse it: {refusal.message}"
+    return None
 
 
 def _read_dicom(path: Path, force: bool) -> tuple[str, object]:

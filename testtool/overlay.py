@@ -7,23 +7,15 @@ the image's is refused, so a transposed mask can never look right here.
 
 from __future__ import annotations
 
-import colorsys
-
 import numpy as np
+
+from arterys_http.label_colours import DISTINCT_COLOURS
 
 Color = tuple[int, int, int]
 MASK_ALPHA = 0.5
-# One colour per mask part (by its index in `parts`), so that two masks on one image can be told apart.
-MASK_COLORS: list[Color] = [
-    (255, 0, 0), (0, 220, 0), (0, 128, 255), (255, 200, 0), (255, 0, 255), (0, 255, 255), (255, 128, 0),
-]
-# Twenty colours chosen to be told apart (Trubetskoy's list); more labels get generated hues.
-DISTINCT_COLORS: list[Color] = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-    (0, 0, 128), (128, 128, 128),
-]
+# The colour of each label comes from arterys_http.label_colours (the same in every series and file, and
+# in the worker's DICOM Segmentations); this name stays for the DICOM outputs' segment colours.
+DISTINCT_COLORS: list[Color] = list(DISTINCT_COLOURS)
 DEFAULT_PALETTE = {
     "type": "anchorpoints",
     "data": [
@@ -53,21 +45,36 @@ def _check_shape(rgb: np.ndarray, mask: np.ndarray) -> None:
         raise ValueError(f"mask is {mask.shape[0]}x{mask.shape[1]}, image is {rgb.shape[0]}x{rgb.shape[1]}")
 
 
-def overlay_probability(rgb, mask_u8, threshold: float = 0.5, color: Color = (255, 0, 0), alpha: float = 0.5):
-    """Pixels whose probability (mask / 255) reaches `threshold` get `color` blended in."""
+def outline_of(chosen: np.ndarray) -> np.ndarray:
+    """The pixels of `chosen` that touch a pixel outside it (4-neighbours; the image's edge counts as
+    outside): a one-pixel contour, so that the tissue under a mask stays visible."""
+    padded = np.pad(chosen, 1, constant_values=False)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return chosen & ~inner
+
+
+def _paint(rgb: np.ndarray, chosen: np.ndarray, color, alpha: float, outline: bool) -> None:
+    """Blends `color` into the chosen pixels, or draws their outline in the full colour."""
+    if outline:
+        rgb[outline_of(chosen)] = np.asarray(color, dtype=np.uint8)
+    else:
+        rgb[chosen] = _blend(rgb[chosen], color, alpha)
+
+
+def overlay_probability(rgb, mask_u8, threshold: float = 0.5, color: Color = (255, 0, 0), alpha: float = 0.5,
+                        outline: bool = False):
+    """Pixels whose probability (mask / 255) reaches `threshold` get `color` blended in (or outlined)."""
     rgb, mask = as_rgb(rgb), np.asarray(mask_u8)
     _check_shape(rgb, mask)
-    chosen = mask.astype(np.float64) / 255.0 >= threshold
-    rgb[chosen] = _blend(rgb[chosen], color, alpha)
+    _paint(rgb, mask.astype(np.float64) / 255.0 >= threshold, color, alpha, outline)
     return rgb
 
 
-def overlay_boolean(rgb, mask, color: Color = (0, 220, 0), alpha: float = 0.5):
-    """Every non-zero mask pixel gets `color` blended in."""
+def overlay_boolean(rgb, mask, color: Color = (0, 220, 0), alpha: float = 0.5, outline: bool = False):
+    """Every non-zero mask pixel gets `color` blended in (or outlined)."""
     rgb, mask = as_rgb(rgb), np.asarray(mask)
     _check_shape(rgb, mask)
-    chosen = mask != 0
-    rgb[chosen] = _blend(rgb[chosen], color, alpha)
+    _paint(rgb, mask != 0, color, alpha, outline)
     return rgb
 
 
@@ -109,37 +116,14 @@ def overlay_heatmap(rgb, mask_u8, palette_json: dict | None = None):
     return _blend(rgb, rgba[..., :3], alpha)
 
 
-def label_colors(label_map: dict[str, str]) -> dict[int, Color]:
-    """A distinct colour per class, by rank of the class number: the same map always gets the same colours."""
-    keys = sorted(int(k) for k in label_map if str(k).isdigit())
-    colors: dict[int, Color] = {}
-    used: set[Color] = set()
-    hue, step = 0.0, 0
-    for rank, key in enumerate(keys):
-        if rank < len(DISTINCT_COLORS):
-            color = DISTINCT_COLORS[rank]
-        else:
-            while True:  # golden-angle hues, cycling saturation/value, skipping any repeat
-                hue = (hue + 0.618033988749895) % 1.0
-                step += 1
-                saturation, value = (0.95, 0.6, 0.8)[step % 3], (1.0, 0.75, 0.9)[step // 3 % 3]
-                r, g, b = colorsys.hsv_to_rgb(hue, saturation, value)
-                color = (round(r * 255), round(g * 255), round(b * 255))
-                if color not in used:
-                    break
-        used.add(color)
-        colors[key] = color
-    return colors
-
-
-def overlay_labels(rgb, mask_u8, colors: dict[int, Color], alpha: float = 0.5):
-    """Each class value gets its colour blended in; 0 and values without a colour stay untouched."""
+def overlay_labels(rgb, mask_u8, colors: dict[int, Color], alpha: float = 0.5, outline: bool = False):
+    """Each class value gets its colour blended in (or outlined); 0 and values without a colour stay untouched."""
     rgb, mask = as_rgb(rgb), np.asarray(mask_u8)
     _check_shape(rgb, mask)
     for value, color in colors.items():
         chosen = mask == value
         if chosen.any():
-            rgb[chosen] = _blend(rgb[chosen], color, alpha)
+            _paint(rgb, chosen, color, alpha, outline)
     return rgb
 
 

@@ -11,7 +11,8 @@ the series in send order, NNNN the 1-based position of the instance within its s
 (time point, then position along the slice normal) and FF the 1-based frame number. The widths are at
 least 2, 4 and 2 digits and grow for the whole study when needed, so that sorting the names by plain
 string comparison gives the send order. Instances without pixels (e.g. structured reports) get no PNG.
-Contact sheets are ``series{SS}_sheet.png``.
+Contact sheets are ``series{SS}_sheet.png``; each frame with findings also has its plain copy (nothing
+drawn) under the same name in ``plain/``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from testtool.overlay import (
     MASK_ALPHA,
     Color,
     as_rgb,
-    label_colors,
     overlay_boolean,
     overlay_heatmap,
     overlay_labels,
@@ -56,6 +56,7 @@ from testtool.study import InputImage, LoadedStudy
 log = logging.getLogger(__name__)
 
 SHEET_FILE = "series{}_sheet.png"
+PLAIN_DIR = "plain"  # frames with findings, with nothing drawn, under the same names
 
 
 def choose_scale(rows: int, cols: int, target: int = 256, limit: int = 2048) -> int:
@@ -78,16 +79,17 @@ class Rendered:
         return add_panel(self.image, self.legend, self.lines)
 
 
-def render_frame(display_u8: np.ndarray, findings: list[Finding], scale: int = 1) -> Rendered:
-    """Masks at image resolution, enlarge by `scale` (nearest neighbour), then boxes and lines."""
+def render_frame(display_u8: np.ndarray, findings: list[Finding], scale: int = 1, outline: bool = False) -> Rendered:
+    """Masks at image resolution (filled, or only their outlines), enlarge by `scale` (nearest neighbour),
+    then boxes and lines. Heatmaps are always filled: their colour is the value."""
     rgb = as_rgb(display_u8)
     legend: list[tuple[str, Color]] = []
     for finding in findings:
         if isinstance(finding, ProbabilityMask):
-            rgb = overlay_probability(rgb, finding.mask, finding.threshold, finding.color, MASK_ALPHA)
+            rgb = overlay_probability(rgb, finding.mask, finding.threshold, finding.color, MASK_ALPHA, outline)
             legend.append((finding.label or "probability mask", finding.color))
         elif isinstance(finding, BooleanMask):
-            rgb = overlay_boolean(rgb, finding.mask, finding.color, MASK_ALPHA)
+            rgb = overlay_boolean(rgb, finding.mask, finding.color, MASK_ALPHA, outline)
             legend.append((finding.label or "boolean mask", finding.color))
         elif isinstance(finding, Heatmap):
             palette = finding.palette or DEFAULT_PALETTE
@@ -95,9 +97,8 @@ def render_frame(display_u8: np.ndarray, findings: list[Finding], scale: int = 1
             top = tuple(int(c) for c in palette_lookup(palette)[255, :3])  # the colour of probability 1
             legend.append((finding.label or "heatmap", top))
         elif isinstance(finding, LabelMask):
-            colors = label_colors(finding.label_map)
-            rgb = overlay_labels(rgb, finding.mask, colors, MASK_ALPHA)
-            legend.extend(legend_for_labels(finding.label_map, colors))
+            rgb = overlay_labels(rgb, finding.mask, finding.colors, MASK_ALPHA, outline)
+            legend.extend(legend_for_labels(finding.label_map, finding.colors))
     scale = max(1, int(scale))
     if scale > 1:
         rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
@@ -112,9 +113,9 @@ def render_frame(display_u8: np.ndarray, findings: list[Finding], scale: int = 1
     return Rendered(img, legend, lines)
 
 
-def render_image(display_u8: np.ndarray, findings: list[Finding], scale: int = 1) -> Image.Image:
+def render_image(display_u8: np.ndarray, findings: list[Finding], scale: int = 1, outline: bool = False) -> Image.Image:
     """The PNG of one frame: `render_frame`, with its legend and text in a panel below the image."""
-    return render_frame(display_u8, findings, scale).picture()
+    return render_frame(display_u8, findings, scale, outline).picture()
 
 
 def save_png(img: Image.Image | np.ndarray, path: Path) -> Path:
@@ -138,6 +139,7 @@ class FramePicture:
     slice_number: int  # 1-based position of the instance in its series (send order)
     frame: int  # 0-based
     has_findings: bool
+    plain: Path | None = None  # the same frame with nothing drawn (PLAIN_DIR), written for frames with findings
 
 
 @dataclass
@@ -156,9 +158,11 @@ def write_pngs(study: LoadedStudy, findings: FindingMap, out_dir: Path) -> list[
             for picture in series.frames]
 
 
-def write_pictures(study: LoadedStudy, findings: FindingMap, out_dir: Path,
-                   sheets: bool = True) -> list[SeriesPictures]:
-    """The per-frame PNGs and, with `sheets`, one contact sheet per series holding all of its frames.
+def write_pictures(study: LoadedStudy, findings: FindingMap, out_dir: Path, sheets: bool = True,
+                   outline: bool = False) -> list[SeriesPictures]:
+    """The per-frame PNGs and, with `sheets`, one contact sheet per series holding all of its frames; for
+    each frame with findings, the same frame with nothing drawn in PLAIN_DIR (the report shows them side by
+    side, so that the tissue under a mask can be seen). `outline` draws masks as outlines.
 
     A series is drawn completely before the next, and only its small tiles are kept until its sheet is
     written, so memory does not grow with the study.
@@ -180,10 +184,13 @@ def write_pictures(study: LoadedStudy, findings: FindingMap, out_dir: Path,
                 log.warning("cannot decode %s frame %d: %s", image.source, frame + 1, exc)
                 series.failures.append(f"{image.source.name} frame {frame + 1}: {exc}")
                 continue
-            rendered = render_frame(display, found, scale=choose_scale(*display.shape[:2]))
-            path = save_png(rendered.picture(), out_dir / png_name(widths, number, slice_number, frame))
+            scale = choose_scale(*display.shape[:2])
+            rendered = render_frame(display, found, scale=scale, outline=outline)
+            name = png_name(widths, number, slice_number, frame)
+            path = save_png(rendered.picture(), out_dir / name)
             drawn = any(not isinstance(item, TextLines) for item in found)
-            series.frames.append(FramePicture(path, image, slice_number, frame, drawn))
+            plain = save_png(render_frame(display, [], scale).image, _plain_dir(out_dir) / name) if drawn else None
+            series.frames.append(FramePicture(path, image, slice_number, frame, drawn, plain))
             series.legend.extend(item for item in rendered.legend if item not in series.legend)
             if sheets:
                 caption = _caption(image, slice_number, frame, timepoints)
@@ -194,6 +201,12 @@ def write_pictures(study: LoadedStudy, findings: FindingMap, out_dir: Path,
             series.sheet = save_png(sheet, out_dir / SHEET_FILE.format(f"{number:0{widths[0]}d}"))
         written.append(series)
     return written
+
+
+def _plain_dir(out_dir: Path) -> Path:
+    folder = out_dir / PLAIN_DIR
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def png_name(widths: tuple[int, int, int], series_number: int, slice_number: int, frame: int) -> str:

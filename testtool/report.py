@@ -55,6 +55,31 @@ def series_rows(study: LoadedStudy, findings: FindingMap) -> list[list[object]]:
     return rows
 
 
+def series_notes(study: LoadedStudy, result, findings: FindingMap) -> dict[str, str]:
+    """SeriesInstanceUID -> a note, for each series on which nothing is drawn: the model did not annotate it,
+    or the answer names it and what it holds could not be drawn (the drawing notes say why)."""
+    drawn = {uid for uid, *counts in ((row[2], *row[5:8]) for row in series_rows(study, findings)) if any(counts)}
+    named = _series_named(study, result)
+    return {uid: ("the answer names this series, but nothing of it could be drawn: see the drawing notes"
+                  if uid in named else "the model did not annotate this series: nothing in its answer names it")
+            for uid in study.series if uid not in drawn}
+
+
+def _series_named(study: LoadedStudy, result) -> set[str]:
+    if not isinstance(result, dict):
+        return set()
+    series_of = {image.sop_instance_uid: image.series_instance_uid for image in study.images}
+    named = set(result.get("series_ml_json") or {}) if isinstance(result.get("series_ml_json"), dict) else set()
+    for key in ("parts", "bounding_boxes_2d", "linear_measurements_2d"):
+        items = result.get(key)
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            image = item.get("dicom_image") if isinstance(item.get("dicom_image"), dict) else item
+            named.add(str(item.get("SeriesInstanceUID") or series_of.get(image.get("SOPInstanceUID"), "")))
+    return named
+
+
 def shape_text(entry) -> str:
     shape = entry.get("binary_data_shape") if isinstance(entry, dict) else None
     if not isinstance(shape, dict):
@@ -105,7 +130,10 @@ def summary(
     if study.series:
         headers = ["#", "description", "SeriesInstanceUID", "instances", "images", "boxes", "masks", "measurements",
                    "labels"]
-        sections.append("Series (findings drawn on the PNGs)\n" + table(headers, series_rows(study, findings)))
+        rows = series_rows(study, findings)
+        notes_by_series = series_notes(study, result, findings)
+        sections.append("Series (findings drawn on the PNGs)\n" + table(headers, rows) + "".join(
+            f"\n  series {row[0]}: {notes_by_series[row[2]]}" for row in rows if row[2] in notes_by_series))
     rows = part_rows(result, answer, out_dir)
     sections.append("Binary parts\n" + (table(["#", "label", "binary_type", "shape", "bytes", "file"], rows)
                                         if rows else "(none)"))

@@ -7,6 +7,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from dicom_geometry.acceptance import DEFAULT_MAX_IMAGE_BYTES
 from worker import security
 
 MIB = 1 << 20
@@ -22,7 +23,7 @@ class StudyLimits:
     max_json_bytes: int = 1 << 20
     # Decoded size one instance may declare (rows x columns x frames x samples x bits): checked against the
     # pixel data that came, so that a few bytes cannot make a model allocate gigabytes.
-    max_image_bytes: int = 1 << 30
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_result_bytes: int = 4 << 30
     max_command_length: int = 256
 

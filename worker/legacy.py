@@ -11,13 +11,18 @@ shims of worker/legacy_shims.py, to legacy handlers only.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
 
-from worker import legacy_shims
+import numpy as np
+
+from worker import legacy_shims, mask_axes
 from worker.api import Model
 from worker.study import Study
 
 Handler = Callable[[dict, list, str], tuple]
+log = logging.getLogger("worker.legacy")
 
 
 class LegacyHandlerModel(Model):
@@ -64,4 +69,33 @@ class LegacyHandlerModel(Model):
         if not isinstance(answer, (tuple, list)) or len(answer) != 2:
             return answer  # not a pair: the worker's check says so
         response_json, buffers = answer  # the original gateway unpacked any pair, a list too
+        warn_about_mask_layouts(response_json, buffers)
         return legacy_shims.fill_series_uids(response_json, study), buffers
+
+
+def warn_about_mask_layouts(response_json, buffers) -> None:
+    """A numpy mask whose shape is not its own binary_data_shape's but has as many voxels goes out as the
+    original gateway sent it (its bytes in the array's own order, `tostring()`), which a viewer draws
+    scrambled: one WARNING per such mask names its axes and the call that orders them."""
+    parts = response_json.get("parts") if isinstance(response_json, Mapping) else None
+    if not isinstance(parts, list) or not isinstance(buffers, (list, tuple)):
+        return
+    for index, (part, buffer) in enumerate(zip(parts, buffers, strict=False)):
+        shape = part.get("binary_data_shape") if isinstance(part, Mapping) else None
+        if not isinstance(buffer, np.ndarray) or not isinstance(shape, Mapping):
+            continue
+        try:
+            expected = ({"depth": int(shape["depth"]), "rows": int(shape["height"]), "cols": int(shape["width"])}
+                        if "depth" in shape else {"rows": int(shape["height"]), "cols": int(shape["width"])})
+            timepoints = int(shape.get("timepoints", 1))
+        except (KeyError, TypeError, ValueError):
+            continue  # the worker's check names a broken binary_data_shape
+        array_shape = tuple(buffer.shape)
+        logical = tuple(expected.values())
+        if timepoints > 1 or buffer.size != math.prod(logical) or array_shape in (logical, (1, *logical)):
+            continue
+        how = mask_axes.explain(array_shape, expected)
+        log.warning("parts[%d] (%r): the handler's mask array is %s but its binary_data_shape says (%s) = %s: its "
+                    "bytes are sent in the array's own order, as the original gateway sent them, and the viewer "
+                    "will draw them scrambled%s", index, part.get("label"), array_shape, ", ".join(expected),
+                    logical, f"; {how}" if how else "")

@@ -20,9 +20,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from worker import legacy_shims
+from worker import legacy_shims, porting_hints
 from worker.api import Model
 from worker.legacy import LegacyHandlerModel
+from worker.model_logging import worker_logging_kept
 
 log = logging.getLogger("worker")
 
@@ -70,7 +71,8 @@ def import_model_module(spec: str, module_name: str, searched: Path | None):
     if not module_name:
         raise ModelNotFound(f"--model {spec!r} names no module: give package.module:Name")
     try:
-        return importlib.import_module(module_name)
+        with worker_logging_kept(f"import of {module_name}"):
+            return importlib.import_module(module_name)
     except ImportError as error:
         if (error.name == "pydicom" and not isinstance(error, ModuleNotFoundError)
                 and any(name in str(error) for name in ("read_file", "write_file"))
@@ -79,9 +81,11 @@ def import_model_module(spec: str, module_name: str, searched: Path | None):
         if isinstance(error, ModuleNotFoundError) and error.name and (
                 module_name == error.name or module_name.startswith(error.name + ".")):
             raise ModelNotFound(_not_found(spec, error.name, searched)) from None
-        raise ModelNotFound(_failed(spec, f"importing {module_name}", error)) from None
+        hint = porting_hints.hint(error, searched)
+        raise ModelNotFound(_failed(spec, f"importing {module_name}", error, hint)) from None
     except (Exception, SystemExit) as error:  # a broken model module: its own error, in one line
-        raise ModelNotFound(_failed(spec, f"importing {module_name}", error)) from None
+        hint = porting_hints.hint(error, searched)
+        raise ModelNotFound(_failed(spec, f"importing {module_name}", error, hint)) from None
 
 
 def _not_found(spec: str, missing: str, searched: Path | None) -> str:
@@ -93,9 +97,9 @@ def _not_found(spec: str, missing: str, searched: Path | None) -> str:
     return message
 
 
-def _failed(spec: str, action: str, error: BaseException) -> str:
+def _failed(spec: str, action: str, error: BaseException, hint: str = "") -> str:
     log.debug("--model %s: %s failed", spec, action, exc_info=error)
-    return f"--model {spec!r}: {action} failed: {failure_text(error)}; {TRACEBACK_HINT}"
+    return f"--model {spec!r}: {action} failed: {failure_text(error)}{hint}; {TRACEBACK_HINT}"
 
 
 def failure_text(error: BaseException) -> str:

@@ -7,9 +7,10 @@ new calls get UNAVAILABLE, which the bridge answers with 503 and Retry-After) fo
 the same port, free again as soon as the old process has exited.
 
 Watched: the source files of the top-level package (or module) that --model names, found without
-importing it, and everything under --model-dir when it is set. A child that cannot start the first time
-(an unknown model, a port in use: exit 2) ends the supervisor with its exit code; later failures (a
-syntax error just saved) wait for the next change.
+importing it, and everything under --model-dir when it is set. A child that cannot start (a model that
+does not import or load, from the first start on: an author often starts --reload on a model they are in
+the middle of fixing) leaves the supervisor waiting for the next change. Only a model whose source cannot
+be found at all (nothing to watch) ends the supervisor with the child's exit code, 2.
 """
 
 from __future__ import annotations
@@ -77,9 +78,11 @@ def supervise(config: WorkerConfig, argv: list[str]) -> int:
             child = subprocess.Popen(command)
             restarts += 1
         elif child is not None and child.poll() is not None:
-            if restarts == 0 and child.returncode == EXIT_CANNOT_START:
-                return EXIT_CANNOT_START  # its one line is on stderr already
-            log.warning("reload: the worker exited with %s; waiting for a change to restart it", child.returncode)
+            if restarts == 0 and child.returncode == EXIT_CANNOT_START and not roots:
+                return EXIT_CANNOT_START  # no source of the model was found: no edit can bring it back
+            log.warning("reload: the worker %s; waiting for a change to %s to restart it",
+                        "could not start (its error is above)" if child.returncode == EXIT_CANNOT_START
+                        else f"exited with {child.returncode}", shown)
             child = None
     _stop(child, config.grace_seconds)
     return 0

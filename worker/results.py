@@ -19,6 +19,7 @@ import pydicom
 from arterys_http.protocol import PROTOCOL_VERSION, StudyIndex, check_result
 from worker.api import BoundingBox, ConformanceCheck, DicomOutput, LinearMeasurement, Mask, Palette, Result
 from worker.errors import InvalidResult
+from worker.mask_axes import shape_hints
 
 
 @dataclass
@@ -182,7 +183,7 @@ def checked(result_json: dict, binaries: list, study: StudyIndex | None, max_byt
         problems.append(f"the binary parts add up to {total} bytes, more than the worker sends ({max_bytes}; "
                         "--max-result-bytes)")
     if problems:
-        raise InvalidResult(problems)
+        raise InvalidResult(problems + shape_hints(result_json, study))
     try:
         # The viewer parses strict JSON: numpy scalars cannot be written at all, NaN/Infinity are not JSON.
         json.dumps(result_json, allow_nan=False)

@@ -29,6 +29,7 @@ from worker.api import Model
 from worker.config import WorkerConfig
 from worker.loading import TRACEBACK_HINT, failure_text
 from worker.metrics import WorkerMetrics
+from worker.model_logging import worker_logging_kept
 from worker.servicer import InferenceServicer, ServicerConfig
 from worker.spool import SpoolRoot
 
@@ -90,7 +91,8 @@ class WorkerServer:
     def load_model(self) -> None:
         """Runs the model's load() here and reports SERVING after it; raises what load() raised."""
         log.info("loading model %s", self.servicer.model_name)
-        self.model.load()
+        with worker_logging_kept("load()"):
+            self.model.load()
         self.loop.call_soon_threadsafe(setattr, self.servicer, "loaded", True)
         self.metrics.model_loaded.set(1)
         self._run(self._set_health(SERVING))

@@ -24,8 +24,8 @@ from arterys_http.protocol import ImageInfo, StudyIndex
 from dicom_geometry import slice_order
 from worker.api import InvalidInput
 from worker.config import StudyLimits
-from worker.errors import BadRequest, WorkerError, short
-from worker.pixels import NotDicom, check_pixel_data
+from worker.errors import BadRequest, short
+from worker.pixels import read_header
 
 log = logging.getLogger("worker.study")
 
@@ -94,19 +94,8 @@ class Instance(Attachment):
         """
         instance = cls(index, path, content_type, filename, name, data=data, spool=spool)
         label = instance.label
-        try:
-            with instance.open() as handle:
-                header = pydicom.dcmread(handle, stop_before_pixels=True)
-                if not str(header.get("SOPInstanceUID") or "").strip():
-                    raise BadRequest(f"{label} has no SOPInstanceUID; every instance needs one")
-                check_pixel_data(header, handle, instance.size, limits or StudyLimits(), label)
-        except WorkerError:
-            raise
-        except Exception as error:  # pydicom raises many kinds on damaged files; all mean "not readable"
-            log.info("%s is not readable DICOM: %s: %s", label, type(error).__name__, str(error)[:200])
-            raise NotDicom(f"{label} is sent as application/dicom but is not a readable DICOM file (damaged, cut "
-                           "short, or another kind of file)") from error
-        instance.header = header
+        with instance.open() as handle:
+            instance.header = read_header(handle, instance.size, limits or StudyLimits(), label)
         return instance
 
     @property
