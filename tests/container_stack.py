@@ -352,7 +352,8 @@ class Run:
         check(not bad, "the stopped worker logged errors:\n" + "\n".join(bad[:20]))
         served = self.stack.worker_metric(survivor, "worker_inferences_total")
         return (f"{LOAD_REQUESTS} requests from {LOAD_CLIENTS} clients, a worker stopped (SIGTERM) after "
-                f"{stopped_at} answers ({after_stop} still to come once it had stopped): all 200, it exited 0 with no ERROR line; the other served {served:.0f}")
+                f"{stopped_at} answers ({after_stop} still to come once it had stopped): all 200, it exited 0 with no "
+                f"ERROR line; the other served {served:.0f}")
 
     def restart_worker(self) -> str:
         running = self.stack.containers("worker")
