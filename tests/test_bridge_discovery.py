@@ -9,7 +9,9 @@ of the test answers first with one, then with both, and the second must start re
 
 from __future__ import annotations
 
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -77,3 +79,32 @@ def test_a_worker_added_to_dns_gets_calls_once_connections_recycle(tmp_path, sta
             bridge.stop()
             first.stop()
             second.stop()
+
+
+def test_the_bridge_log_names_the_worker_a_failed_call_was_on(tmp_path, standard_study):
+    """A worker killed in the middle of an inference: the bridge's warning says which worker it was (its host
+    name, which the worker sends with the admission: a pod's or a container's name)."""
+    port, metrics_port = free_port(), free_port()
+    worker = spawn(tmp_path, "worker", ["-m", "worker", "--model", "mock_model.faults:SlowModel", "--listen",
+                                        f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics_port}"], port,
+                   {"MOCK_INFER_SECONDS": "30"})
+    wait_for(lambda: "loaded; serving" in worker.log(), 60, "the worker's model to load", interval=0.1, service=worker)
+    bridge_port = free_port()
+    bridge = spawn(tmp_path, "bridge", ["-m", "bridge", "--worker", f"127.0.0.1:{port}", "--listen",
+                                        f"127.0.0.1:{bridge_port}"], bridge_port)
+    files = [instance.path for instance in standard_study.instances][:2]
+    try:
+        wait_for_http(bridge, "/healthcheck", "READY", 60)
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(post_like_original_tool, f"http://127.0.0.1:{bridge_port}/",
+                                 {"inference_command": "get-bounding-box-2d"}, files, timeout=60)
+            wait_for(lambda: "worker_inflight_inferences 1.0" in requests.get(
+                f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text, 30, "the model to run", interval=0.1)
+            worker.process.kill()
+            assert answer.result().status_code in (502, 503)
+        line = wait_for(lambda: next((line for line in bridge.log().splitlines() if " WARNING " in line
+                                      and "UNAVAILABLE" in line), None), 10, "the bridge's warning", service=bridge)
+        assert f"(worker {socket.gethostname()})" in line, bridge.log()
+    finally:
+        bridge.stop()
+        worker.stop()
