@@ -4,7 +4,8 @@ The bridge's target is a DNS name (`dns:///worker:50051`, a headless Service or 
 gRPC resolves again only when a connection ends; it never polls. Workers therefore end every connection
 after WORKER_MAX_CONNECTION_AGE_SECONDS (calls in flight finish on it), and each end makes the bridge
 resolve the name again. Here two real workers listen on 127.0.0.2 and 127.0.0.3 (same port), a DNS server
-of the test answers first with one, then with both, and the second must start receiving calls.
+of the test answers first with one, then with both, and the second must start receiving calls; the bridge's
+bridge_ready_workers gauge follows. And when a call fails, the bridge's log says on which worker.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def inferences(metrics_port: int) -> float:
     text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("worker_inferences_total{"))
+
+
+def ready_workers(bridge_port: int) -> float:
+    text = requests.get(f"http://127.0.0.1:{bridge_port}/metrics", timeout=5).text
+    (value,) = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith('bridge_ready_workers{route="/"}')]
+    return value
 
 
 def start_worker(tmp_path, host: str, port: int, metrics_port: int):
@@ -60,6 +68,7 @@ def test_a_worker_added_to_dns_gets_calls_once_connections_recycle(tmp_path, sta
             for _ in range(4):
                 infer()
             assert inferences(second_metrics) == 0  # not in DNS yet: unknown to the bridge
+            wait_for(lambda: ready_workers(bridge_port) == 1, 20, "bridge_ready_workers 1", interval=0.2)
             dns.addresses = ["127.0.0.2", "127.0.0.3"]
             added = time.monotonic()
 
@@ -75,6 +84,9 @@ def test_a_worker_added_to_dns_gets_calls_once_connections_recycle(tmp_path, sta
             for _ in range(6):
                 infer()
             assert inferences(first_metrics) > served_before  # round_robin over both now
+            wait_for(lambda: ready_workers(bridge_port) == 2, 20, "bridge_ready_workers 2", interval=0.2)
+            second.stop()  # capacity lost: the route's gauge says so (the alert ArterysWorkersBelowUsual)
+            wait_for(lambda: ready_workers(bridge_port) == 1, 20, "bridge_ready_workers 1 again", interval=0.2)
         finally:
             bridge.stop()
             first.stop()
