@@ -393,9 +393,9 @@ class Run:
         secrets_dir = self.workdir / "secrets"
         paths = make(secrets_dir, ["localhost", "127.0.0.1"])
         override = self.workdir / "secrets-override.yml"
-        # The secrets' files, moved to this run's folder (deploy/compose/secrets stays the operator's). With
-        # `services` (even empty): docker-compose 1.x takes a file without it for the old version 1 format.
-        override.write_text(yaml.safe_dump({"services": {},
+        # The secrets' files, moved to this run's folder (deploy/compose/secrets stays the operator's). With a
+        # service: docker-compose 1.x takes a file without one for the old version 1 format.
+        override.write_text(yaml.safe_dump({"services": {"bridge": {}},
                                             "secrets": {name: {"file": str(path)} for name, path in paths.items()}}))
         self.stack.files = ["docker-compose.yml", "deploy/compose/tls.yml", str(override)]
         self.stack.compose("up", "-d", "--scale", "worker=2", timeout=STARTUP_TIMEOUT + 60)
