@@ -11,7 +11,7 @@ WORKER_LISTEN ?= 127.0.0.1:50051
 WORKER_METRICS_LISTEN ?= 127.0.0.1:9464
 WORKER_MODEL ?= mock_model
 
-.PHONY: setup system-tools sample-study run test fuzz soak proto lint bench clean
+.PHONY: setup system-tools sample-study run test test-containers certs fuzz soak proto lint bench clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,18 @@ sample-study: setup
 # Tests spend most of their time waiting on real processes, so they run on 4 xdist workers.
 test: setup system-tools
 	$(PY) -m pytest -n 4 --dist worksteal
+
+# The images built and the compose stack run for real on a Docker engine (tests/container_stack.py): installs
+# docker.io and docker-compose from Debian when missing (as root), starts dockerd when none runs, makes the
+# Python base image from a Debian mirror (no registry needed), and removes everything it made. A few minutes;
+# `make test` needs no Docker.
+test-containers: setup
+	$(PY) -m tests.container_stack
+
+# Certificates, keys and a bearer token for the TLS override (deploy/compose/tls.yml), for a trial:
+# deploy/compose/secrets/, never overwritten. `make certs CERT_NAMES="--name bridge.example.org"` adds names.
+certs: setup
+	$(PY) -m tools.make_certs $(CERT_NAMES)
 
 # A longer fuzzing run than CI's: tests/test_fuzz_*.py (hypothesis, see tests/conftest.py) with the "long"
 # profile, 20x the examples of `make test` and fresh random ones each run. A failure prints the shrunk

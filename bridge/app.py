@@ -61,6 +61,7 @@ class BridgeApp:
         reasons = []
         for route, pool in self.pools.items():
             self.metrics.worker_ready.labels(route).set(1 if pool.ready else 0)
+            self.metrics.ready_workers.labels(route).set(pool.ready_workers)
             if not pool.ready:
                 reasons.append(f"route {route}: {pool.last_problem}")
         return reasons

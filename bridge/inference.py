@@ -260,14 +260,18 @@ class InferenceRequest:
         if input_hash:
             self.outcome.input_hash = input_hash
             set_tags(input_hash=input_hash)
+        # The worker that admitted the call names itself (its host name): which one failed is in the log.
+        worker = metadata_value(await call.initial_metadata(), "worker")
         return self._worker_error(await call.code(), await call.details() or "",
-                                  metadata_value(trailing, "error-code"))
+                                  metadata_value(trailing, "error-code"), worker)
 
-    def _worker_error(self, status: grpc.StatusCode, details: str, error_code: str) -> errors.ApiError:
+    def _worker_error(self, status: grpc.StatusCode, details: str, error_code: str,
+                      worker: str = "") -> errors.ApiError:
+        on = f" (worker {worker})" if worker else ""  # before admission, gRPC's details name the address tried
         if error_code or status not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            log.info("the worker ended the call: %s %s", status.name, details)
+            log.info("the worker%s ended the call: %s %s", on, status.name, details)
         else:
-            log.warning("worker target %s: %s %s", self.pool.target, status.name, details)
+            log.warning("worker target %s%s: %s %s", self.pool.target, on, status.name, details)
         return errors.from_worker(status, details, error_code)
 
 

@@ -34,6 +34,8 @@ class BridgeMetrics:
                                 ["reason"], registry=r)
         self.worker_ready = Gauge("bridge_worker_ready", "1 when the route's worker target has a SERVING worker.",
                                   ["route"], registry=r)
+        self.ready_workers = Gauge("bridge_ready_workers", "Workers behind the route's target whose health says "
+                                   "SERVING, as this bridge reaches them (counted every 2 s).", ["route"], registry=r)
 
     def start_routes(self, routes, codes) -> None:
         """Creates every route's request series at 0 for the status codes it can answer: a series that

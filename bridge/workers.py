@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bridge.readiness import ReadyWorkers
 from contract import inference_pb2 as pb
 from contract import wire
 
@@ -40,6 +41,7 @@ PUBLIC_HEALTH_PROBLEMS = {
     grpc.StatusCode.UNAUTHENTICATED: "the worker refused the bridge's credentials",
 }
 FREE_ATTEMPTS = 4  # calls ended before admission, tried again at once
+COUNT_EVERY_POLLS = 4  # ready workers are counted every 4th poll (2 s): one health check per worker
 ADMISSION_TIMEOUT = 5.0  # a worker admits or refuses at once; one that does neither is as good as gone
 # Ended before admission, nothing lost: full, unreachable, or the transport's own failure (gRPC reports a
 # call ended by the server while the client was still writing its header as INTERNAL, with no error code).
@@ -172,6 +174,7 @@ class WorkerPool:
     last_problem: str = field(default="not checked yet", init=False)
     # Set once the first health check has an answer: until then "not ready" would be a guess (first_check).
     checked: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    ready_workers: int = field(default=0, init=False)  # SERVING workers behind the target (bridge/readiness.py)
 
     def __post_init__(self) -> None:
         options = channel_options() + self.extra_options
@@ -182,6 +185,7 @@ class WorkerPool:
                                                 response_deserializer=wire.parse_response)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._task: asyncio.Task | None = None
+        self._counter = ReadyWorkers(self.target, SERVICE_NAME, self.credentials)
 
     def start(self) -> WorkerPool:
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -220,8 +224,12 @@ class WorkerPool:
                 await asyncio.wait_for(self.checked.wait(), HEALTH_CHECK_SECONDS + 1)
 
     async def _watch(self) -> None:
+        polls = 0
         while True:
             await self.check_now()
+            if polls % COUNT_EVERY_POLLS == 0:
+                self.ready_workers = await self._counter.count() if self.ready else 0
+            polls += 1
             await asyncio.sleep(self.poll_seconds)
 
     async def admit(self, header: pb.InferRequest, timeout: float, metadata: tuple) -> grpc.aio.StreamStreamCall:
@@ -270,4 +278,5 @@ class WorkerPool:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        await self._counter.close()
         await self.channel.close()

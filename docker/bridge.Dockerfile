@@ -1,11 +1,23 @@
 # The HTTP bridge the Arterys app talks to: stateless, no model code, no pixel decoding.
-FROM python:3.11-slim
+# PYTHON_IMAGE: any Debian-based Python 3.11 image, e.g. your registry's mirror of it, or the one
+# docker/python-base-image.sh makes from a Debian mirror where no registry is reachable.
+ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The dependencies are installed in a stage of their own, into a virtualenv that the image copies: a CA
+# bundle handed to pip here (docker/build-ca/, for a proxy that re-signs TLS) never reaches the image.
+FROM ${PYTHON_IMAGE} AS dependencies
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY docker/build-ca/ /build-ca/
+COPY requirements-bridge.txt /tmp/
+RUN python -m venv /opt/venv \
+    && if [ -f /build-ca/ca-bundle.pem ]; then export PIP_CERT=/build-ca/ca-bundle.pem; fi \
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements-bridge.txt
+
+FROM ${PYTHON_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+COPY --from=dependencies /opt/venv /opt/venv
 WORKDIR /app
-
-COPY requirements-bridge.txt ./
-RUN pip install --no-cache-dir -r requirements-bridge.txt
 
 COPY logging.yaml ./
 COPY arterys_http/ arterys_http/
@@ -20,6 +32,6 @@ USER 10001:10001
 ENV BRIDGE_LISTEN=0.0.0.0:8900 \
     BRIDGE_WORKER=dns:///worker:50051
 EXPOSE 8900
-HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8900/readyz', timeout=2).status != 200)"]
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 CMD ["python", "-m", "bridge.probe"]
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "bridge"]

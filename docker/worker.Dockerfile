@@ -2,13 +2,26 @@
 # `docker compose up --scale worker=3`; the bridge spreads requests over every replica.
 # For your own model: build FROM this image, add your package and pins, set WORKER_MODEL
 # (deploy/examples/my-model shows how; docs/deployment.md explains).
-FROM python:3.11-slim
+# PYTHON_IMAGE: any Debian-based Python 3.11 image, e.g. your registry's mirror of it, or the one
+# docker/python-base-image.sh makes from a Debian mirror where no registry is reachable.
+ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The dependencies are installed in a stage of their own, into a virtualenv that the image copies: a CA
+# bundle handed to pip here (docker/build-ca/, for a proxy that re-signs TLS) never reaches the image.
+FROM ${PYTHON_IMAGE} AS dependencies
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY docker/build-ca/ /build-ca/
+COPY requirements-worker.txt /tmp/
+RUN python -m venv /opt/venv \
+    && if [ -f /build-ca/ca-bundle.pem ]; then export PIP_CERT=/build-ca/ca-bundle.pem; fi \
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements-worker.txt
+
+FROM ${PYTHON_IMAGE}
+# The virtualenv's pip stays: images for other models install their packages with it (deploy/examples).
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+COPY --from=dependencies /opt/venv /opt/venv
 WORKDIR /app
-
-COPY requirements-worker.txt ./
-RUN pip install --no-cache-dir -r requirements-worker.txt
 
 COPY logging.yaml ./
 COPY arterys_http/ arterys_http/

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from tests.services import ROOT
 
 DOCKERFILES = {"worker": ROOT / "docker/worker.Dockerfile", "bridge": ROOT / "docker/bridge.Dockerfile"}
 CORE_SERVICES = ("worker", "bridge")
+PYTHON_IMAGE = "docker.io/library/python:3.11-slim"  # the images' default base, fully qualified
+
+
+def project_version() -> str:
+    """pyproject.toml's version: the tag of the images in docker-compose.yml and deploy/k8s alike."""
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def interpolate(value, env: dict[str, str] | None = None):

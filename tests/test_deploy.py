@@ -20,12 +20,14 @@ import yaml
 from tests.deploy_files import (
     CORE_SERVICES,
     DOCKERFILES,
+    PYTHON_IMAGE,
     DockerIgnore,
     copy_sources,
     dockerfile_env,
     dockerfile_instructions,
     interpolate,
     load_compose,
+    project_version,
 )
 from tests.services import ROOT, environment_variables, free_port, spawn, wait_for_health, wait_for_http
 
@@ -58,12 +60,20 @@ def test_compose_services_are_scalable_and_wired(compose):
     assert listen_port in worker["expose"]
     # The bridge resolves the service name to every replica (dns:///), round_robin does the rest.
     assert bridge["environment"]["BRIDGE_WORKER"] == f"dns:///worker:{listen_port}"
-    assert bridge["ports"] == ["8900:8900"]
+    (published,) = bridge["ports"]
+    assert interpolate(published) == "8900:8900"
+    assert interpolate(published, {"HTTP_PUBLISH": "127.0.0.1:18900"}) == "127.0.0.1:18900:8900"
     for name in CORE_SERVICES:
         service = services[name]
         assert Path(ROOT / service["build"]["context"], service["build"]["dockerfile"]) == DOCKERFILES[name]
-        # Built images get a known name: images for other models are built FROM the worker's.
-        assert interpolate(service["image"]) == f"arterys-grpc-bridge/{name}:latest"
+        # Built images get a known name: images for other models are built FROM the worker's. Their tag is the
+        # project's version, the one deploy/k8s names too (tests/test_deploy_k8s.py).
+        assert interpolate(service["image"]) == f"arterys-grpc-bridge/{name}:{project_version()}"
+        assert interpolate(service["image"], {"IMAGE_TAG": "2.0.0"}) == f"arterys-grpc-bridge/{name}:2.0.0"
+        # The base image: fully qualified by default, replaceable (a registry mirror, docker/python-base-image.sh).
+        base = service["build"]["args"]["PYTHON_IMAGE"]
+        assert interpolate(base) == PYTHON_IMAGE
+        assert interpolate(base, {"PYTHON_IMAGE": "mirror.example/python:3.11"}) == "mirror.example/python:3.11"
         assert service["restart"] == "unless-stopped"
 
 
@@ -78,7 +88,8 @@ def test_compose_waits_for_loaded_models_and_drains_on_stop(compose):
     assert "${WORKER_START_PERIOD:-" in start_period
     assert duration_seconds(interpolate(start_period)) >= 120
     assert interpolate(start_period, {"WORKER_START_PERIOD": "20m"}) == "20m"
-    assert "/readyz" in " ".join(bridge["healthcheck"]["test"])
+    # GET /readyz, over HTTPS when the TLS override sets BRIDGE_TLS_CERT (bridge/probe.py).
+    assert bridge["healthcheck"]["test"] == ["CMD", "python", "-m", "bridge.probe"]
     # Stopping lets in-flight work finish: the stop grace period exceeds each service's own grace.
     for name, service in (("worker", worker), ("bridge", bridge)):
         grace = float(service["environment"][f"{name.upper()}_GRACE_SECONDS"])
@@ -115,9 +126,9 @@ def test_monitoring_profile_runs_prometheus_and_grafana_on_the_shipped_files(com
     # No authentication in front of either: published on loopback only.
     for name in monitoring:
         assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"]), name
-    # Pinned images, not :latest.
+    # Pinned images, not :latest, fully qualified (podman does not guess a registry for a short name).
     for name in monitoring:
-        assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", services[name]["image"]), services[name]["image"]
+        assert re.fullmatch(r"docker\.io/[\w./-]+:v?\d+\.\d+\.\d+", services[name]["image"]), services[name]["image"]
 
 
 def test_gpu_override_reserves_a_gpu_per_worker(compose):
@@ -135,8 +146,9 @@ def test_dockerfile_matches_the_repository(name):
     for source in copy_sources(path):
         assert (ROOT / source).exists(), f"{path.name}: COPY {source} does not exist"
     installs = [a for i, a in instructions if i == "RUN" and "pip install" in a]
-    (requirement_file,) = re.findall(r"-r (\S+)", installs[0])
-    assert requirement_file == f"requirements-{name}.txt"
+    (requirement_path,) = re.findall(r"-r (\S+)", installs[0])
+    requirement_file = Path(requirement_path).name
+    assert requirement_file == f"requirements-{name}.txt" and requirement_file in copy_sources(path)
     for line in (ROOT / requirement_file).read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][\w.]*", line.strip()), f"unpinned: {line}"
@@ -150,6 +162,25 @@ def test_dockerfile_matches_the_repository(name):
     # Runs as a numeric non-root user (Kubernetes' runAsNonRoot cannot check a user name).
     (user,) = [a for i, a in instructions if i == "USER"]
     assert user == "10001:10001"
+
+
+@pytest.mark.parametrize("name", ["worker", "bridge"])
+def test_dockerfile_keeps_the_build_ca_out_of_the_image(name):
+    """Dependencies are installed in a stage of their own, the only one that sees docker/build-ca/; the image
+    copies the virtualenv out of it. The base image is an ARG with a fully qualified default (podman asks
+    which registry a short name means; a registry mirror or docker/python-base-image.sh replaces it)."""
+    instructions = dockerfile_instructions(DOCKERFILES[name])
+    assert instructions[0] == ("ARG", f"PYTHON_IMAGE={PYTHON_IMAGE}")
+    froms = [argument for instruction, argument in instructions if instruction == "FROM"]
+    assert froms == ["${PYTHON_IMAGE} AS dependencies", "${PYTHON_IMAGE}"]
+    final = instructions[[i for i, (instruction, _) in enumerate(instructions) if instruction == "FROM"][-1]:]
+    stage = instructions[: len(instructions) - len(final)]
+    assert ("COPY", "docker/build-ca/ /build-ca/") in stage
+    assert not any("build-ca" in argument for _, argument in final)
+    assert ("COPY", "--from=dependencies /opt/venv /opt/venv") in final
+    (path_env,) = [argument for instruction, argument in final if instruction == "ENV" and "PATH=" in argument]
+    assert "PATH=/opt/venv/bin:$PATH" in path_env
+    assert "PIP_CERT" not in " ".join(argument for instruction, argument in final if instruction == "ENV")
 
 
 @pytest.mark.parametrize("name", ["worker", "bridge"])
@@ -244,14 +275,15 @@ def test_services_start_with_the_container_environment(compose, tmp_path):
         assert probe.returncode == 0, probe.stderr
         wait_for_http(bridge, "/healthcheck", "READY")
         assert requests.get(f"http://127.0.0.1:{bridge_port}/readyz").status_code == 200
-        check = subprocess.run(bridge_check, cwd=ROOT, capture_output=True, text=True)
+        # The health check runs with the container's environment: BRIDGE_LISTEN names the port.
+        check = subprocess.run(bridge_check, cwd=ROOT, capture_output=True, text=True, env=bridge_env)
         assert check.returncode == 0, check.stderr
         assert "worker_model_loaded 1.0" in requests.get(f"http://127.0.0.1:{metrics_port}/metrics").text
         assert "bridge_worker_ready" in requests.get(f"http://127.0.0.1:{bridge_port}/metrics").text
         # With its worker gone, the bridge's health check fails (not ready), though the bridge runs.
         worker.stop()
         deadline = time.monotonic() + 15
-        while subprocess.run(bridge_check, cwd=ROOT, capture_output=True, timeout=30).returncode == 0:
+        while subprocess.run(bridge_check, cwd=ROOT, capture_output=True, timeout=30, env=bridge_env).returncode == 0:
             assert time.monotonic() < deadline, "the bridge's health check still passes without a worker"
             time.sleep(0.2)
         assert requests.get(f"http://127.0.0.1:{bridge_port}/healthz").status_code == 200

@@ -20,7 +20,8 @@ import requests
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.deploy_files import DOCKERFILES, dockerfile_instructions, interpolate, load_compose
+from bridge.config import BridgeLimits
+from tests.deploy_files import DOCKERFILES, dockerfile_instructions, interpolate, load_compose, project_version
 from tests.services import ROOT, environment_variables, free_port, spawn, wait_for_health, wait_for_http
 from tools import system_tools
 
@@ -87,7 +88,7 @@ def test_manifests_are_valid_for_a_current_kubernetes(folder):
 def test_base_holds_what_a_model_deployment_needs(base):
     assert set(base) == {("Namespace", "arterys"), ("Deployment", "worker"), ("Service", "worker"),
                          ("PodDisruptionBudget", "worker"), ("Deployment", "bridge"), ("Service", "bridge"),
-                         ("PodDisruptionBudget", "bridge")}
+                         ("PodDisruptionBudget", "bridge"), ("NetworkPolicy", "worker-ingress")}
     # Pod Security Admission enforces what the pods below are checked for.
     assert base["Namespace", "arterys"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     for name in ("worker", "bridge"):
@@ -101,10 +102,9 @@ def test_base_holds_what_a_model_deployment_needs(base):
         assert deployment["spec"]["replicas"] >= 2  # a budget of 1 unavailable leaves one serving
         # Rollouts add a replica before removing one: a new worker serves only once its model loaded.
         assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
-        # The images docker-compose.yml builds.
-        image = container(deployment)["image"]
-        compose_image = interpolate(load_compose()["services"][name]["image"])
-        assert image.split(":")[0] == compose_image.split(":")[0]
+        # The images docker-compose.yml builds, under the same tag: the project's version.
+        assert container(deployment)["image"] == interpolate(load_compose()["services"][name]["image"])
+        assert container(deployment)["image"].endswith(f":{project_version()}")
 
 
 def test_bridge_reaches_every_worker_through_a_headless_service(base):
@@ -194,6 +194,16 @@ def test_example_overlay_adds_gpu_autoscaling_and_pod_monitors(example, base):
     assert container(worker)["image"] == "registry.example.com/my-model-worker:1.0.0"
     hpa = example["HorizontalPodAutoscaler", "worker"]["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"}
+    # GPU workers scale on the calls in progress, a metric prometheus-adapter makes from the workers' gauges.
+    (metric,) = hpa["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["target"]["type"] == "AverageValue"
+    assert float(metric["pods"]["target"]["averageValue"]) == float(env(worker)["WORKER_CONCURRENCY"])
+    adapter = yaml.safe_load((ROOT / "deploy/prometheus/prometheus-adapter.yml").read_text())
+    (rule,) = adapter["rules"]["custom"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    exported = {"worker_queue_depth", "worker_inflight_inferences"}  # worker/metrics.py
+    assert set(re.findall(r"(worker_\w+)\{<<\.LabelMatchers>>\}", rule["metricsQuery"])) == exported
     # The autoscaler owns the count: a fixed one would be re-applied over it at every `kubectl apply`.
     assert "replicas" not in example["Deployment", "worker"]["spec"]
     assert "replicas" in base["Deployment", "worker"]["spec"]
@@ -207,6 +217,38 @@ def test_example_overlay_adds_gpu_autoscaling_and_pod_monitors(example, base):
         (endpoint,) = monitor["podMetricsEndpoints"]
         assert endpoint["port"] == port_name and endpoint["path"] == "/metrics"
         assert port_name in {port["name"] for port in container(example["Deployment", name])["ports"]}
+
+
+def test_network_policy_lets_only_bridges_reach_the_workers(base):
+    policy = base["NetworkPolicy", "worker-ingress"]["spec"]
+    worker, bridge = base["Deployment", "worker"], base["Deployment", "bridge"]
+    assert selects(policy["podSelector"], worker["spec"]["template"]["metadata"]["labels"])
+    assert policy["policyTypes"] == ["Ingress"]
+    grpc_rule = next(rule for rule in policy["ingress"] if rule["ports"] == [{"port": "grpc"}])
+    (source,) = grpc_rule["from"]
+    assert selects(source["podSelector"], bridge["spec"]["template"]["metadata"]["labels"])
+    # Every other rule opens the metrics port only.
+    assert all(rule["ports"] == [{"port": "metrics"}] for rule in policy["ingress"] if rule is not grpc_rule)
+
+
+def test_ingress_lets_a_study_stream_through_within_the_bridges_limits(example):
+    ingress = example["Ingress", "bridge"]
+    annotations = ingress["metadata"]["annotations"]
+    bridge_env = env(example["Deployment", "bridge"])
+    deadline = float(bridge_env["BRIDGE_DEADLINE_SECONDS"])
+    # The bridge's own body limit (its default: 4 GiB) is the proxy's too: beyond it the bridge answers 413.
+    size = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert int(size.rstrip("g")) << 30 == BridgeLimits().max_body_bytes and size.endswith("g")
+    assert "BRIDGE_MAX_BODY_BYTES" not in bridge_env
+    # Streamed both ways: no spooling of a study on the proxy's disk, masks passed on as they arrive.
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    for timeout in ("proxy-send-timeout", "proxy-read-timeout"):
+        assert float(annotations[f"nginx.ingress.kubernetes.io/{timeout}"]) > deadline
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    (port,) = example["Service", "bridge"]["spec"]["ports"]
+    assert path["backend"]["service"] == {"name": "bridge", "port": {"name": port["name"]}}
 
 
 def test_processes_answer_the_kubelet_probes_with_the_manifest_environment(base, tmp_path):

@@ -11,12 +11,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import requests
 import yaml
 
+from bridge.probe import readyz_url
 from tests.certificates import make_pki
 from tests.deploy_files import interpolate, load_compose
 from tests.monitoring import loopback_config, prometheus_server
@@ -64,7 +66,7 @@ def run_stack(tmp: Path, worker_env: dict, bridge_env: dict, worker_check: list[
     bridge = spawn(tmp, "bridge", ["-m", "bridge"], bridge_port, bridge_env)
     try:
         wait_until_healthy(worker, worker_check, worker_env)
-        wait_until_healthy(bridge, [arg.replace(":8900/", f":{bridge_port}/") for arg in bridge_check], {})
+        wait_until_healthy(bridge, bridge_check, bridge_env)
         body = b'--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b--\r\n'
         headers = {"Content-Type": "multipart/related; boundary=b"}
         url = f"https://127.0.0.1:{bridge_port}/"
@@ -131,7 +133,9 @@ def test_compose_services_with_tls_answer_their_health_checks_and_infer(override
         envs[name] = {k: str(interpolate(v)).replace("/run/secrets/", str(secrets["ca.crt"].parent) + "/")
                       for k, v in merged.items()}
     worker_check = as_local(base["worker"]["healthcheck"]["test"][1:])
-    bridge_check = as_local(override["services"]["bridge"]["healthcheck"]["test"][1:])
+    # The base files' health checks: they follow the TLS settings (podman-compose would join two `test` lists).
+    assert not any("healthcheck" in service for service in override["services"].values())
+    bridge_check = as_local(base["bridge"]["healthcheck"]["test"][1:])
 
     def scraped_by_the_overrides_prometheus(bridge_port: int) -> None:
         """The monitoring profile under this override reads prometheus-tls.yml: a real Prometheus with it
@@ -223,7 +227,7 @@ def test_kubernetes_services_with_tls_answer_their_probes_and_infer(rendered, se
         envs[name] = variables
     worker_check = as_local(container(rendered["Deployment", "worker"])["livenessProbe"]["exec"]["command"])
     path = container(rendered["Deployment", "bridge"])["readinessProbe"]["httpGet"]["path"]
-    bridge_check = [sys.executable, "-c", "import ssl, sys, urllib.request; c = ssl.create_default_context(); "
-                    "c.check_hostname = False; c.verify_mode = ssl.CERT_NONE; sys.exit(urllib.request.urlopen("
-                    f"'https://127.0.0.1:8900{path}', timeout=2, context=c).status != 200)"]
+    # The kubelet's HTTPS probe checks no certificate, as bridge.probe does; it asks the same path.
+    assert path == urlsplit(readyz_url({"BRIDGE_TLS_CERT": "x"})).path
+    bridge_check = [sys.executable, "-m", "bridge.probe"]
     run_stack(tmp_path, envs["worker"], envs["bridge"], worker_check, bridge_check, secrets["ca.crt"])

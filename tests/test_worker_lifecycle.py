@@ -26,6 +26,7 @@ from tests.services import free_port, wait_for
 from tests.worker_client import collect, infer, request_messages
 from worker import Model, Result
 from worker.admission import Admission
+from worker.errors import OUTCOMES
 from worker.metrics import WorkerMetrics
 from worker.servicer import MAX_OPEN_COMMAND_LABELS, InferenceServicer, ServicerConfig
 
@@ -337,3 +338,52 @@ def test_command_labels_stay_bounded_for_a_model_that_takes_any_command():
     assert labels[MAX_OPEN_COMMAND_LABELS:] == ["other"] * 5
     assert servicer.metric_command("command-3") == "command-3"  # seen before: keeps its label
     assert servicer.metric_command("") == "none" and servicer.metric_command(None) == "unread"
+
+
+def quiet_log_problems(log: str) -> list[str]:
+    """Lines a graceful stop must not write: errors, tracebacks, asyncio's complaints."""
+    return [line for line in log.splitlines()
+            if " ERROR " in line or "Traceback" in line or "Task was destroyed" in line
+            or "Exception in callback" in line or "Event loop is closed" in line or "not handled" in line]
+
+
+def test_a_graceful_stop_with_a_health_watch_open_logs_no_error(worker_process):
+    """A bridge (or a kubelet) keeps a health Watch open: stopping must end it quietly."""
+    worker = worker_process("--model", "mock_model", metrics=True)
+    watch = health_pb2_grpc.HealthStub(worker.channel()).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+    assert next(watch).status == SERVING
+    worker.terminate()
+    assert worker.wait_exit(45) == 0
+    watch.cancel()
+    assert not quiet_log_problems(worker.log()), worker.log()
+    assert "worker stopped" in worker.log()
+
+
+def test_a_graceful_stop_while_a_model_overruns_its_deadline_logs_no_error(worker_process, calls, standard_parts):
+    """The call's deadline passes while the model still runs (it never checks is_cancelled); SIGTERM then: the
+    worker waits out its grace, exits 0, and says what it could not finish in one line, without a traceback."""
+    worker = worker_process("--model", "mock_model.faults:StubbornModel", "--grace-seconds", "2",
+                            env={"MOCK_INFER_SECONDS": "6"}, metrics=True)
+    watch = health_pb2_grpc.HealthStub(worker.channel()).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+    assert next(watch).status == SERVING
+    call, result = calls.start(worker.stub(), standard_parts[:2], timeout=1)
+    with pytest.raises(grpc.RpcError) as error:
+        result.result(timeout=30)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: metric(scrape(worker.metrics_port), "worker_inflight_inferences") == 1, what="model running")
+    worker.terminate()
+    assert worker.wait_exit(45) == 0
+    watch.cancel()
+    assert not quiet_log_problems(worker.log()), worker.log()
+
+
+def test_every_command_and_outcome_is_counted_from_start_up(worker_process):
+    """Series that first appear at 1 show no increase to rate(): the first failure of a kind would be missed,
+    by the dashboards and by the failure-ratio rule alike. So every one exists at 0 from the start."""
+    worker = worker_process("--model", "mock_model", metrics=True)
+    samples = {(dict(labels)["command"], dict(labels)["outcome"]): value
+               for (name, labels), value in scrape(worker.metrics_port).items() if name == "worker_inferences_total"}
+    commands = {*MockModel.commands, "unread", "unknown"}
+    assert {command for command, _ in samples} == commands
+    assert {outcome for _, outcome in samples} == set(OUTCOMES)
+    assert len(samples) == len(commands) * len(OUTCOMES) and set(samples.values()) == {0.0}

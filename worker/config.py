@@ -11,6 +11,10 @@ from dicom_geometry.acceptance import DEFAULT_MAX_IMAGE_BYTES
 from worker import security
 
 MIB = 1 << 20
+# A bridge resolves its DNS target again only when a connection ends (gRPC does not poll DNS): ending every
+# connection this often gets a new replica its first calls within about this long plus the DNS TTL. Calls
+# in flight finish on the old connection (grpc.max_connection_age_grace_ms); a reconnection costs a few ms.
+MAX_CONNECTION_AGE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class WorkerConfig:
     spool_memory_bytes: int = 16 * MIB
     idle_timeout_seconds: float = 30.0
     grace_seconds: float = 30.0
-    max_connection_age_seconds: float = 300.0
+    max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS
     max_message_bytes: int = 16 * MIB
     limits: StudyLimits = field(default_factory=StudyLimits)
     security: security.WorkerSecurity = field(default_factory=security.WorkerSecurity)
@@ -108,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a request stream that sends nothing for this long is ended [WORKER_IDLE_TIMEOUT_SECONDS]")
     add("--grace-seconds", type=float, default=float(_env("WORKER_GRACE_SECONDS", 30)),
         help="on SIGTERM, how long in-flight inferences may take to finish [WORKER_GRACE_SECONDS]")
-    add("--max-connection-age-seconds", type=float, default=float(_env("WORKER_MAX_CONNECTION_AGE_SECONDS", 300)),
+    add("--max-connection-age-seconds", type=float,
+        default=float(_env("WORKER_MAX_CONNECTION_AGE_SECONDS", MAX_CONNECTION_AGE_SECONDS)),
         help="connections are recycled after this, so bridges find new replicas [WORKER_MAX_CONNECTION_AGE_SECONDS]")
     defaults = StudyLimits()
     add("--max-study-bytes", type=int, default=int(_env("WORKER_MAX_STUDY_BYTES", defaults.max_study_bytes)),

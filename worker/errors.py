@@ -15,6 +15,7 @@ import grpc
 
 ERROR_CODE_KEY = "error-code"  # trailing metadata: the stable code of a failed call
 INPUT_HASH_KEY = "input-hash"  # trailing metadata: the input hash, once the study has arrived
+WORKER_NAME_KEY = "worker"  # initial metadata, with the admission: the worker's host name
 
 MAX_ECHO = 120  # characters of a sender's value quoted back in a message
 
@@ -109,3 +110,13 @@ class InvalidResult(WorkerError):
     def __init__(self, problems) -> None:
         self.problems = list(problems)
         super().__init__("the model's result breaks the Arterys protocol: " + "; ".join(self.problems))
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(descendant for sub in cls.__subclasses__() for descendant in _subclasses(sub))]
+
+
+# Every `outcome` label of worker_inferences_total: success, the caller gone (cancelled, past its deadline),
+# and each failure above. The metrics exist at 0 for all of them from start-up (worker/metrics.py).
+OUTCOMES = tuple(dict.fromkeys(("ok", "cancelled", "deadline_exceeded",
+                                *(error.outcome for error in _subclasses(WorkerError)))))

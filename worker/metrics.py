@@ -37,3 +37,11 @@ class WorkerMetrics:
             "worker_model_overruns", "Inferences that returned after their call had ended (cancelled or past its "
             "deadline): the model kept its slot meanwhile.", ["model"], registry=r,
         )
+
+    def start_inferences(self, model: str, commands, outcomes) -> None:
+        """Creates every command x outcome series of worker_inferences_total at 0: a series that first appears
+        at 1 shows no increase to rate(), so the first failure of a kind would go unseen (dashboards and the
+        failure-ratio rule alike)."""
+        for command in commands:
+            for outcome in outcomes:
+                self.inferences.labels(model, command, outcome)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -43,6 +44,9 @@ from worker.study import Attachment, Instance, Study, monotonic_deadline, parse_
 from worker.tracing import CallTrace
 
 log = logging.getLogger("worker.inference")
+# Sent to the bridge with each admission, so that its log names the worker a failed call was on: the pod's
+# name in Kubernetes, the container's id in compose.
+WORKER_NAME = socket.gethostname()
 
 CHUNK_SIZE = 1 << 20  # 1 MiB answer chunks: large enough to amortise gRPC's per-message cost
 # Answers up to this size are checked on the loop; bigger ones (label masks are scanned) on an I/O thread.
@@ -80,6 +84,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._open_labels: set[str] = set()
         # Labelled children looked up once: a label lookup per stage per call showed in profiles.
         self.stage_timers = {stage: metrics.duration.labels(self.model_name, stage) for stage in STAGES}
+        metrics.start_inferences(self.model_name, self.known_command_labels(), errors.OUTCOMES)
         self.memory_budget = (config.limits.max_study_bytes if getattr(model, "study_in_memory", False)
                               else config.spool_memory_bytes)
 
@@ -148,6 +153,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             return function(*args)
         return await asyncio.get_running_loop().run_in_executor(self.io_threads, function, *args)
 
+    def known_command_labels(self) -> list[str]:
+        """The `command` labels known before any call: the declared commands and the fallbacks."""
+        labels = [self.metric_command(command) for command in dict.fromkeys((*self.commands, self.default_command))
+                  if command or not self.commands]
+        return list(dict.fromkeys([*labels, "unread", *(["unknown"] if self.commands else [])]))
+
     def metric_command(self, command: str | None) -> str:
         """The `command` label, from a bounded set: a request cannot mint label values."""
         if command is None:
@@ -208,7 +219,7 @@ class _Call:
             raise errors.Busy(f"the worker is busy: {self.s.admission.refusal()}; retry later or elsewhere")
         # Admitted: tell the sender now, before it sends any study byte, so that a refusal (above) can be
         # retried elsewhere by a sender that has lost nothing.
-        await self.context.send_initial_metadata((("admitted", "1"),))
+        await self.context.send_initial_metadata((("admitted", "1"), (errors.WORKER_NAME_KEY, WORKER_NAME)))
         with self.stage("receive"):
             study = await self._receive(header, messages)
         log.debug("received %d instance(s), %d attachment(s), command %r",
@@ -317,7 +328,10 @@ class _Call:
 
         def returned(future) -> None:  # on the model's thread: one wake-up of the loop for everything
             # In the request's context (a copy): a late return is logged with the request's tags.
-            loop.call_soon_threadsafe(self._model_returned, ticket, future, answer, context=context.copy())
+            try:
+                loop.call_soon_threadsafe(self._model_returned, ticket, future, answer, context=context.copy())
+            except RuntimeError:  # the loop is closed: the worker stopped while the model overran its call
+                context.run(log.info, "the model returned after the worker had stopped (it overran its call)")
 
         future = self.s.model_threads.submit(context.run, self.s.model.infer, study)
         future.add_done_callback(returned)
