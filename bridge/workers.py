@@ -39,9 +39,12 @@ PUBLIC_HEALTH_PROBLEMS = {
 }
 FREE_ATTEMPTS = 4  # calls ended before admission, tried again at once
 ADMISSION_TIMEOUT = 5.0  # a worker admits or refuses at once; one that does neither is as good as gone
-# Ended before admission, nothing lost: full, unreachable, or the transport's own failure (gRPC reports a
-# call ended by the server while the client was still writing its header as INTERNAL, with no error code).
-RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+# Ended before admission, nothing lost: unreachable, or the transport's own failure (gRPC reports a call ended
+# by the server while the client was still writing its header as INTERNAL, with no error code).
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+# Refusals of a worker that is full, said by the worker itself (its error code): worth waiting for. Without
+# one, RESOURCE_EXHAUSTED is the channel's own (an answer over a gRPC limit): an error, never retried.
+FULL = ("worker_busy", "spool_full")
 
 
 def channel_options(max_message_bytes: int = MESSAGE_LIMIT) -> list[tuple[str, object]]:
@@ -247,10 +250,11 @@ class WorkerPool:
             status = await call.code()
             details = await call.details() or ""
             error_code = metadata_value(await call.trailing_metadata(), "error-code")
-            if status in RETRYABLE and not (status == grpc.StatusCode.INTERNAL and error_code):
+            full = status == grpc.StatusCode.RESOURCE_EXHAUSTED and error_code in FULL
+            if full or (status in RETRYABLE and not (status == grpc.StatusCode.INTERNAL and error_code)):
                 if attempts < FREE_ATTEMPTS:
                     continue
-                if status == grpc.StatusCode.RESOURCE_EXHAUSTED and loop.time() - started < self.queue_wait:
+                if full and loop.time() - started < self.queue_wait:
                     await asyncio.sleep(min(0.005 * 2 ** (attempts - FREE_ATTEMPTS), 0.2) * random.uniform(0.5, 1))
                     continue
             raise Refused(status, details, error_code)

@@ -17,12 +17,28 @@ ERROR_CODE_KEY = "error-code"  # trailing metadata: the stable code of a failed 
 INPUT_HASH_KEY = "input-hash"  # trailing metadata: the input hash, once the study has arrived
 
 MAX_ECHO = 120  # characters of a sender's value quoted back in a message
+# Bytes of UTF-8 a status message may have. It travels in the trailing metadata (grpc-message, percent-encoded:
+# up to 3 bytes each), which gRPC caps at 8 KiB by default and beyond 16 KiB fails the call (the bridge
+# would see RESOURCE_EXHAUSTED instead of the answer); this keeps every status far below that.
+MAX_STATUS_BYTES = 1024
+MAX_PROBLEMS = 10  # problems of a broken answer listed in its message; the rest are counted
+MAX_PROBLEM_CHARACTERS = 300
 
 
-def short(value: str) -> str:
-    """A sender's value fit to quote in a message: bounded, printable, no line breaks."""
-    text = "".join(c if c.isprintable() else "?" for c in str(value))
-    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + f"... ({len(text)} characters)"
+def short(value) -> str:
+    """A sender's value fit to quote in a message: bounded, printable, no line breaks. Only a prefix is
+    looked at, so a value of a megabyte costs no more than one of a hundred characters."""
+    text = value if isinstance(value, str) else str(value)[: MAX_ECHO * 4]
+    shown = "".join(c if c.isprintable() else "?" for c in text[:MAX_ECHO])
+    return shown if len(text) <= MAX_ECHO else shown + f"... ({len(text):,} characters)"
+
+
+def status_message(message: str) -> str:
+    """`message` cut to MAX_STATUS_BYTES of UTF-8, marked as cut."""
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= MAX_STATUS_BYTES:
+        return message
+    return encoded[: MAX_STATUS_BYTES - 40].decode("utf-8", "ignore") + f"... ({len(encoded):,} bytes, cut)"
 
 
 class WorkerError(Exception):
@@ -78,9 +94,16 @@ class NotReady(WorkerError):
 
 
 class Idle(WorkerError):
-    """The sender stopped sending in the middle of a request stream."""
+    """The sender stopped sending in the middle of a request stream, or sent too slowly (the same answer as the
+    bridge's for an HTTP body too slow: 408)."""
 
     status, error_code, outcome = grpc.StatusCode.DEADLINE_EXCEEDED, "request_timeout", "idle"
+
+
+class SpoolFull(WorkerError):
+    """The spool (where studies arriving and waiting are kept) is full: retry later or elsewhere."""
+
+    status, error_code, outcome = grpc.StatusCode.RESOURCE_EXHAUSTED, "spool_full", "rejected"
 
 
 class DataLoss(WorkerError):
@@ -108,4 +131,7 @@ class InvalidResult(WorkerError):
 
     def __init__(self, problems) -> None:
         self.problems = list(problems)
-        super().__init__("the model's result breaks the Arterys protocol: " + "; ".join(self.problems))
+        listed = "; ".join(str(problem)[:MAX_PROBLEM_CHARACTERS] for problem in self.problems[:MAX_PROBLEMS])
+        more = len(self.problems) - MAX_PROBLEMS
+        super().__init__("the model's result breaks the Arterys protocol: " + listed
+                         + (f"; and {more} more problem(s)" if more > 0 else ""))

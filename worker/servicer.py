@@ -36,9 +36,10 @@ from worker.config import StudyLimits
 from worker.dicom_export import UnknownOutputFormat, output_formats
 from worker.metrics import STAGES, WorkerMetrics
 from worker.pixels import NotDicom
+from worker.rate import MinimumRate
 from worker.receive import Ingest, ReceivedPart, find_study_path, receive_parts
 from worker.results import WireResult, answer_bytes, checked, from_legacy, from_result
-from worker.spool import Spool
+from worker.spool import Spool, StoreBudget
 from worker.study import Attachment, Instance, Study, monotonic_deadline, parse_request_json
 from worker.tracing import CallTrace
 
@@ -59,6 +60,8 @@ class ServicerConfig:
     spool_root: Path | None = None
     spool_memory_bytes: int = 16 << 20
     idle_timeout_seconds: float = 30.0
+    min_receive_rate: int = 64 << 10  # bytes/s over windows of receive_window_seconds (worker/rate.py)
+    receive_window_seconds: float = 20.0
     limits: StudyLimits = field(default_factory=StudyLimits)
     chunk_size: int = CHUNK_SIZE
     output_formats: tuple[str, ...] = ("arterys",)  # a request without "output_formats" gets these
@@ -68,6 +71,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, model: Model, admission: Admission, metrics: WorkerMetrics, config: ServicerConfig,
                  model_threads: ThreadPoolExecutor, io_threads: ThreadPoolExecutor) -> None:
         self.model = model
+        self.store: StoreBudget = admission.store
         self.model_name = model.describe_name()
         self.admission = admission
         self.metrics = metrics
@@ -136,10 +140,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         serious = isinstance(error, (errors.ModelFailed, errors.InvalidResult))
         # Refusals of a busy worker are routine (the bridge tries again): the metrics count them.
         level = logging.ERROR if serious else logging.DEBUG if isinstance(error, errors.Busy) else logging.INFO
-        log.log(level, "inference failed (%s): %s", error.status.name, error.message)
+        message = errors.status_message(error.message)  # bounded: it leaves in the trailing metadata
+        log.log(level, "inference failed (%s): %s", error.status.name, message)
         call.finish()  # before the status leaves: whoever sees it sees the metrics too
         call.context.set_trailing_metadata(call.trailers(error.error_code))
-        await call.context.abort(error.status, error.message)
+        await call.context.abort(error.status, message)
 
     async def offload(self, big: bool, function, *args):
         """Runs `function` on an I/O thread when the work is big (the loop keeps serving other calls), inline
@@ -205,6 +210,8 @@ class _Call:
         header = await self._header(messages)
         self.ticket = self.s.admission.admit()
         if self.ticket is None:
+            if self.s.store.spool_full:
+                raise errors.SpoolFull(self.s.store.spool_full_message())
             raise errors.Busy(f"the worker is busy: {self.s.admission.refusal()}; retry later or elsewhere")
         # Admitted: tell the sender now, before it sends any study byte, so that a refusal (above) can be
         # retried elsewhere by a sender that has lost nothing.
@@ -234,8 +241,10 @@ class _Call:
             first = None
         except TimeoutError:
             raise errors.Idle(f"the request stream sent no header for {idle:g} s and was ended") from None
-        if first is None or first.WhichOneof("message") != "header":
+        if first is None:
             raise errors.StreamEnded("the request stream must start with a header")
+        if type(first) is memoryview or first.WhichOneof("message") != "header":  # a chunk arrives as a view
+            raise errors.BadRequest("the request stream must start with a header")
         header = first.header
         set_tags(request_id=clean_request_id(header.request_id))  # the bridge's id: one id across both logs
         limits = self.s.config.limits
@@ -260,7 +269,7 @@ class _Call:
     async def _receive(self, header: pb.RequestHeader, messages) -> Study:
         config = self.s.config
         request = self.request
-        self.spool = Spool(config.spool_root, self.s.memory_budget)
+        self.spool = Spool(config.spool_root, self.s.memory_budget, self.s.store)
         spool, limits = self.spool, config.limits
 
         def parsed(part: ReceivedPart):  # each part as it completes, while the next ones arrive
@@ -272,7 +281,8 @@ class _Call:
 
         ingest = Ingest(bytes(header.request_json), spool, parsed)
         received = await receive_parts(messages, ingest, limits, config.idle_timeout_seconds,
-                                       self.s.metrics.received_bytes.inc)
+                                       self.s.metrics.received_bytes.inc,
+                                       MinimumRate(config.min_receive_rate, config.receive_window_seconds))
         self.input_hash = received.input_hash
         set_tags(input_hash=received.input_hash)
         if header.study_path:

@@ -25,6 +25,7 @@ from dicom_geometry import slice_order
 from worker.api import InvalidInput
 from worker.config import StudyLimits
 from worker.errors import BadRequest, WorkerError, short
+from worker.geometry import check_geometry
 from worker.pixels import NotDicom, check_pixel_data
 
 log = logging.getLogger("worker.study")
@@ -90,7 +91,8 @@ class Instance(Attachment):
         """Reads the header (no pixel data) and checks the pixel data against what the header declares.
 
         Raises `NotDicom` for bytes that are not DICOM at all, `BadRequest` or `TooLarge` for an instance
-        whose pixel data does not match its header, each message naming the instance.
+        whose pixel data does not match its header or whose geometry is not finite, each message naming the
+        instance.
         """
         instance = cls(index, path, content_type, filename, name, data=data, spool=spool)
         label = instance.label
@@ -100,6 +102,7 @@ class Instance(Attachment):
                 if not str(header.get("SOPInstanceUID") or "").strip():
                     raise BadRequest(f"{label} has no SOPInstanceUID; every instance needs one")
                 check_pixel_data(header, handle, instance.size, limits or StudyLimits(), label)
+                check_geometry(header, label)
         except WorkerError:
             raise
         except Exception as error:  # pydicom raises many kinds on damaged files; all mean "not readable"
