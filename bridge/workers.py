@@ -38,6 +38,7 @@ PUBLIC_HEALTH_PROBLEMS = {
     grpc.StatusCode.UNAUTHENTICATED: "the worker refused the bridge's credentials",
 }
 FREE_ATTEMPTS = 4  # calls ended before admission, tried again at once
+PROBLEM_REPEAT_SECONDS = 60.0  # an unchanged reason a worker cannot be reached is logged again this often
 ADMISSION_TIMEOUT = 5.0  # a worker admits or refuses at once; one that does neither is as good as gone
 # Ended before admission, nothing lost: unreachable, or the transport's own failure (gRPC reports a call ended
 # by the server while the client was still writing its header as INTERNAL, with no error code).
@@ -181,6 +182,7 @@ class WorkerPool:
                                                 response_deserializer=wire.parse_response)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._task: asyncio.Task | None = None
+        self._said: tuple[str, float] = ("", 0.0)  # the readiness problem last logged, and when
 
     def start(self) -> WorkerPool:
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -188,7 +190,7 @@ class WorkerPool:
 
     async def check_now(self) -> bool:
         """Asks a worker's health service; with client-side health checking only SERVING workers answer."""
-        detail = ""
+        detail, unreachable = "", False
         try:
             response = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1.0)
             serving = response.status == health_pb2.HealthCheckResponse.SERVING
@@ -203,12 +205,27 @@ class WorkerPool:
             else:
                 self.last_problem = PUBLIC_HEALTH_PROBLEMS.get(error.code(), f"the worker's health check failed "
                                                                             f"({error.code().name})")
+                unreachable = True
             detail = f"; {error.code().name}: {error.details()}"
-        if serving != self.ready:
-            log.info("worker target %s is %s", self.target,
-                     "ready" if serving else f"not ready ({self.last_problem}{detail})")
+        self._say(serving, detail, unreachable)
         self.ready = serving
         return serving
+
+    def _say(self, serving: bool, detail: str, unreachable: bool) -> None:
+        """Logs a change of readiness, and why a worker cannot be reached (gRPC's own words: a certificate that
+        fails verification, a name that does not match) when that reason changes, and again every
+        PROBLEM_REPEAT_SECONDS while it lasts: a bridge that never got a worker says so."""
+        now = asyncio.get_running_loop().time()
+        said, said_at = self._said
+        problem = "" if serving else f"{self.last_problem}{detail}"
+        if serving == self.ready and problem == said and (not problem or now - said_at < PROBLEM_REPEAT_SECONDS):
+            return
+        self._said = (problem, now)
+        if serving:
+            log.info("worker target %s is ready", self.target)
+        else:
+            log.log(logging.WARNING if unreachable else logging.INFO, "worker target %s is not ready (%s)",
+                    self.target, problem)
 
     async def _watch(self) -> None:
         while True:

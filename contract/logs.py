@@ -85,6 +85,34 @@ def _escape(match: re.Match) -> str:
     return _ESCAPES.get(match[0]) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
+# Loggers of the DICOM libraries and of Python warnings, whose messages may quote a value of the study.
+STUDY_DATA_LOGGERS = ("pydicom", "highdicom", "py.warnings")
+# A quoted value: the quote opens after a non-word character (not the apostrophe of "model's") and closes
+# before one.
+_QUOTED = re.compile(r"""(?<!\w)(['"])(.*?)\1(?!\w)""", re.DOTALL)
+
+
+def hide_values(text: str) -> str:
+    """`text` with every quoted value replaced by its length: what DICOM libraries quote is study data (a
+    patient's name, an ID, a description), and no patient identifier may reach a log."""
+    return _QUOTED.sub(lambda match: f"<{len(match[2])} characters>", text)
+
+
+class StudyDataFilter(logging.Filter):
+    """Hides quoted values (hide_values) in the records of the DICOM libraries, of Python warnings, and of any
+    record logged with `extra={"study_data": True}` (an exception text that came from them), traceback
+    included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "study_data", False) or record.name.startswith(STUDY_DATA_LOGGERS):
+            record.msg, record.args = hide_values(record.getMessage()), None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = hide_values(record.exc_text)
+        return True
+
+
 class OneLineFormatter(logging.Formatter):
     """logging.Formatter, then one line per record: control characters escaped (tracebacks included, their
     line breaks as \\n), at most MAX_RECORD_CHARACTERS."""

@@ -14,9 +14,9 @@ def main(argv=None) -> int:
         # gRPC read GRPC_TRACE when the worker package imported it: start again with the trace on, which
         # names the peer of a failed TLS handshake (worker/handshakes.py). Once: the variable is set now.
         os.execv(sys.executable, sys.orig_argv)
+    keep_large_buffers_in_the_heap()  # before any thread starts (the native log's reader is one)
     configure_logging(native_output=True)  # before anything else logs
     add_watch(HandshakeWatch())
-    keep_large_buffers_in_the_heap()
     from worker.config import parse_config
     from worker.loading import ModelNotFound, load_model_object
     from worker.ports import ensure_free

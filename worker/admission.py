@@ -31,7 +31,7 @@ from worker.metrics import WorkerMetrics
 from worker.spool import StoreBudget
 
 # What one call receiving its study costs in memory besides its study bytes, measured: 130 streams that had
-# sent a header and one byte added about 20 KB each to the worker (benchmarks/attacks.py); rounded up.
+# sent a header and one byte added about 33 KB each to the worker (benchmarks/attacks.py); rounded up.
 RECEIVING_CALL_BYTES = 64 << 10
 CALLS_SHARE = 8  # 1/8 of the memory budget is kept for the receiving calls' own cost
 

@@ -48,9 +48,12 @@ class WorkerError(Exception):
     error_code: str = "worker_error"
     outcome: str = "worker_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, study_data: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        # The message carries text of the model's or a DICOM library's, which may quote the study's values:
+        # the caller gets it whole, the log with quoted values hidden (contract.logs.StudyDataFilter).
+        self.study_data = study_data
 
 
 class BadRequest(WorkerError):

@@ -28,6 +28,7 @@ from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
 from contract import wire as contract_wire
 from contract.logs import clean_request_id, request_tags, set_tags
+from contract.malloc import give_back_free_memory
 from contract.result_json import to_proto
 from worker import errors
 from worker.admission import Admission, Ticket
@@ -51,6 +52,8 @@ CHECK_INLINE_BYTES = 4 << 20
 # A call queued for the model ends this much before its deadline, so that its own message gets through.
 DEADLINE_MARGIN = 0.25
 MAX_OPEN_COMMAND_LABELS = 20  # label values for a model without a command list; others become "other"
+# Once no call has been admitted for this long, free heap memory goes back to the kernel (contract/malloc.py).
+IDLE_TRIM_SECONDS = 1.0
 
 
 @dataclass
@@ -86,6 +89,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.stage_timers = {stage: metrics.duration.labels(self.model_name, stage) for stage in STAGES}
         self.memory_budget = (config.limits.max_study_bytes if getattr(model, "study_in_memory", False)
                               else config.spool_memory_bytes)
+        self._trim: asyncio.TimerHandle | None = None
+
+    def call_left(self) -> None:
+        """An admitted call has ended: once none is left for IDLE_TRIM_SECONDS, the heap's free memory goes
+        back to the kernel, so that what a burst (or an attack) made the worker allocate is not kept for good."""
+        if self.admission.admitted == 0 and self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(IDLE_TRIM_SECONDS, self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        self._trim = None
+        if self.admission.admitted == 0:
+            asyncio.get_running_loop().run_in_executor(self.io_threads, give_back_free_memory)
 
     # --------------------------------------------------------------------------------------- Describe
 
@@ -125,7 +140,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             except Exception as error:
                 call.outcome = "worker_error"
                 call.trace.failed(error)
-                log.exception("inference failed: unexpected error in the worker")
+                log.exception("inference failed: unexpected error in the worker", extra={"study_data": True})
                 call.finish()
                 context.set_trailing_metadata(call.trailers("worker_error"))
                 await context.abort(grpc.StatusCode.INTERNAL, "the worker failed unexpectedly; see its log")
@@ -141,7 +156,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         # Refusals of a busy worker are routine (the bridge tries again): the metrics count them.
         level = logging.ERROR if serious else logging.DEBUG if isinstance(error, errors.Busy) else logging.INFO
         message = errors.status_message(error.message)  # bounded: it leaves in the trailing metadata
-        log.log(level, "inference failed (%s): %s", error.status.name, message)
+        log.log(level, "inference failed (%s): %s", error.status.name, message, extra={"study_data": error.study_data})
         call.finish()  # before the status leaves: whoever sees it sees the metrics too
         call.context.set_trailing_metadata(call.trailers(error.error_code))
         await call.context.abort(error.status, message)
@@ -151,7 +166,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         when it is small (a hop to a thread and back would cost more)."""
         if not big:
             return function(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.io_threads, function, *args)
+        # In a copy of the call's context: what the work logs (a library's warning too) carries its tags.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.io_threads, context.run, function, *args)
 
     def metric_command(self, command: str | None) -> str:
         """The `command` label, from a bounded set: a request cannot mint label values."""
@@ -339,12 +356,12 @@ class _Call:
                 self.overran = True
             raise
         except (InvalidInput, errors.WorkerError) as error:
-            raise errors.BadRequest(str(error)) from error
+            raise errors.BadRequest(str(error), study_data=True) from error
         except UnsupportedStudy as error:
-            raise errors.Unprocessable(str(error)) from error
+            raise errors.Unprocessable(str(error), study_data=True) from error
         except Exception as error:  # the model's bug must not take the worker down
-            log.error("the model raised", exc_info=error)
-            raise errors.ModelFailed(f"the model raised {type(error).__name__}: {error}") from error
+            log.error("the model raised", exc_info=error, extra={"study_data": True})
+            raise errors.ModelFailed(f"the model raised {type(error).__name__}: {error}", study_data=True) from error
 
     def _model_returned(self, ticket: Ticket, future, answer: asyncio.Future) -> None:
         if not answer.done():
@@ -383,7 +400,7 @@ class _Call:
                 result_json, binaries = export_dicom(wire.json, wire.binaries, study, keep_arterys=keep_arterys,
                                                      model_name=self.s.model_name, model_version=self.s.model.version)
             except DicomExportError as error:
-                raise errors.Unprocessable(str(error)) from error
+                raise errors.Unprocessable(str(error), study_data=True) from error
             return checked(result_json, binaries, study.index(), self.s.config.limits.max_result_bytes)
 
         return await self.s.offload(True, export)
@@ -432,6 +449,7 @@ class _Call:
         self.gone.set()
         if self.ticket is not None:
             self.ticket.leave()
+            self.s.call_left()
         if self.spool is not None:
             self.spool.cleanup()
         command = self.s.metric_command(self.command)

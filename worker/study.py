@@ -106,7 +106,8 @@ class Instance(Attachment):
         except WorkerError:
             raise
         except Exception as error:  # pydicom raises many kinds on damaged files; all mean "not readable"
-            log.info("%s is not readable DICOM: %s: %s", label, type(error).__name__, str(error)[:200])
+            log.info("%s is not readable DICOM: %s: %s", label, type(error).__name__, str(error)[:200],
+                     extra={"study_data": True})
             raise NotDicom(f"{label} is sent as application/dicom but is not a readable DICOM file (damaged, cut "
                            "short, or another kind of file)") from error
         instance.header = header
