@@ -24,6 +24,7 @@ import socket
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from tests.dicom_factory import SeriesSpec, write_big_study, write_study
 from tests.hostile import handshake_flood, one_byte_chunks, rss, slow_uploads, trickling_streams
 from tests.services import Service, free_port, spawn, start_bridge, start_worker, wait_for
 
-SETTLE_SECONDS = 3.0  # after an attack: the worker's idle trim (1 s) and the bridge's cleanup
+SETTLE_SECONDS = 3.0  # once nothing is in flight: the worker's idle trim (1 s) and the bridge's cleanup
 
 
 def connect(port: int) -> socket.socket:
@@ -195,9 +196,31 @@ class Stack:
     bridge: Service
     worker: Service
     url: str
+    worker_metrics: int
 
     def rss(self) -> tuple[int, int]:
         return rss(self.bridge.process.pid), rss(self.worker.process.pid)
+
+    def settle(self) -> None:
+        """Waits until neither service has anything in flight, then SETTLE_SECONDS."""
+        def idle() -> bool:
+            worker = metrics(f"http://127.0.0.1:{self.worker_metrics}/metrics")
+            bridge = metrics(self.url + "/metrics")
+            return (bridge.get("bridge_inflight_requests") == 0 and worker.get("worker_receiving_calls") == 0
+                    and worker.get("worker_queue_depth") == 0 and worker.get("worker_inflight_inferences") == 0)
+
+        wait_for(idle, timeout=120, what="nothing in flight", interval=0.5)
+        time.sleep(SETTLE_SECONDS)
+
+
+def metrics(url: str) -> dict[str, float]:
+    """The unlabelled samples of a Prometheus text page."""
+    samples = {}
+    for line in requests.get(url, timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#") and "{" not in name:
+            samples[name] = float(value)
+    return samples
 
 
 def measure(url: str, small: list[Path]) -> tuple[float, float, int]:
@@ -218,7 +241,7 @@ def under_attack(stack: Stack, small: list[Path], attack: Callable) -> str:
     before = stack.rss()
     with attack() as description:
         ping, request, status = measure(stack.url, small)
-    time.sleep(SETTLE_SECONDS)
+    stack.settle()
     after = stack.rss()
     return (f"| {description} | {ping:.3f} | {request:.3f} | {status} | {megabytes(before[0], after[0])} | "
             f"{megabytes(before[1], after[1])} |")
@@ -257,8 +280,10 @@ def nan_geometry(stack: Stack, folder: Path) -> str:
     """Row 16: NaN ImagePositionPatient with linear measurements."""
     study = write_study(folder, [SeriesSpec("nan", rows=16, cols=16, count=2)])
     ds = pydicom.dcmread(study.instances[0].path)
-    ds.ImagePositionPatient = ["0", "NaN", "0"]
-    ds.save_as(study.instances[0].path, enforce_file_format=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's, about the very value this row sends
+        ds.ImagePositionPatient = ["0", "NaN", "0"]
+        ds.save_as(study.instances[0].path, enforce_file_format=True)
     response = http.post_like_original_tool(stack.url + "/", {"inference_command": "get-linear-measurements"},
                                             [i.path for i in study.instances], timeout=60)
     return f"NaN ImagePositionPatient, linear measurements (row 16) | {response.status_code} " \
@@ -271,10 +296,12 @@ def forged_patient_name(stack: Stack, folder: Path) -> str:
     study = write_study(folder, [SeriesSpec("ct", rows=32, cols=32, count=3)])
     for instance in study.instances:
         ds = pydicom.dcmread(instance.path)
-        ds.PatientName = f"Evil{marker}\n2026-12-07 01:00:00,000 ERROR worker.inference [input_hash=- " \
-                         "request_id=- trace_id=-] FORGED"
-        ds.PatientID = ds.AccessionNumber = f"{marker}1"
-        ds.save_as(instance.path, enforce_file_format=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's, about the very value this row sends
+            ds.PatientName = f"Evil{marker}\n2026-12-07 01:00:00,000 ERROR worker.inference [input_hash=- " \
+                             "request_id=- trace_id=-] FORGED"
+            ds.PatientID = ds.AccessionNumber = f"{marker}1"
+            ds.save_as(instance.path, enforce_file_format=True)
     statuses = set()
     for command in MockModel.commands:
         statuses.add(http.post_like_original_tool(
@@ -339,10 +366,12 @@ def main() -> None:
         tmp = Path(name)
         small = [i.path for i in write_study(tmp / "small", [SeriesSpec("s", rows=512, cols=512, count=1)]).instances]
         big = [i.path for i in write_study(tmp / "big", [SeriesSpec("b", rows=512, cols=512, count=64)]).instances]
-        worker = start_worker(tmp, "mock_model")
+        worker_metrics = free_port()
+        worker = start_worker(tmp, "mock_model", "--metrics-listen", f"127.0.0.1:{worker_metrics}")
         bridge = start_bridge(tmp, worker.address)
-        stack = Stack(bridge, worker, f"http://{bridge.address}")
+        stack = Stack(bridge, worker, f"http://{bridge.address}", worker_metrics)
         measure(stack.url, small)  # warm: the first request loads what every later one uses
+        stack.settle()
         attacks = [
             lambda: contextmanager(lambda: (yield "no attack"))(),
             lambda: idle_connections(bridge.port),
