@@ -1,6 +1,6 @@
 """The attacks of both adversarial passes, repeated against real processes with default settings: how long a
 valid request (and /ping) took while each was going on, and the RSS of the bridge and the worker before the
-attack and once it had ended. docs/security.md ("Hostile clients, measured") holds a run.
+attack, during it and once it had ended. docs/security.md ("Hostile clients, measured") holds a run.
 
     .venv/bin/python -m benchmarks.attacks
 
@@ -42,7 +42,7 @@ from mock_model.model import MockModel
 from tests import http_helpers as http
 from tests.certificates import make_pki
 from tests.dicom_factory import SeriesSpec, write_big_study, write_study
-from tests.hostile import handshake_flood, one_byte_chunks, rss, slow_uploads, trickling_streams
+from tests.hostile import handshake_flood, in_background, one_byte_chunks, rss, slow_uploads, trickling_streams
 from tests.services import Service, free_port, spawn, start_bridge, start_worker, wait_for
 
 SETTLE_SECONDS = 3.0  # once nothing is in flight: the worker's idle trim (1 s) and the bridge's cleanup
@@ -68,9 +68,8 @@ def idle_connections(port: int, count: int = 200):
 def trickling(socks: list[socket.socket], stream: Iterator[bytes], every: float, label: str):
     """Sends the next byte of `stream` on every socket each `every` seconds until the block ends, then
     closes them all: the one mechanism behind the slow attacks of round one."""
-    stop = threading.Event()
 
-    def trickle() -> None:
+    def trickle(stop: threading.Event) -> None:
         for byte in stream:
             if stop.wait(every):
                 return
@@ -80,13 +79,10 @@ def trickling(socks: list[socket.socket], stream: Iterator[bytes], every: float,
                 except OSError:
                     pass
 
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
     try:
-        yield label
+        with in_background(trickle):
+            yield label
     finally:
-        stop.set()
-        thread.join()
         for sock in socks:
             sock.close()
 
@@ -232,19 +228,20 @@ def measure(url: str, small: list[Path]) -> tuple[float, float, int]:
     return ping_seconds, time.monotonic() - started, response.status_code if ping.status_code == 200 else 0
 
 
-def megabytes(before: int, after: int) -> str:
-    return f"{before / 1e6:.0f} → {after / 1e6:.0f}"
+def megabytes(*sizes: int) -> str:
+    return " → ".join(f"{size / 1e6:.0f}" for size in sizes)
 
 
 def under_attack(stack: Stack, small: list[Path], attack: Callable) -> str:
-    """One row: the attack's description, /ping and a valid request during it, RSS before and after."""
+    """One row: the attack's description, /ping and a valid request during it, RSS before, during and after."""
     before = stack.rss()
     with attack() as description:
         ping, request, status = measure(stack.url, small)
+        during = stack.rss()
     stack.settle()
     after = stack.rss()
-    return (f"| {description} | {ping:.3f} | {request:.3f} | {status} | {megabytes(before[0], after[0])} | "
-            f"{megabytes(before[1], after[1])} |")
+    return (f"| {description} | {ping:.3f} | {request:.3f} | {status} | "
+            f"{megabytes(before[0], during[0], after[0])} | {megabytes(before[1], during[1], after[1])} |")
 
 
 # ----------------------------------------------------------------------------------- one-shot inputs
@@ -351,7 +348,7 @@ def failed_handshakes(tmp: Path, count: int = 1000) -> str:
                                        "--worker-ca", str(other_ca)], 0)
         try:
             wait_for(lambda: "is not ready" in bridge.log(), timeout=30, what="the bridge's reason", service=bridge)
-            reason = re.search(r"(CERTIFICATE_VERIFY_FAILED[^)]*)", bridge.log())
+            reason = re.search(r"(CERTIFICATE_VERIFY_FAILED[^)]*?)(?:: OK)?\)", bridge.log())
         finally:
             bridge.stop()
         return (f"{count:,} failed TLS handshakes on a mutual-TLS worker; a bridge with the wrong CA (row 12) | "
@@ -383,8 +380,8 @@ def main() -> None:
             lambda: crowd_of_trickling_streams(worker.address),
             lambda: many_one_byte_chunks(worker.address),
         ]
-        print("| attack | /ping s | valid request s | status | bridge RSS MB, before → after | worker RSS MB, "
-              "before → after |")
+        print("| attack | /ping s | valid request s | status | bridge RSS MB, before → during → after | "
+              "worker RSS MB, before → during → after |")
         print("| --- | --- | --- | --- | --- | --- |")
         try:
             for attack in attacks:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -50,12 +50,26 @@ def endless_upload_head(boundary: str = "b") -> bytes:
 
 
 @contextlib.contextmanager
+def in_background(work: Callable[[threading.Event], None], on_stop: Callable[[], None] = lambda: None):
+    """Runs `work(stop)` on a thread of its own while the block runs; at its end sets `stop`, calls `on_stop`
+    and waits for the thread."""
+    stop = threading.Event()
+    thread = threading.Thread(target=work, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        on_stop()
+        thread.join(30)
+
+
+@contextlib.contextmanager
 def slow_uploads(port: int, count: int = 130, piece: int = SLOW_PIECE, every: float = SLOW_EVERY) -> Iterator[str]:
     """`count` clients, each from its own address, declaring 4 GiB and sending `piece` bytes every `every`
     seconds: just above the bridge's minimum rate, so each lasts for hours."""
     socks = [connect(port, source_address(index)) for index in range(count)]
     data = b"\0" * piece
-    stop = threading.Event()
 
     def send_all() -> None:
         for sock in socks:
@@ -66,17 +80,14 @@ def slow_uploads(port: int, count: int = 130, piece: int = SLOW_PIECE, every: fl
         sock.sendall(endless_upload_head())
     send_all()
 
-    def trickle() -> None:
+    def trickle(stop: threading.Event) -> None:
         while not stop.wait(every):
             send_all()
 
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
     try:
-        yield f"{count} uploads declaring 4 GiB, {piece / 1e6:.1f} MB every {every:g} s"
+        with in_background(trickle):
+            yield f"{count} uploads declaring 4 GiB, {piece / 1e6:.1f} MB every {every:g} s"
     finally:
-        stop.set()
-        thread.join()
         for sock in socks:
             sock.close()
 
@@ -172,22 +183,22 @@ def one_byte_chunks(address: str, count: int = 400_000) -> Iterator[dict]:
 
     call = infer(messages(), timeout=900)
 
-    def wait_for_the_end() -> None:
+    def wait_for_the_end(stop: threading.Event) -> None:
         try:
             list(call)
         except grpc.RpcError as error:
-            if not release.is_set():
+            if not stop.is_set():
                 outcome["error"] = error
         done.set()
 
-    reader = threading.Thread(target=wait_for_the_end, daemon=True)
-    reader.start()
-    try:
-        yield outcome
-    finally:
+    def cancel() -> None:
         release.set()
         call.cancel()
-        reader.join(30)
+
+    try:
+        with in_background(wait_for_the_end, cancel):
+            yield outcome
+    finally:
         channel.close()
 
 
