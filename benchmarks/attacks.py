@@ -1,35 +1,51 @@
-"""The stall attacks of the adversarial pass, repeated against real processes with default settings, and how
-long a valid request (and /ping) took while each was going on.
+"""The attacks of both adversarial passes, repeated against real processes with default settings: how long a
+valid request (and /ping) took while each was going on, and the RSS of the bridge and the worker before the
+attack, during it and once it had ended. docs/security.md ("Hostile clients, measured") holds a run.
 
     .venv/bin/python -m benchmarks.attacks
 
-Attacks: 200 idle TCP connections; 50 slowloris clients (a header byte every 100 ms); 5 clients uploading
-1 MiB fast then a byte a second; 5 clients asking for a 16 MiB mask and never reading it; 20 gRPC streams
-sent straight to the worker that stop after their first part. With the default timeouts (10 s for headers,
-20 s rate windows, 30 s to send, 30 s idle streams) the attackers are cut off well after the measurement;
-what matters is that nobody else waits for them.
+Round one (stalls): 200 idle TCP connections; 50 slowloris clients (a header byte every 100 ms); 5 clients
+uploading 1 MiB fast then a byte a second; 5 clients asking for a 16 MiB mask and never reading it; 20 gRPC
+streams sent straight to the worker that stop after their first part. With the default timeouts the
+attackers are cut off well after the measurement: what matters is that nobody else waits for them.
+
+Round two (issue 18, the worker's rows; the mechanisms are in tests/hostile.py): 130 uploads from 130
+addresses declaring 4 GiB and sending 1.3 MB every 19 s (row 4); 130 gRPC streams trickling a byte every
+20 s (row 5); 400,000 one-byte chunk messages on one stream (row 9); and one-shot inputs whose answer is
+the result (rows 6, 7, 8, 12, 14, 16): what came back, what the logs got.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import pydicom
 import requests
+import trustme
 
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
+from contract import wire
+from mock_model.model import MockModel
 from tests import http_helpers as http
-from tests.dicom_factory import SeriesSpec, write_study
-from tests.services import start_bridge, start_worker
+from tests.certificates import make_pki
+from tests.dicom_factory import SeriesSpec, write_big_study, write_study
+from tests.hostile import handshake_flood, in_background, one_byte_chunks, rss, slow_uploads, trickling_streams
+from tests.services import Service, free_port, spawn, start_bridge, start_worker, wait_for
+
+SETTLE_SECONDS = 3.0  # once nothing is in flight: the worker's idle trim (1 s) and the bridge's cleanup
 
 
 def connect(port: int) -> socket.socket:
@@ -51,10 +67,9 @@ def idle_connections(port: int, count: int = 200):
 @contextmanager
 def trickling(socks: list[socket.socket], stream: Iterator[bytes], every: float, label: str):
     """Sends the next byte of `stream` on every socket each `every` seconds until the block ends, then
-    closes them all: the one mechanism behind the slow attacks."""
-    stop = threading.Event()
+    closes them all: the one mechanism behind the slow attacks of round one."""
 
-    def trickle() -> None:
+    def trickle(stop: threading.Event) -> None:
         for byte in stream:
             if stop.wait(every):
                 return
@@ -64,13 +79,10 @@ def trickling(socks: list[socket.socket], stream: Iterator[bytes], every: float,
                 except OSError:
                     pass
 
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
     try:
-        yield label
+        with in_background(trickle):
+            yield label
     finally:
-        stop.set()
-        thread.join()
         for sock in socks:
             sock.close()
 
@@ -88,7 +100,7 @@ def multipart_request(paths: list[Path], command: str = "get-bounding-box-2d") -
     return http.raw_post_head(body), body
 
 
-def slow_uploads(port: int, paths: list[Path], count: int = 5):
+def slow_small_uploads(port: int, paths: list[Path], count: int = 5):
     head, body = multipart_request(paths)
     socks = []
     for _ in range(count):
@@ -150,6 +162,63 @@ def silent_streams(worker_address: str, paths: list[Path], count: int = 20):
         channel.close()
 
 
+@contextmanager
+def crowd_of_slow_uploads(port: int):
+    with slow_uploads(port) as description:
+        time.sleep(5)  # admitted and their first 1.3 MB through
+        yield description
+
+
+@contextmanager
+def crowd_of_trickling_streams(address: str):
+    with trickling_streams(address) as outcome:
+        time.sleep(3)
+        yield outcome["description"]
+
+
+@contextmanager
+def many_one_byte_chunks(address: str):
+    with one_byte_chunks(address) as outcome:
+        time.sleep(5)
+        yield outcome["description"]
+        outcome["done"].wait(120)
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+@dataclass
+class Stack:
+    bridge: Service
+    worker: Service
+    url: str
+    worker_metrics: int
+
+    def rss(self) -> tuple[int, int]:
+        return rss(self.bridge.process.pid), rss(self.worker.process.pid)
+
+    def settle(self) -> None:
+        """Waits until neither service has anything in flight, then SETTLE_SECONDS."""
+        def idle() -> bool:
+            worker = metrics(f"http://127.0.0.1:{self.worker_metrics}/metrics")
+            bridge = metrics(self.url + "/metrics")
+            return (bridge.get("bridge_inflight_requests") == 0 and worker.get("worker_receiving_calls") == 0
+                    and worker.get("worker_queue_depth") == 0 and worker.get("worker_inflight_inferences") == 0)
+
+        wait_for(idle, timeout=120, what="nothing in flight", interval=0.5)
+        time.sleep(SETTLE_SECONDS)
+
+
+def metrics(url: str) -> dict[str, float]:
+    """The unlabelled samples of a Prometheus text page."""
+    samples = {}
+    for line in requests.get(url, timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#") and "{" not in name:
+            samples[name] = float(value)
+    return samples
+
+
 def measure(url: str, small: list[Path]) -> tuple[float, float, int]:
     started = time.monotonic()
     ping = requests.get(url + "/ping", timeout=120)
@@ -159,31 +228,176 @@ def measure(url: str, small: list[Path]) -> tuple[float, float, int]:
     return ping_seconds, time.monotonic() - started, response.status_code if ping.status_code == 200 else 0
 
 
+def megabytes(*sizes: int) -> str:
+    return " → ".join(f"{size / 1e6:.0f}" for size in sizes)
+
+
+def under_attack(stack: Stack, small: list[Path], attack: Callable) -> str:
+    """One row: the attack's description, /ping and a valid request during it, RSS before, during and after."""
+    before = stack.rss()
+    with attack() as description:
+        ping, request, status = measure(stack.url, small)
+        during = stack.rss()
+    stack.settle()
+    after = stack.rss()
+    return (f"| {description} | {ping:.3f} | {request:.3f} | {status} | "
+            f"{megabytes(before[0], during[0], after[0])} | {megabytes(before[1], during[1], after[1])} |")
+
+
+# ----------------------------------------------------------------------------------- one-shot inputs
+
+
+def echoed_megabyte(stack: Stack, small: list[Path]) -> str:
+    """Row 6: output_formats of 1,000,000 characters."""
+    logged = len(stack.worker.log())
+    started = time.monotonic()
+    response = http.post_like_original_tool(stack.url + "/", {"output_formats": ["A" * 1_000_000]}, small,
+                                            timeout=120)
+    seconds = time.monotonic() - started
+    written = len(stack.worker.log()) - logged
+    return (f"`output_formats: [\"A\" * 1,000,000]` (row 6) | {response.status_code} "
+            f"`{response.json()['error']['code']}` in {seconds:.2f} s, message {len(response.text):,} bytes; "
+            f"worker log +{written:,} bytes")
+
+
+def chunk_first(stack: Stack) -> str:
+    """Row 8: a stream whose first message is a chunk."""
+    with grpc.insecure_channel(stack.worker.address) as channel:
+        infer = channel.stream_stream(wire.INFER_METHOD, request_serializer=wire.serialize_request)
+        try:
+            list(infer(iter([wire.request_chunk((b"DICM",))]), timeout=30))
+            code = "OK"
+        except grpc.RpcError as error:
+            code = f"{error.code().name}: {error.details()}"
+    return f"a gRPC stream whose first message is a chunk (row 8) | {code}; traceback in the log: " \
+           f"{'yes' if 'Traceback' in stack.worker.log() else 'no'}"
+
+
+def nan_geometry(stack: Stack, folder: Path) -> str:
+    """Row 16: NaN ImagePositionPatient with linear measurements."""
+    study = write_study(folder, [SeriesSpec("nan", rows=16, cols=16, count=2)])
+    ds = pydicom.dcmread(study.instances[0].path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's, about the very value this row sends
+        ds.ImagePositionPatient = ["0", "NaN", "0"]
+        ds.save_as(study.instances[0].path, enforce_file_format=True)
+    response = http.post_like_original_tool(stack.url + "/", {"inference_command": "get-linear-measurements"},
+                                            [i.path for i in study.instances], timeout=60)
+    return f"NaN ImagePositionPatient, linear measurements (row 16) | {response.status_code} " \
+           f"`{response.json()['error']['code']}`: {response.json()['error']['message'][:90]}..."
+
+
+def forged_patient_name(stack: Stack, folder: Path) -> str:
+    """Row 7: a PatientName with a line break and a forged log line, every mock command with DICOM outputs."""
+    marker = "Zq7Mark"
+    study = write_study(folder, [SeriesSpec("ct", rows=32, cols=32, count=3)])
+    for instance in study.instances:
+        ds = pydicom.dcmread(instance.path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's, about the very value this row sends
+            ds.PatientName = f"Evil{marker}\n2026-12-07 01:00:00,000 ERROR worker.inference [input_hash=- " \
+                             "request_id=- trace_id=-] FORGED"
+            ds.PatientID = ds.AccessionNumber = f"{marker}1"
+            ds.save_as(instance.path, enforce_file_format=True)
+    statuses = set()
+    for command in MockModel.commands:
+        statuses.add(http.post_like_original_tool(
+            stack.url + "/", {"inference_command": command, "output_formats": ["arterys", "dicom"]},
+            [i.path for i in study.instances], timeout=120).status_code)
+    logs = stack.worker.log() + stack.bridge.log()
+    leaked = sum(marker in line for line in logs.splitlines())
+    unformatted = sum(not re.match(r"\d{4}-\d\d-\d\d ", line) for line in logs.splitlines())
+    return (f"PatientName with a line break and a forged log line, every command with DICOM outputs (row 7) | "
+            f"{', '.join(map(str, sorted(statuses)))}; log lines with the name: {leaked}; lines not in our "
+            f"format: {unformatted}")
+
+
+def full_spool(tmp: Path, small: list[Path]) -> str:
+    """Row 14: a 107 MB study, the spool limited to 64 MB (the pass used a 64 MB file system)."""
+    big = [i.path for i in write_big_study(tmp / "spool-big", 107 << 20, rows=512, cols=512).instances]
+    worker = start_worker(tmp, "mock_model", "--max-spool-bytes", str(64 << 20))
+    bridge = start_bridge(tmp, worker.address)
+    try:
+        response = http.post_like_original_tool(f"http://{bridge.address}/", {}, big, timeout=300)
+        after = http.post_like_original_tool(f"http://{bridge.address}/", {}, small, timeout=60).status_code
+        error = response.json()["error"]
+        traceback = "Traceback" in worker.log() + bridge.log()
+        return (f"a 107 MB study, `--max-spool-bytes` 64 MB (row 14) | {response.status_code} `{error['code']}`, "
+                f"Retry-After {response.headers.get('Retry-After')}: {error['message'][:60]}...; next request "
+                f"{after}; traceback: {'yes' if traceback else 'no'}")
+    finally:
+        bridge.stop()
+        worker.stop()
+
+
+def failed_handshakes(tmp: Path, count: int = 1000) -> str:
+    """Row 12: a flood of failed handshakes on a mutual-TLS worker, and a bridge with the wrong CA."""
+    pki = make_pki(tmp / "pki")
+    port = free_port()
+    worker = spawn(tmp, "worker", ["-m", "worker", "--model", "mock_model", "--listen", f"127.0.0.1:{port}",
+                                   "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
+                                   "--tls-client-ca", str(pki.ca)], port)
+    other_ca = tmp / "other-ca.crt"
+    trustme.CA().cert_pem.write_to_path(other_ca)
+    try:
+        wait_for(lambda: "loaded; serving" in worker.log(), timeout=60, what="the TLS worker", service=worker)
+        handshake_flood(port, count)
+        time.sleep(1)
+        lines = worker.log().count("a handshake from")
+        bridge = spawn(tmp, "bridge", ["-m", "bridge", "--worker", worker.address, "--listen", "127.0.0.1:0",
+                                       "--worker-ca", str(other_ca)], 0)
+        try:
+            wait_for(lambda: "is not ready" in bridge.log(), timeout=30, what="the bridge's reason", service=bridge)
+            reason = re.search(r"(CERTIFICATE_VERIFY_FAILED[^)]*?)(?:: OK)?\)", bridge.log())
+        finally:
+            bridge.stop()
+        return (f"{count:,} failed TLS handshakes on a mutual-TLS worker; a bridge with the wrong CA (row 12) | "
+                f"worker: {lines} line(s) naming the peer (the rest counted once a minute); bridge: "
+                f"\"{reason[1] if reason else 'no reason logged'}\"")
+    finally:
+        worker.stop()
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="attacks-") as name:
         tmp = Path(name)
         small = [i.path for i in write_study(tmp / "small", [SeriesSpec("s", rows=512, cols=512, count=1)]).instances]
         big = [i.path for i in write_study(tmp / "big", [SeriesSpec("b", rows=512, cols=512, count=64)]).instances]
-        worker = start_worker(tmp, "mock_model")
+        worker_metrics = free_port()
+        worker = start_worker(tmp, "mock_model", "--metrics-listen", f"127.0.0.1:{worker_metrics}")
         bridge = start_bridge(tmp, worker.address)
-        url = f"http://{bridge.address}"
+        stack = Stack(bridge, worker, f"http://{bridge.address}", worker_metrics)
+        measure(stack.url, small)  # warm: the first request loads what every later one uses
+        stack.settle()
         attacks = [
-            ("none", lambda: contextmanager(lambda: (yield "no attack"))()),
-            ("idle", lambda: idle_connections(bridge.port)),
-            ("slowloris", lambda: slowloris(bridge.port)),
-            ("slow uploads", lambda: slow_uploads(bridge.port, big)),
-            ("unread answers", lambda: unread_answers(bridge.port, big)),
-            ("silent gRPC streams", lambda: silent_streams(worker.address, big)),
+            lambda: contextmanager(lambda: (yield "no attack"))(),
+            lambda: idle_connections(bridge.port),
+            lambda: slowloris(bridge.port),
+            lambda: slow_small_uploads(bridge.port, big),
+            lambda: unread_answers(bridge.port, big),
+            lambda: silent_streams(worker.address, big),
+            lambda: crowd_of_slow_uploads(bridge.port),
+            lambda: crowd_of_trickling_streams(worker.address),
+            lambda: many_one_byte_chunks(worker.address),
         ]
-        print(f"{'attack':55} | /ping s | valid request s | status")
+        print("| attack | /ping s | valid request s | status | bridge RSS MB, before → during → after | "
+              "worker RSS MB, before → during → after |")
+        print("| --- | --- | --- | --- | --- | --- |")
         try:
-            for _, attack in attacks:
-                with attack() as description:
-                    ping, request, status = measure(url, small)
-                print(f"{description:55} | {ping:7.3f} | {request:15.3f} | {status}", flush=True)
+            for attack in attacks:
+                print(under_attack(stack, small, attack), flush=True)
+            print()
+            print("| input | what came back |")
+            print("| --- | --- |")
+            print(f"| {echoed_megabyte(stack, small)} |", flush=True)
+            print(f"| {chunk_first(stack)} |", flush=True)
+            print(f"| {nan_geometry(stack, tmp / 'nan')} |", flush=True)
+            print(f"| {forged_patient_name(stack, tmp / 'forged')} |", flush=True)
         finally:
             bridge.stop()
             worker.stop()
+        print(f"| {full_spool(tmp, small)} |", flush=True)
+        print(f"| {failed_handshakes(tmp)} |", flush=True)
 
 
 if __name__ == "__main__":

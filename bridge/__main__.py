@@ -7,7 +7,7 @@ from contract.malloc import keep_large_buffers_in_the_heap
 
 
 def main(argv=None) -> int:
-    configure_logging()  # before anything else logs
+    configure_logging(native_output=True)  # before anything else logs; gRPC's own lines too
     keep_large_buffers_in_the_heap()
     from bridge.config import parse_config
     from bridge.server import PortInUse, serve

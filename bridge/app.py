@@ -25,6 +25,7 @@ from bridge.metrics import BridgeMetrics
 from bridge.tracing import NO_TRACE, RequestTrace
 from bridge.workers import WorkerPool
 from contract.logs import clean_request_id, request_tags
+from contract.malloc import ReleaseWhenIdle
 
 log = logging.getLogger("bridge.http")
 
@@ -48,12 +49,11 @@ class BridgeApp:
         self.pools = pools
         self.auth = auth  # None: no token configured, every route open
         self.in_progress = 0  # requests being handled now
-        self.started = 0  # requests ever started (contract.malloc.release_when_idle watches both)
-        self.background: list[asyncio.Task] = []  # tasks that live as long as the app
+        # What a burst (or an attack) made the bridge allocate goes back to the kernel once nothing is in progress.
+        self.release = ReleaseWhenIdle(lambda: self.in_progress)
 
     async def close(self) -> None:
-        for task in self.background:
-            task.cancel()
+        self.release.cancel()
         for pool in self.pools.values():
             await pool.close()
 
@@ -72,7 +72,6 @@ class BridgeApp:
             return  # no lifespan (the app is built before serving starts) and no websockets
         request = Request(scope, receive)
         self.in_progress += 1
-        self.started += 1
         watcher = DisconnectWatcher(request, receive, asyncio.current_task())
         request.on_complete = watcher.start
         if request.complete:
@@ -89,6 +88,7 @@ class BridgeApp:
         finally:
             watcher.stop()
             self.in_progress -= 1
+            self.release.ended()
 
     async def handle(self, request: Request) -> Response:
         started = time.monotonic()

@@ -3,7 +3,12 @@
 Tokens come from BRIDGE_TOKENS (comma or whitespace separated) and/or a file (--token-file: one or more
 per line, `#` starts a comment). Several are valid at once, so a token is rotated by adding the new one,
 moving clients over, then removing the old one. The file is read again when it changes (checked at most
-once a second, on requests) and on SIGHUP; a file that cannot be read keeps the tokens it had.
+once a second, on requests) and is *complete*, and on SIGHUP; a file that cannot be read keeps the tokens it
+had. Complete means: unchanged while it was read, and ending with a line break or unchanged for
+SETTLE_SECONDS. So a file caught half-written (`tok-ne`, the rest a second later) keeps the tokens in use
+instead of accepting the fragment, and a file truncated before it is rewritten does not refuse everyone
+meanwhile. Replacing the file atomically (write another file in the same folder, then rename it over this
+one, as Kubernetes does for a Secret volume) never shows a partial file at all.
 
 Only SHA-256 digests of the tokens are kept, and a presented token is compared, in constant time, with
 every one of them (no early exit): neither its value nor which token matched leaks through timing.
@@ -31,12 +36,17 @@ log = logging.getLogger("bridge.auth")
 REALM = "arterys-bridge"
 OPEN_PATHS = frozenset({"/healthcheck", "/ping", "/healthz", "/readyz"})
 RECHECK_SECONDS = 1.0
+SETTLE_SECONDS = 5.0  # a token file without a final line break counts as complete once unchanged this long
 SHORT_TOKEN = 16  # characters; shorter ones are accepted with a warning
 _SEPARATORS = re.compile(r"[\s,]+")
 
 
 class AuthConfigError(ValueError):
     """The token file cannot be read at start-up."""
+
+
+class Incomplete(Exception):
+    """The token file is being written: read it again later."""
 
 
 class Unauthorized(errors.ApiError):
@@ -71,6 +81,7 @@ class TokenStore:
         self._env = [_digest(t) for t in env_tokens]
         self._file: list[bytes] = []
         self._stamp: tuple | None = None
+        self._waiting: tuple | None = None  # the stamp of an incomplete file already logged
         self._next_check = 0.0
         for token in env_tokens:
             self._warn_if_weak(token, "BRIDGE_TOKENS")
@@ -95,17 +106,24 @@ class TokenStore:
             matched |= hmac.compare_digest(digest, presented)
         return matched
 
-    def reload(self, reason: str = "SIGHUP") -> None:
-        """Reads the file again now (SIGHUP); keeps the current tokens when it cannot be read."""
+    def reload(self, reason: str = "SIGHUP", complete_only: bool = False) -> None:
+        """Reads the file again now (SIGHUP: as it is); keeps the current tokens when it cannot be read, or
+        (`complete_only`) while it is not complete."""
         if not self.path:
             log.info("%s: no --token-file to reload", reason)
             return
         before = self.count
         try:
-            self._load()
+            self._load(complete_only)
         except OSError as error:
             log.warning("%s: cannot read --token-file %s (%s); keeping the %d token(s) in use", reason, self.path,
                         error.strerror or error, before)
+            return
+        except Incomplete as waiting:
+            if self._waiting != waiting.args[1]:  # once per version of the file, not once a second
+                self._waiting = waiting.args[1]
+                log.info("%s: --token-file %s is not complete yet (%s); keeping the %d token(s) in use until it "
+                         "is", reason, self.path, waiting.args[0], before)
             return
         log.info("%s: --token-file %s reloaded: %d token(s) from it, %d in all", reason, self.path,
                  len(self._file), self.count)
@@ -121,17 +139,25 @@ class TokenStore:
         except OSError:
             stamp = None
         if stamp != self._stamp:
-            self.reload("token file changed")
+            self.reload("token file changed", complete_only=True)
 
     def _stat(self) -> tuple:
         # Follows symlinks: a Kubernetes Secret volume swaps a symlink to publish a new version.
         info = os.stat(self.path)
         return info.st_ino, info.st_mtime_ns, info.st_size
 
-    def _load(self) -> None:
+    def _load(self, complete_only: bool = False) -> None:
         stamp = self._stat()
         with open(self.path, encoding="latin-1") as handle:
-            tokens = parse_tokens(handle.read())
+            text = handle.read()
+        if complete_only:
+            if self._stat() != stamp:
+                raise Incomplete("it changed while it was read", stamp)
+            age = time.time() - stamp[1] / 1e9
+            if not text.endswith("\n") and age < SETTLE_SECONDS:
+                raise Incomplete(f"no final line break, and written {max(age, 0):.1f} s ago: it is taken as "
+                                 f"complete once unchanged for {SETTLE_SECONDS:g} s", stamp)
+        tokens = parse_tokens(text)
         for token in tokens:
             self._warn_if_weak(token, self.path)
         self._file = [_digest(t) for t in tokens]

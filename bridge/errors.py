@@ -40,6 +40,7 @@ ERRORS: dict[str, tuple[int, bool, str]] = {
     "worker_mismatch": (502, False, "the worker does not speak this bridge's contract"),
     "worker_unavailable": (503, True, "no worker is reachable or has its model loaded"),
     "worker_busy": (503, True, "every worker's queue is full"),
+    "spool_full": (503, True, "the worker's spool, where studies are kept while they arrive, is full"),
     "too_many_connections": (503, True, "the bridge has too many open connections"),
     "deadline_exceeded": (504, False, "the inference did not finish within the deadline"),
 }
@@ -50,7 +51,9 @@ _BY_GRPC_STATUS: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.FAILED_PRECONDITION: "unprocessable_study",
     grpc.StatusCode.NOT_FOUND: "study_not_found",
     grpc.StatusCode.PERMISSION_DENIED: "study_path_refused",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "worker_busy",
+    # Without the worker's code this is the channel's own: an answer over a gRPC limit (its status message or
+    # metadata too large). An answer the bridge cannot read is the worker's failure, never "busy".
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "bad_worker_answer",
     grpc.StatusCode.UNAVAILABLE: "worker_unavailable",
     grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
     grpc.StatusCode.UNKNOWN: "model_error",
@@ -137,6 +140,7 @@ _CHANNEL_MESSAGES = {
                          "BRIDGE_DEADLINE_SECONDS)",
     "worker_mismatch": "the worker does not offer this bridge's Inference service",
     "client_closed_request": "the call was cancelled",
+    "bad_worker_answer": "the worker's answer could not be read; the bridge's log has the details",
 }
 
 

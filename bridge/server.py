@@ -21,7 +21,6 @@ from bridge.front import HttpFront, PortInUse
 from bridge.metrics import BridgeMetrics
 from bridge.middleware import protect
 from contract import tracing
-from contract.malloc import release_when_idle
 
 log = logging.getLogger("bridge")
 
@@ -45,7 +44,6 @@ async def start(config: BridgeConfig, metrics: BridgeMetrics | None = None) -> t
     app = create_app(config, metrics)
     front.app = protect(app, config.http, metrics.rejected_request)
     await front.start()
-    app.background.append(asyncio.ensure_future(release_when_idle(lambda: (app.in_progress, app.started))))
     return app, front
 
 

@@ -22,7 +22,7 @@ from contract import inference_pb2 as pb
 from contract import wire
 from contract.result_json import binary_type_name, encode_result, from_proto
 
-CHUNK_SIZE = 1 << 20  # messages of about 1 MiB keep gRPC's per-message cost low
+CHUNK_SIZE = wire.SENDER_CHUNK_BYTES
 MAX_COMMAND_LENGTH = 256
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 

@@ -42,10 +42,14 @@ PUBLIC_HEALTH_PROBLEMS = {
 }
 FREE_ATTEMPTS = 4  # calls ended before admission, tried again at once
 COUNT_EVERY_POLLS = 4  # ready workers are counted every 4th poll (2 s): one health check per worker
+PROBLEM_REPEAT_SECONDS = 60.0  # an unchanged reason a worker cannot be reached is logged again this often
 ADMISSION_TIMEOUT = 5.0  # a worker admits or refuses at once; one that does neither is as good as gone
-# Ended before admission, nothing lost: full, unreachable, or the transport's own failure (gRPC reports a
-# call ended by the server while the client was still writing its header as INTERNAL, with no error code).
-RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+# Ended before admission, nothing lost: unreachable, or the transport's own failure (gRPC reports a call ended
+# by the server while the client was still writing its header as INTERNAL, with no error code).
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+# Refusals of a worker that is full, said by the worker itself (its error code): worth waiting for. Without
+# one, RESOURCE_EXHAUSTED is the channel's own (an answer over a gRPC limit): an error, never retried.
+FULL = ("worker_busy", "spool_full")
 
 
 def channel_options(max_message_bytes: int = MESSAGE_LIMIT) -> list[tuple[str, object]]:
@@ -186,6 +190,7 @@ class WorkerPool:
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._task: asyncio.Task | None = None
         self._counter = ReadyWorkers(self.target, SERVICE_NAME, self.credentials)
+        self._said: tuple[str, float] = ("", 0.0)  # the readiness problem last logged, and when
 
     def start(self) -> WorkerPool:
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -193,7 +198,7 @@ class WorkerPool:
 
     async def check_now(self) -> bool:
         """Asks a worker's health service; with client-side health checking only SERVING workers answer."""
-        detail = ""
+        detail, unreachable = "", False
         try:
             response = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
                                                 timeout=HEALTH_CHECK_SECONDS)
@@ -209,10 +214,9 @@ class WorkerPool:
             else:
                 self.last_problem = PUBLIC_HEALTH_PROBLEMS.get(error.code(), f"the worker's health check failed "
                                                                             f"({error.code().name})")
+                unreachable = True
             detail = f"; {error.code().name}: {error.details()}"
-        if serving != self.ready:
-            log.info("worker target %s is %s", self.target,
-                     "ready" if serving else f"not ready ({self.last_problem}{detail})")
+        self._say(serving, detail, unreachable)
         self.ready = serving
         self.checked.set()
         return serving
@@ -222,6 +226,22 @@ class WorkerPool:
         if not self.checked.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.checked.wait(), HEALTH_CHECK_SECONDS + 1)
+
+    def _say(self, serving: bool, detail: str, unreachable: bool) -> None:
+        """Logs a change of readiness, and why a worker cannot be reached (gRPC's own words: a certificate that
+        fails verification, a name that does not match) when that reason changes, and again every
+        PROBLEM_REPEAT_SECONDS while it lasts: a bridge that never got a worker says so."""
+        now = asyncio.get_running_loop().time()
+        said, said_at = self._said
+        problem = "" if serving else f"{self.last_problem}{detail}"
+        if serving == self.ready and problem == said and (not problem or now - said_at < PROBLEM_REPEAT_SECONDS):
+            return
+        self._said = (problem, now)
+        if serving:
+            log.info("worker target %s is ready", self.target)
+        else:
+            log.log(logging.WARNING if unreachable else logging.INFO, "worker target %s is not ready (%s)",
+                    self.target, problem)
 
     async def _watch(self) -> None:
         polls = 0
@@ -267,10 +287,11 @@ class WorkerPool:
             status = await call.code()
             details = await call.details() or ""
             error_code = metadata_value(await call.trailing_metadata(), "error-code")
-            if status in RETRYABLE and not (status == grpc.StatusCode.INTERNAL and error_code):
+            full = status == grpc.StatusCode.RESOURCE_EXHAUSTED and error_code in FULL
+            if full or (status in RETRYABLE and not (status == grpc.StatusCode.INTERNAL and error_code)):
                 if attempts < FREE_ATTEMPTS:
                     continue
-                if status == grpc.StatusCode.RESOURCE_EXHAUSTED and loop.time() - started < self.queue_wait:
+                if full and loop.time() - started < self.queue_wait:
                     await asyncio.sleep(min(0.005 * 2 ** (attempts - FREE_ATTEMPTS), 0.2) * random.uniform(0.5, 1))
                     continue
             raise Refused(status, details, error_code)

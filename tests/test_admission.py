@@ -27,7 +27,8 @@ def test_stalled_uploads_do_not_take_the_models_queue():
         assert gauges(metrics) == (4, 0, 1)
         stalled.append(admission.admit())  # a fifth upload stalls: the last receiving place
         assert admission.admit() is None
-        assert "5 studies are arriving (its --max-receiving)" in admission.refusal()
+        assert "5 studies are arriving (what its --max-study-memory-mib allows for, or its --max-receiving)" in (
+            admission.refusal())
         stalled.pop(0).leave()  # the bridge ended two slow uploads
         stalled.pop(0).leave()
         second = admission.admit()

@@ -13,6 +13,7 @@ import pytest
 import requests
 from requests_toolbelt import MultipartEncoder
 
+from bridge.auth import SETTLE_SECONDS
 from tests import http_helpers as http
 from tests.dicom_factory import SeriesSpec, write_study
 from tests.services import ROOT, free_port, spawn, start_bridge, start_worker, wait_for_http
@@ -175,3 +176,39 @@ def wait_until(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not within the time allowed"
         time.sleep(0.1)
+
+
+def test_a_half_written_token_file_keeps_the_tokens_in_use(stack):
+    """Row 10 of issue 18: a file flushed half-written (`tok-ne`, the rest 1.2 s later) gave the fragment a 200.
+    The file is read only once complete: ending with a line break (or unchanged for SETTLE_SECONDS)."""
+    token_file, url = stack["token_file"], stack["url"] + "/metrics"
+    token_file.write_text(f"{FILE_TOKEN}\n")
+    wait_until(lambda: requests.get(url, headers=bearer(FILE_TOKEN), timeout=5).status_code == 200)
+    slow = "file-token-written-slowly-0123456789"
+    with open(token_file, "w") as handle:  # in place, as an editor or a shell redirection writes: truncate, write
+        handle.write(slow[:6])
+        handle.flush()
+        time.sleep(2.5)  # two checks of the bridge's, the file half-written
+        assert requests.get(url, headers=bearer(slow[:6]), timeout=5).status_code == 401
+        assert requests.get(url, headers=bearer(FILE_TOKEN), timeout=5).status_code == 200  # still in use
+        handle.write(slow[6:] + "\n")
+    wait_until(lambda: requests.get(url, headers=bearer(slow), timeout=5).status_code == 200)
+    assert requests.get(url, headers=bearer(FILE_TOKEN), timeout=5).status_code == 401
+    assert "is not complete yet" in stack["bridge"].log()
+
+
+def test_a_token_file_replaced_atomically_or_without_a_final_line_break(stack):
+    token_file, url = stack["token_file"], stack["url"] + "/metrics"
+    replaced = "file-token-replaced-atomically-abcdef"
+    staging = token_file.with_name("tokens.new")
+    staging.write_text(f"{replaced}\n")
+    os.replace(staging, token_file)  # what docs/security.md recommends: the bridge never sees a partial file
+    wait_until(lambda: requests.get(url, headers=bearer(replaced), timeout=5).status_code == 200)
+    bare = "file-token-without-a-line-break-0011"
+    token_file.write_text(bare)  # taken as complete once unchanged for SETTLE_SECONDS
+    time.sleep(1.5)
+    assert requests.get(url, headers=bearer(bare), timeout=5).status_code == 401
+    wait_until(lambda: requests.get(url, headers=bearer(bare), timeout=5).status_code == 200,
+               timeout=SETTLE_SECONDS + 5)
+    token_file.write_text(f"{FILE_TOKEN}\n")
+    wait_until(lambda: requests.get(url, headers=bearer(FILE_TOKEN), timeout=5).status_code == 200)

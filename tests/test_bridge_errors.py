@@ -282,8 +282,13 @@ def test_deadline_exceeded(tmp_path, study):
 class RogueServicer(pb_grpc.InferenceServicer):
     """A worker that breaks the protocol in the way named by the request's inference_command."""
 
+    refusals = 0
+
     def Infer(self, request_iterator, context):
         header = next(request_iterator).header
+        if header.inference_command == "huge-refusal":  # a status far over gRPC's metadata limit, at admission
+            RogueServicer.refusals += 1
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "A" * 40_000)
         context.send_initial_metadata((("admitted", "1"),))  # the contract's admission, then the study
         digest = hashlib.sha256(header.request_json)
         for message in request_iterator:
@@ -362,3 +367,13 @@ def test_a_worker_that_breaks_off_mid_answer_never_yields_a_complete_200(rogue_b
 def test_the_good_answer_of_the_rogue_worker_passes(rogue_bridge):
     answer = http.parse_answer(post_raw(rogue_bridge, rogue_request("fine"), "multipart/related; boundary=b"))
     assert answer.binaries == [b"\x01" * 24]
+
+
+def test_a_worker_answer_over_grpcs_limits_is_an_error_tried_once_never_busy(rogue_bridge):
+    """Row 6 of issue 18: a refusal whose trailing metadata passed 16 KiB reached the bridge as RESOURCE_EXHAUSTED
+    without the worker's error code; the bridge took it for a full worker and retried ~100 times for 10 s."""
+    before = RogueServicer.refusals
+    response = post_raw(rogue_bridge, rogue_request("huge-refusal"), "multipart/related; boundary=b")
+    assert "could not be read" in error_of(response, 502, "bad_worker_answer")
+    assert "Retry-After" not in response.headers
+    assert RogueServicer.refusals - before == 1  # not retried

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
+import warnings
 
 from contract.logs import (
     REQUEST_ID_LENGTH,
@@ -14,6 +16,8 @@ from contract.logs import (
     request_tags,
     set_tags,
 )
+from contract.native_log import NativeLogReader, RateLimit
+from worker.handshakes import HandshakeWatch
 
 
 def capture() -> io.StringIO:
@@ -88,3 +92,113 @@ def test_request_ids_are_kept_only_when_short_printable_ascii_without_spaces():
         replaced = clean_request_id(bad)
         assert replaced != bad and len(replaced) == 12 and replaced.isalnum()
     assert clean_request_id("") != clean_request_id("")  # a fresh id each time
+
+
+# ------------------------------------------------------------------------- one record, one line (issue 18)
+
+FORGED = "Evil\n2026-12-07 01:00:00,000 ERROR worker.inference [input_hash=- request_id=- trace_id=-] FORGED"
+HIDDEN = f"<{len(FORGED)} characters>"
+
+
+def test_no_value_can_start_a_line_of_its_own():
+    stream = capture()
+    log = logging.getLogger("worker.inference")
+    log.info("patient %s\r\x1b[2K\u2028done", FORGED)
+    try:
+        raise ValueError(FORGED)
+    except ValueError:
+        log.exception("failed")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines  # the traceback is on its record's line
+    assert "Evil\\n2026-12-07 01:00:00,000 ERROR" in lines[0] and "\\r\\x1b[2K\\u2028done" in lines[0]
+    assert " ERROR worker.inference [input_hash=- request_id=- trace_id=-] failed\\nTraceback" in lines[1]
+    assert lines[1].endswith("ValueError: Evil\\n2026-12-07 01:00:00,000 ERROR worker.inference [input_hash=- "
+                             "request_id=- trace_id=-] FORGED")
+
+
+def test_library_warnings_are_records_with_the_requests_tags_and_without_study_values():
+    stream = capture()
+    with request_tags(request_id="w1"), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        logging.captureWarnings(False)  # pytest records warnings itself: route them to logging again, as
+        logging.captureWarnings(True)  # configure_logging does in the services
+        warnings.warn(f'The string "{FORGED}" is unlikely to represent the intended person name', UserWarning,
+                      stacklevel=1)
+        logging.getLogger("pydicom").warning("Invalid value for VR PN: '%s'", FORGED)
+        logging.getLogger("mymodel").warning("kept as it is: '%s'", "a model's own line")
+    text = stream.getvalue()
+    lines = text.splitlines()
+    assert len(lines) == 3, lines
+    assert all("request_id=w1" in line for line in lines)
+    assert "WARNING py.warnings" in lines[0] and f"The string {HIDDEN} is unlikely" in lines[0]
+    assert f"Invalid value for VR PN: {HIDDEN}" in lines[1]
+    assert "Evil" not in lines[0] + lines[1] and "'a model's own line'" in lines[2]
+
+
+def test_text_marked_as_study_data_is_hidden_in_the_message_and_the_traceback():
+    stream = capture()
+    try:
+        raise ValueError(f"Value '{FORGED}' is too long")
+    except ValueError as error:
+        logging.getLogger("worker.inference").error("export failed: %s", error, exc_info=error,
+                                                    extra={"study_data": True})
+    assert "Evil" not in stream.getvalue()
+    assert stream.getvalue().count(f"Value {HIDDEN} is too long") == 2
+
+
+def test_uncaught_exceptions_of_threads_are_records():
+    stream = capture()
+    thread = threading.Thread(target=lambda: 1 / 0, name="worker-thread")
+    thread.start()
+    thread.join()
+    assert "CRITICAL uncaught" in stream.getvalue() and "ZeroDivisionError" in stream.getvalue()
+
+
+# -------------------------------------------------------------------------------- native lines (gRPC core)
+
+
+def absl(severity: str, source: str, message: str) -> bytes:
+    return f"{severity}1207 02:18:49.569008   22444 {source}] {message}\n".encode()
+
+
+def test_native_lines_become_records_rate_limited_per_source():
+    stream = capture()
+    reader = NativeLogReader(-1)
+    reader.limit = RateLimit(limit=3, window=60)
+    for index in range(5):
+        reader.feed(absl("I", "ssl_transport_security.cc:2563", f"Handshake failed {index}"))
+    reader.feed(absl("E", "chttp2_server.cc:10", "a message\nthat spans lines"))
+    reader.flush()
+    lines = stream.getvalue().splitlines()
+    assert [line.rsplit("] ", 1)[1] for line in lines] == [
+        "Handshake failed 0", "Handshake failed 1", "Handshake failed 2", "a message\\nthat spans lines"]
+    assert "INFO grpc.core" in lines[0] and "ERROR grpc.core" in lines[3]
+    reader.tick(time.monotonic() + 61)
+    assert "2 more line(s) like ssl_transport_security.cc:2563 in the last 60 s were not logged" in stream.getvalue()
+
+
+TRACE = ("CallNextHandshakerLocked: error=UNKNOWN: Ssl handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: "
+         "error:100000c0:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_CERTIFICATE: Invalid certificate "
+         "verification context: OK\n shutdown=false index=2, args={endpoint=0x7f, args={grpc.internal."
+         "endpoint_local_address=ipv4:127.0.0.1:50051, grpc.internal.endpoint_peer_address=ipv4:10.1.2.3:{port}, "
+         "grpc.resource_quota=0x5}, read_buffer.Length()=0, exit_early=0}")
+
+
+def test_failed_handshakes_name_their_peer_a_few_times_a_minute():
+    stream = capture()
+    watch = HandshakeWatch(RateLimit(limit=2, window=60))
+    reader = NativeLogReader(-1)
+    reader.watches.append(watch)
+    reader.feed(absl("I", "handshaker.cc:155", TRACE.replace("error=UNKNOWN", "error=OK", 1).replace("{port}", "1")))
+    for port in range(2, 7):
+        reader.feed(absl("I", "ssl_transport_security.cc:2563", "Handshake failed with error SSL_ERROR_SSL"))
+        reader.feed(absl("I", "handshaker.cc:155", TRACE.replace("{port}", str(port))))
+    reader.flush()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines  # gRPC's peerless lines and the trace itself are not logged
+    assert "WARNING worker.handshake" in lines[0]
+    assert lines[0].endswith("a handshake from ipv4:10.1.2.3:2 failed: UNKNOWN: Ssl handshake failed "
+                             "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:100000c0:SSL routines:OPENSSL_internal:"
+                             "PEER_DID_NOT_RETURN_A_CERTIFICATE: Invalid certificate verification context")
+    watch.tick(time.monotonic() + 61)
+    assert "3 more handshake(s) failed in the last 60 s, from ipv4:10.1.2.3 (3)" in stream.getvalue()

@@ -12,13 +12,16 @@ import time
 import grpc
 import pytest
 import requests
+import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from requests_toolbelt import MultipartEncoder
 
+from contract.native_log import LINES_PER_WINDOW
 from tests import http_helpers as http
 from tests.certificates import make_pki
 from tests.dicom_factory import SeriesSpec, write_study
+from tests.hostile import handshake_flood
 from tests.services import ROOT, Service, free_port, spawn
 
 TOKEN = "tls-test-token-0123456789abcdef"
@@ -149,10 +152,17 @@ def test_the_worker_refuses_a_bridge_without_a_valid_client_certificate(stack, s
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "worker_unavailable"
         assert response.headers["Retry-After"]
-    # The worker never saw a call, and logged nothing alarming about the refused handshakes.
-    # (gRPC's own lines about them are at INFO: "I... Handshake failed ... PEER_DID_NOT_RETURN_A_CERTIFICATE".)
+    # The worker never saw a call, and logged nothing alarming about the refused handshakes: a warning naming
+    # the peer and the reason, a few a minute (gRPC's own peerless line per attempt is not in the log).
     assert "Traceback" not in mtls.log() and " ERROR " not in mtls.log()
-    assert not re.search(r"^[EF]\d{4} ", mtls.log(), re.MULTILINE), mtls.log()
+    assert re.search(r"WARNING worker\.handshake .* a handshake from ipv4:127\.0\.0\.1:\d+ failed: .*"
+                     r"PEER_DID_NOT_RETURN_A_CERTIFICATE", mtls.log()), mtls.log()
+    assert "Handshake failed with error" not in mtls.log()
+    assert not re.search(r"^[IWEF]\d{4} ", mtls.log(), re.MULTILINE), mtls.log()  # gRPC's lines are records too
+    # Each bridge says why it has no worker, in gRPC's words.
+    for bridge in (no_cert, stranger):
+        assert re.search(r"WARNING bridge\.workers .* worker target 127\.0\.0\.1:\d+ is not ready \(no worker can "
+                         r"be reached; UNAVAILABLE: .*last error: ", bridge.log()), bridge.log()
     # Direct callers are refused the same way: a client certificate from another CA, or none.
     with secure_channel(mtls.port, pki, client=pki.stranger) as channel:
         assert health(channel) == "UNAVAILABLE"
@@ -241,3 +251,34 @@ def test_unusable_tls_files_stop_the_service_at_start(pki, tmp_path, service, ar
     run = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, run.stderr
     assert needle in run.stderr
+
+
+@pytest.mark.parametrize(("flags", "reason"), [
+    (["--worker-ca", "{other_ca}"], "CERTIFICATE_VERIFY_FAILED"),
+    (["--worker-server-name", "not-the-worker"], "Hostname Verification Check failed"),
+])
+def test_a_bridge_that_cannot_trust_its_worker_says_why(stack, study, pki, tmp_path, flags, reason):
+    """Row 12 of issue 18: such a bridge stayed NOT READY and answered 503 without ever logging why."""
+    other_ca = tmp_path / "other-ca.crt"
+    trustme.CA().cert_pem.write_to_path(other_ca)
+    bridge = start_https_bridge(tmp_path, pki, stack["mtls"], *(f.format(other_ca=other_ca) for f in flags),
+                                "--worker-cert", str(pki.client.cert), "--worker-key", str(pki.client.key),
+                                ready=False)
+    stack["services"].append(bridge)
+    assert infer(bridge.port, study, pki).status_code == 503
+    wait(lambda: re.search(rf"WARNING bridge\.workers .* is not ready \(no worker can be reached; .*{reason}",
+                           bridge.log()), bridge)
+
+
+def test_a_flood_of_failed_handshakes_is_a_few_lines_naming_the_peers(pki, tmp_path):
+    worker = start_tls_worker(tmp_path, pki, "--tls-client-ca", str(pki.ca))
+    try:
+        handshake_flood(worker.port, 40)
+        wait(lambda: worker.log().count("a handshake from") >= LINES_PER_WINDOW, worker)
+        time.sleep(1)
+        log = worker.log()
+        assert log.count("a handshake from ipv4:127.0.0.1:") == LINES_PER_WINDOW, log  # 40 failed, 10 logged
+        assert "HTTP_REQUEST" in log and "Handshake failed with error" not in log
+    finally:
+        worker.stop()
+    # The others are counted when the minute is over (tests/test_logs.py checks that line with a clock).

@@ -1,14 +1,22 @@
 """`python -m worker --model MODEL --listen HOST:PORT [--metrics-listen HOST:PORT]` (and `arterys-worker`)."""
 
+import os
 import sys
 
 from contract.logs import configure_logging
 from contract.malloc import keep_large_buffers_in_the_heap
+from contract.native_log import add_watch
+from worker.handshakes import HandshakeWatch, enable_trace, uses_tls
 
 
 def main(argv=None) -> int:
-    configure_logging()  # before anything else logs
-    keep_large_buffers_in_the_heap()
+    if argv is None and uses_tls(sys.argv[1:]) and enable_trace():
+        # gRPC read GRPC_TRACE when the worker package imported it: start again with the trace on, which
+        # names the peer of a failed TLS handshake (worker/handshakes.py). Once: the variable is set now.
+        os.execv(sys.executable, sys.orig_argv)
+    keep_large_buffers_in_the_heap()  # before any thread starts (the native log's reader is one)
+    configure_logging(native_output=True)  # before anything else logs
+    add_watch(HandshakeWatch())
     from worker.config import parse_config
     from worker.loading import ModelNotFound, load_model_object
     from worker.ports import ensure_free

@@ -4,9 +4,14 @@ A call is *admitted* when its header arrives, before any study byte, and refused
 (RESOURCE_EXHAUSTED) so that the bridge can take it to another worker while it has sent nothing. Two
 populations are bounded apart:
 
-- calls *receiving* their study: at most `max_receiving`. A slow or stalled upload holds one of these
-  places only (the bridge ends uploads slower than its minimum rate), so a few dozen stalled clients do not
-  shut out the others, as they did when they took places of the model's queue;
+- calls *receiving* their study: bounded by what they cost, not by a count. Their bytes are counted in the
+  worker's StoreBudget (worker/spool.py): memory up to `--max-study-memory-mib`, then the spool up to
+  `--max-spool-bytes`; a new call is refused while the spool is full. Each also costs some memory of its own
+  (gRPC's stream, the call's objects: about RECEIVING_CALL_BYTES), so the memory budget's last eighth is
+  kept for them: at most `memory_limit / 8 / RECEIVING_CALL_BYTES` calls receive at once (1,024 with the
+  default 512 MiB), and `--max-receiving` can set a lower count. A slow upload holds only what it sent (the
+  bridge and the worker both end uploads slower than their minimum rate), so a crowd of slow clients
+  neither shuts out the others nor takes places of the model's queue;
 - calls whose study has arrived, running or queued for one of the `concurrency` model *slots* (default 1:
   models are rarely thread-safe), in the order studies completed: at most `concurrency + queue_size`. A
   new call is refused when these are full, since it would only wait behind them.
@@ -23,15 +28,24 @@ import asyncio
 import collections
 
 from worker.metrics import WorkerMetrics
+from worker.spool import StoreBudget
+
+# What one call receiving its study costs in memory besides its study bytes, measured: 130 streams that had
+# sent a header and one byte added about 33 KB each to the worker (benchmarks/attacks.py); rounded up.
+RECEIVING_CALL_BYTES = 64 << 10
+CALLS_SHARE = 8  # 1/8 of the memory budget is kept for the receiving calls' own cost
 
 
 class Admission:
-    def __init__(self, concurrency: int, queue_size: int, metrics: WorkerMetrics, max_receiving: int = 128) -> None:
-        if concurrency < 1 or queue_size < 0 or max_receiving < 1:
-            raise ValueError("concurrency and max_receiving must be >= 1, queue_size >= 0")
+    def __init__(self, concurrency: int, queue_size: int, metrics: WorkerMetrics, max_receiving: int = 0,
+                 store: StoreBudget | None = None) -> None:
+        if concurrency < 1 or queue_size < 0 or max_receiving < 0:
+            raise ValueError("concurrency must be >= 1, queue_size and max_receiving >= 0")
         self.concurrency = concurrency
         self.queue_size = queue_size
-        self.max_receiving = max_receiving
+        self.store = store or StoreBudget(512 << 20, 1 << 62)
+        by_memory = max(self.store.memory_limit // CALLS_SHARE // RECEIVING_CALL_BYTES, 1)
+        self.max_receiving = min(max_receiving, by_memory) if max_receiving else by_memory
         self._metrics = metrics
         self.admitted = 0
         self.receiving = 0  # admitted calls whose study has not fully arrived
@@ -45,8 +59,9 @@ class Admission:
         return self.admitted - self.receiving
 
     def admit(self) -> Ticket | None:
-        """A place for a new call, receiving its study; None when either population is full."""
-        if self.receiving >= self.max_receiving or self.arrived >= self.concurrency + self.queue_size:
+        """A place for a new call, receiving its study; None when either population is full, or the spool."""
+        if (self.receiving >= self.max_receiving or self.arrived >= self.concurrency + self.queue_size
+                or self.store.spool_full):
             return None
         self.admitted += 1
         self.receiving += 1
@@ -55,8 +70,11 @@ class Admission:
 
     def refusal(self) -> str:
         """Why admit() returned None, with the numbers and the settings that bound them."""
+        if self.store.spool_full:
+            return self.store.spool_full_message()
         if self.receiving >= self.max_receiving:
-            return f"{self.receiving} studies are arriving (its --max-receiving)"
+            return (f"{self.receiving} studies are arriving (what its --max-study-memory-mib allows for, or its "
+                    "--max-receiving)")
         return (f"{self.running} inference(s) running and {self.arrived - self.running} waiting for the model "
                 f"(its --concurrency and --queue-size)")
 

@@ -41,12 +41,16 @@ class WorkerConfig:
     metrics_listen: str = ""
     concurrency: int = 1
     queue_size: int = 32
-    max_receiving: int = 128
+    max_receiving: int = 0  # 0: bounded by the memory budget alone (worker/admission.py)
     default_command: str = ""
     study_root: str = ""
     spool_dir: str = ""
     spool_memory_bytes: int = 16 * MIB
+    max_study_memory_bytes: int = 512 * MIB
+    max_spool_bytes: int = 0  # 0: 90% of the spool file system's free space at start (worker/spool.py)
     idle_timeout_seconds: float = 30.0
+    min_receive_rate: int = 64 << 10
+    receive_window_seconds: float = 20.0
     grace_seconds: float = 30.0
     max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS
     max_message_bytes: int = 16 * MIB
@@ -92,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="calls whose study has arrived that may wait for the model beyond the running ones; when they "
              "are all taken new calls are refused at once, so the bridge can try another worker "
              "[WORKER_QUEUE_SIZE]")
-    add("--max-receiving", type=int, default=int(_env("WORKER_MAX_RECEIVING", 128)),
-        help="calls that may be receiving their study at once (a slow upload holds one of these, never a place "
-             "of the model's queue); more are refused at once [WORKER_MAX_RECEIVING]")
+    add("--max-receiving", type=int, default=int(_env("WORKER_MAX_RECEIVING", 0)),
+        help="at most this many calls receiving their study at once; 0: as many as the memory budget allows "
+             "for (1/8 of --max-study-memory-mib, 64 KiB each: 1,024 by default); what they hold is bounded by "
+             "--max-study-memory-mib and --max-spool-bytes [WORKER_MAX_RECEIVING]")
     add("--default-command", default=_env("WORKER_DEFAULT_COMMAND", ""),
         help="inference_command used when a request names none (overrides the model's) [WORKER_DEFAULT_COMMAND]")
     add("--output-formats", default=_env("WORKER_OUTPUT_FORMATS", "arterys"),
@@ -108,8 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--spool-memory-mib", type=float, default=float(_env("WORKER_SPOOL_MEMORY_MIB", 16)),
         help="study bytes per call kept in memory before the rest goes to --spool-dir (a ported Arterys handler "
              "reads every instance into memory anyway, so its studies stay in memory) [WORKER_SPOOL_MEMORY_MIB]")
+    add("--max-study-memory-mib", type=float, default=float(_env("WORKER_MAX_STUDY_MEMORY_MIB", 512)),
+        help="study bytes all calls together keep in memory; beyond it their parts go to the spool "
+             "[WORKER_MAX_STUDY_MEMORY_MIB]")
+    add("--max-spool-bytes", type=int, default=int(_env("WORKER_MAX_SPOOL_BYTES", 0)),
+        help="bytes all calls together may write to --spool-dir; when it is full new calls are refused and a "
+             "call that needs more is ended (503 spool_full at the bridge). 0: 90%% of the space free on its "
+             "file system when the worker starts [WORKER_MAX_SPOOL_BYTES]")
     add("--idle-timeout-seconds", type=float, default=float(_env("WORKER_IDLE_TIMEOUT_SECONDS", 30)),
         help="a request stream that sends nothing for this long is ended [WORKER_IDLE_TIMEOUT_SECONDS]")
+    add("--min-receive-rate", type=int, default=int(_env("WORKER_MIN_RECEIVE_RATE", 64 << 10)),
+        help="bytes per second a request stream must send while its study arrives, over each "
+             "--receive-window-seconds of waiting, less one 1 MiB chunk (the bridge's lag); slower streams are "
+             "ended. The bridge's --min-upload-rate; 0 disables [WORKER_MIN_RECEIVE_RATE]")
+    add("--receive-window-seconds", type=float, default=float(_env("WORKER_RECEIVE_WINDOW_SECONDS", 20)),
+        help="the window of --min-receive-rate (the bridge's --body-timeout) [WORKER_RECEIVE_WINDOW_SECONDS]")
     add("--grace-seconds", type=float, default=float(_env("WORKER_GRACE_SECONDS", 30)),
         help="on SIGTERM, how long in-flight inferences may take to finish [WORKER_GRACE_SECONDS]")
     add("--max-connection-age-seconds", type=float,
@@ -145,4 +163,6 @@ def parse_config(argv: list[str] | None = None) -> WorkerConfig:
     limits = StudyLimits(**{name: args.pop(name) for name in (
         "max_study_bytes", "max_parts", "max_part_bytes", "max_image_bytes", "max_result_bytes")})
     spool_memory_bytes = int(args.pop("spool_memory_mib") * MIB)
-    return WorkerConfig(**args, spool_memory_bytes=spool_memory_bytes, limits=limits, security=secure)
+    max_study_memory_bytes = int(args.pop("max_study_memory_mib") * MIB)
+    return WorkerConfig(**args, spool_memory_bytes=spool_memory_bytes, max_study_memory_bytes=max_study_memory_bytes,
+                        limits=limits, security=secure)

@@ -18,12 +18,28 @@ INPUT_HASH_KEY = "input-hash"  # trailing metadata: the input hash, once the stu
 WORKER_NAME_KEY = "worker"  # initial metadata, with the admission: the worker's host name
 
 MAX_ECHO = 120  # characters of a sender's value quoted back in a message
+# Bytes of UTF-8 a status message may have. It travels in the trailing metadata (grpc-message, percent-encoded:
+# up to 3 bytes each), which gRPC caps at 8 KiB by default and beyond 16 KiB fails the call (the bridge
+# would see RESOURCE_EXHAUSTED instead of the answer); this keeps every status far below that.
+MAX_STATUS_BYTES = 1024
+MAX_PROBLEMS = 10  # problems of a broken answer listed in its message; the rest are counted
+MAX_PROBLEM_CHARACTERS = 300
 
 
-def short(value: str) -> str:
-    """A sender's value fit to quote in a message: bounded, printable, no line breaks."""
-    text = "".join(c if c.isprintable() else "?" for c in str(value))
-    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + f"... ({len(text)} characters)"
+def short(value) -> str:
+    """A sender's value fit to quote in a message: bounded, printable, no line breaks. Only a prefix is
+    looked at, so a value of a megabyte costs no more than one of a hundred characters."""
+    text = value if isinstance(value, str) else str(value)[: MAX_ECHO * 4]
+    shown = "".join(c if c.isprintable() else "?" for c in text[:MAX_ECHO])
+    return shown if len(text) <= MAX_ECHO else shown + f"... ({len(text):,} characters)"
+
+
+def status_message(message: str) -> str:
+    """`message` cut to MAX_STATUS_BYTES of UTF-8, marked as cut."""
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= MAX_STATUS_BYTES:
+        return message
+    return encoded[: MAX_STATUS_BYTES - 40].decode("utf-8", "ignore") + f"... ({len(encoded):,} bytes, cut)"
 
 
 class WorkerError(Exception):
@@ -33,9 +49,12 @@ class WorkerError(Exception):
     error_code: str = "worker_error"
     outcome: str = "worker_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, study_data: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        # The message carries text of the model's or a DICOM library's, which may quote the study's values:
+        # the caller gets it whole, the log with quoted values hidden (contract.logs.StudyDataFilter).
+        self.study_data = study_data
 
 
 class BadRequest(WorkerError):
@@ -79,9 +98,16 @@ class NotReady(WorkerError):
 
 
 class Idle(WorkerError):
-    """The sender stopped sending in the middle of a request stream."""
+    """The sender stopped sending in the middle of a request stream, or sent too slowly (the same answer as the
+    bridge's for an HTTP body too slow: 408)."""
 
     status, error_code, outcome = grpc.StatusCode.DEADLINE_EXCEEDED, "request_timeout", "idle"
+
+
+class SpoolFull(WorkerError):
+    """The spool (where studies arriving and waiting are kept) is full: retry later or elsewhere."""
+
+    status, error_code, outcome = grpc.StatusCode.RESOURCE_EXHAUSTED, "spool_full", "rejected"
 
 
 class DataLoss(WorkerError):
@@ -109,7 +135,11 @@ class InvalidResult(WorkerError):
 
     def __init__(self, problems) -> None:
         self.problems = list(problems)
-        super().__init__("the model's result breaks the Arterys protocol: " + "; ".join(self.problems))
+        listed = "; ".join(str(problem)[:MAX_PROBLEM_CHARACTERS] for problem in self.problems[:MAX_PROBLEMS])
+        more = len(self.problems) - MAX_PROBLEMS
+        super().__init__("the model's result breaks the Arterys protocol: " + listed
+                         + (f"; and {more} more problem(s)" if more > 0 else ""))
+
 
 
 def _subclasses(cls: type) -> list[type]:

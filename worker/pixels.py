@@ -22,7 +22,7 @@ def read_header(handle, size: int, limits: StudyLimits, label: str) -> pydicom.D
     try:
         return read_instance_header(handle, size, label, limits.max_image_bytes)
     except NotReadable as error:
-        log.info("%s is not readable DICOM: %s", label, error.reason)
+        log.info("%s is not readable DICOM: %s", label, error.reason, extra={"study_data": True})
         raise NotDicom(error.message) from error
     except ImageTooLarge as error:
         raise TooLarge(error.message) from None

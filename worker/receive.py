@@ -32,6 +32,7 @@ from worker.errors import (
     TooLarge,
     short,
 )
+from worker.rate import MinimumRate
 from worker.spool import PartWriter, Spool
 
 log = logging.getLogger("worker.receive")
@@ -105,15 +106,21 @@ async def receive_parts(
     limits: StudyLimits,
     idle_timeout: float,
     on_bytes: Callable[[int], None] = lambda n: None,
+    rate: MinimumRate | None = None,
 ) -> ReceivedStudy:
-    """Consumes `part`/`chunk` messages up to `end`; checks order, limits, counts and (when sent) the hash."""
+    """Consumes `part`/`chunk` messages up to `end`; checks order, limits, counts and (when sent) the hash.
+
+    The stream is ended (Idle) when nothing arrives for `idle_timeout` seconds, or (TooSlow) when a window of
+    `rate` closes with too few bytes: one timer, set after each message to whichever comes first."""
     loop = asyncio.get_running_loop()
+    rate = rate or MinimumRate(0, 0)
     study = ReceivedStudy()
     part_size = 0
+    waiting_since = loop.time()
     try:
-        async with asyncio.timeout(idle_timeout) as idle:
+        async with asyncio.timeout(waiting_since + min(idle_timeout, rate.wait_left())) as timer:
             async for message in messages:
-                idle.reschedule(loop.time() + idle_timeout)
+                rate.waited_for(loop.time() - waiting_since)
                 # Chunks arrive as views of gRPC's buffer (contract.wire), other messages as InferRequest.
                 kind = "chunk" if type(message) is memoryview else message.WhichOneof("message")
                 if kind == "chunk":
@@ -128,6 +135,7 @@ async def receive_parts(
                         raise TooLarge(f"part {len(study.parts)} exceeds {limits.max_part_bytes} bytes "
                                        "(the worker's limit)")
                     ingest.data(data)
+                    rate.received(len(data))
                     on_bytes(len(data))
                 elif kind == "part":
                     if len(study.parts) >= limits.max_parts:
@@ -147,7 +155,12 @@ async def receive_parts(
                     return study
                 else:
                     raise BadRequest(f"unexpected {kind or 'empty'} message inside the request stream")
+                waiting_since = loop.time()
+                timer.reschedule(waiting_since + min(idle_timeout, rate.wait_left()))
     except TimeoutError:
+        waited = loop.time() - waiting_since
+        if waited < idle_timeout:
+            rate.waited_for(waited)  # the timer was the rate's: raises TooSlow
         raise Idle(f"the request stream sent nothing for {idle_timeout:g} s and was ended") from None
     finally:
         ingest.close()

@@ -65,7 +65,7 @@ def supervise(config: WorkerConfig, argv: list[str]) -> int:
     shown = ", ".join(dict.fromkeys(_shown(root) for root in roots)) or "nothing (the model was not found)"
     log.info("reload: watching %s", shown)
     command = [sys.executable, "-m", "worker", *argv, "--no-reload"]
-    child: subprocess.Popen | None = subprocess.Popen(command)
+    child: subprocess.Popen | None = subprocess.Popen(command, stderr=sys.stderr)
     restarts = 0
     while not stopping.wait(POLL_SECONDS):
         changed = watcher.changed()
@@ -75,7 +75,7 @@ def supervise(config: WorkerConfig, argv: list[str]) -> int:
             more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
             log.info("reload: %s changed%s; restarting the worker", _shown(changed[0]), more)
             _stop(child, config.grace_seconds)
-            child = subprocess.Popen(command)
+            child = subprocess.Popen(command, stderr=sys.stderr)
             restarts += 1
         elif child is not None and child.poll() is not None:
             if restarts == 0 and child.returncode == EXIT_CANNOT_START and not roots:

@@ -14,6 +14,7 @@ call the port: --no-reflection (WORKER_REFLECTION=0) removes it.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from dataclasses import dataclass
 
@@ -31,6 +32,15 @@ class WorkerSecurity:
     tls_client_ca: str = ""
     reflection: bool = True
     metrics_tls: bool = False
+    allow_plaintext: bool = False  # a plaintext port on a non-loopback address is intended: no warning
+
+    def plaintext_warning(self, listen: str) -> str | None:
+        """What to warn about at start when `listen` is reachable from other hosts without TLS, else None."""
+        if self.tls_cert or self.allow_plaintext or is_loopback(listen):
+            return None
+        return (f"the worker listens on {listen} without TLS: anyone who can reach this port can run the model "
+                "and read its answers. Use --tls-cert/--tls-key with --tls-client-ca (docs/security.md), or say "
+                "that a private network is intended with --allow-plaintext (WORKER_ALLOW_PLAINTEXT=1)")
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         tls.require_pair(self.tls_cert, self.tls_key, "--tls-cert", "--tls-key")
@@ -61,6 +71,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add("--no-reflection", dest="reflection", action="store_false",
         default=env("WORKER_REFLECTION", "1").lower() not in FALSE,
         help="do not offer gRPC server reflection (WORKER_REFLECTION=0 does the same) [WORKER_REFLECTION]")
+    add("--allow-plaintext", action="store_true",
+        default=env("WORKER_ALLOW_PLAINTEXT", "0").lower() not in FALSE,
+        help="a plaintext gRPC port on a non-loopback address is intended (a private network): no warning at "
+             "start [WORKER_ALLOW_PLAINTEXT]")
     add("--metrics-tls", action="store_true", default=env("WORKER_METRICS_TLS", "0").lower() not in FALSE,
         help="serve /metrics over HTTPS with --tls-cert/--tls-key, requiring a client certificate when "
              "--tls-client-ca is set [WORKER_METRICS_TLS]")
@@ -69,9 +83,22 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 def from_args(parser: argparse.ArgumentParser, args: dict) -> WorkerSecurity:
     """Takes the security entries out of the parsed flags; a file that cannot be used is a usage error."""
     security = WorkerSecurity(**{name: args.pop(name) for name in (
-        "tls_cert", "tls_key", "tls_client_ca", "reflection", "metrics_tls")})
+        "tls_cert", "tls_key", "tls_client_ca", "reflection", "metrics_tls", "allow_plaintext")})
     try:
         security.server_credentials()
     except tls.TlsConfigError as error:
         parser.error(str(error))
     return security
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a gRPC listen address (HOST:PORT, [V6]:PORT, unix:PATH) is reachable from this host only."""
+    if listen.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = listen.rpartition(":")[0].strip("[]") if ":" in listen else listen
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: another host may resolve it to us

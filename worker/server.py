@@ -31,7 +31,7 @@ from worker.loading import TRACEBACK_HINT, failure_text
 from worker.metrics import WorkerMetrics
 from worker.model_logging import worker_logging_kept
 from worker.servicer import InferenceServicer, ServicerConfig
-from worker.spool import SpoolRoot
+from worker.spool import SpoolRoot, StoreBudget, spool_limit
 
 log = logging.getLogger("worker")
 
@@ -160,13 +160,17 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
     servicer_config = ServicerConfig(
         default_command=config.default_command, study_root=config.study_root or None, spool_root=spool.path,
         spool_memory_bytes=config.spool_memory_bytes, idle_timeout_seconds=config.idle_timeout_seconds,
+        min_receive_rate=config.min_receive_rate, receive_window_seconds=config.receive_window_seconds,
         limits=config.limits,
         output_formats=config.output_formats,
     )
+    store = StoreBudget(config.max_study_memory_bytes, spool_limit(config.max_spool_bytes, spool.path))
+    metrics.study_memory.set_function(lambda: store.memory)
+    metrics.spool_bytes.set_function(lambda: store.spool)
     loop, thread = _loop_thread()
 
     async def build():
-        admission = Admission(config.concurrency, config.queue_size, metrics, config.max_receiving)
+        admission = Admission(config.concurrency, config.queue_size, metrics, config.max_receiving, store)
         servicer = InferenceServicer(model, admission, metrics, servicer_config, model_threads, io_threads)
         server = grpc.aio.server(options=server_options(config))
         health_servicer = health.aio.HealthServicer()
@@ -231,6 +235,11 @@ def serve(config: WorkerConfig, model: Model) -> int:
     log.info("worker listening on %s (port %d, %s)%s", config.listen, worker.port,
              "mutual TLS" if config.security.tls_client_ca else "TLS" if config.security.tls_cert else "plaintext",
              f", metrics on {config.metrics_listen}" if metrics_server else "")
+    store = worker.servicer.store
+    log.info("studies arriving or waiting keep up to %.0f MiB in memory (--max-study-memory-mib) and %.0f MiB in "
+             "%s (--max-spool-bytes)", store.memory_limit / (1 << 20), store.spool_limit / (1 << 20), worker.spool.path)
+    if warning := config.security.plaintext_warning(config.listen):
+        log.warning("%s", warning)
 
     failed = threading.Event()
 

@@ -29,6 +29,7 @@ from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
 from contract import wire as contract_wire
 from contract.logs import clean_request_id, request_tags, set_tags
+from contract.malloc import ReleaseWhenIdle
 from contract.result_json import to_proto
 from worker import errors
 from worker.admission import Admission, Ticket
@@ -37,9 +38,10 @@ from worker.config import StudyLimits
 from worker.dicom_export import UnknownOutputFormat, output_formats
 from worker.metrics import STAGES, WorkerMetrics
 from worker.pixels import NotDicom
+from worker.rate import MinimumRate
 from worker.receive import Ingest, ReceivedPart, find_study_path, receive_parts
 from worker.results import WireResult, answer_bytes, checked, from_legacy, from_result
-from worker.spool import Spool
+from worker.spool import Spool, StoreBudget
 from worker.study import Attachment, Instance, Study, monotonic_deadline, parse_request_json
 from worker.tracing import CallTrace
 
@@ -54,6 +56,8 @@ CHECK_INLINE_BYTES = 4 << 20
 # A call queued for the model ends this much before its deadline, so that its own message gets through.
 DEADLINE_MARGIN = 0.25
 MAX_OPEN_COMMAND_LABELS = 20  # label values for a model without a command list; others become "other"
+# Once no call has been admitted for this long, free heap memory goes back to the kernel (contract/malloc.py).
+IDLE_TRIM_SECONDS = 1.0
 
 
 @dataclass
@@ -63,6 +67,8 @@ class ServicerConfig:
     spool_root: Path | None = None
     spool_memory_bytes: int = 16 << 20
     idle_timeout_seconds: float = 30.0
+    min_receive_rate: int = 64 << 10  # bytes/s over windows of receive_window_seconds (worker/rate.py)
+    receive_window_seconds: float = 20.0
     limits: StudyLimits = field(default_factory=StudyLimits)
     chunk_size: int = CHUNK_SIZE
     output_formats: tuple[str, ...] = ("arterys",)  # a request without "output_formats" gets these
@@ -72,6 +78,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, model: Model, admission: Admission, metrics: WorkerMetrics, config: ServicerConfig,
                  model_threads: ThreadPoolExecutor, io_threads: ThreadPoolExecutor) -> None:
         self.model = model
+        self.store: StoreBudget = admission.store
         self.model_name = model.describe_name()
         self.admission = admission
         self.metrics = metrics
@@ -87,6 +94,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         metrics.start_inferences(self.model_name, self.known_command_labels(), errors.OUTCOMES)
         self.memory_budget = (config.limits.max_study_bytes if getattr(model, "study_in_memory", False)
                               else config.spool_memory_bytes)
+        # What a burst (or an attack) made the worker allocate goes back to the kernel once no call is left.
+        self._release = ReleaseWhenIdle(lambda: self.admission.admitted, IDLE_TRIM_SECONDS)
+
+    def call_left(self) -> None:
+        """An admitted call has ended."""
+        self._release.ended()
 
     # --------------------------------------------------------------------------------------- Describe
 
@@ -126,7 +139,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             except Exception as error:
                 call.outcome = "worker_error"
                 call.trace.failed(error)
-                log.exception("inference failed: unexpected error in the worker")
+                log.exception("inference failed: unexpected error in the worker", extra={"study_data": True})
                 call.finish()
                 context.set_trailing_metadata(call.trailers("worker_error"))
                 await context.abort(grpc.StatusCode.INTERNAL, "the worker failed unexpectedly; see its log")
@@ -141,17 +154,20 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         serious = isinstance(error, (errors.ModelFailed, errors.InvalidResult))
         # Refusals of a busy worker are routine (the bridge tries again): the metrics count them.
         level = logging.ERROR if serious else logging.DEBUG if isinstance(error, errors.Busy) else logging.INFO
-        log.log(level, "inference failed (%s): %s", error.status.name, error.message)
+        message = errors.status_message(error.message)  # bounded: it leaves in the trailing metadata
+        log.log(level, "inference failed (%s): %s", error.status.name, message, extra={"study_data": error.study_data})
         call.finish()  # before the status leaves: whoever sees it sees the metrics too
         call.context.set_trailing_metadata(call.trailers(error.error_code))
-        await call.context.abort(error.status, error.message)
+        await call.context.abort(error.status, message)
 
     async def offload(self, big: bool, function, *args):
         """Runs `function` on an I/O thread when the work is big (the loop keeps serving other calls), inline
         when it is small (a hop to a thread and back would cost more)."""
         if not big:
             return function(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.io_threads, function, *args)
+        # In a copy of the call's context: what the work logs (a library's warning too) carries its tags.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.io_threads, context.run, function, *args)
 
     def known_command_labels(self) -> list[str]:
         """The `command` labels known before any call: the declared commands and the fallbacks."""
@@ -216,6 +232,8 @@ class _Call:
         header = await self._header(messages)
         self.ticket = self.s.admission.admit()
         if self.ticket is None:
+            if self.s.store.spool_full:
+                raise errors.SpoolFull(self.s.store.spool_full_message())
             raise errors.Busy(f"the worker is busy: {self.s.admission.refusal()}; retry later or elsewhere")
         # Admitted: tell the sender now, before it sends any study byte, so that a refusal (above) can be
         # retried elsewhere by a sender that has lost nothing.
@@ -245,8 +263,10 @@ class _Call:
             first = None
         except TimeoutError:
             raise errors.Idle(f"the request stream sent no header for {idle:g} s and was ended") from None
-        if first is None or first.WhichOneof("message") != "header":
+        if first is None:
             raise errors.StreamEnded("the request stream must start with a header")
+        if type(first) is memoryview or first.WhichOneof("message") != "header":  # a chunk arrives as a view
+            raise errors.BadRequest("the request stream must start with a header")
         header = first.header
         set_tags(request_id=clean_request_id(header.request_id))  # the bridge's id: one id across both logs
         limits = self.s.config.limits
@@ -271,7 +291,7 @@ class _Call:
     async def _receive(self, header: pb.RequestHeader, messages) -> Study:
         config = self.s.config
         request = self.request
-        self.spool = Spool(config.spool_root, self.s.memory_budget)
+        self.spool = Spool(config.spool_root, self.s.memory_budget, self.s.store)
         spool, limits = self.spool, config.limits
 
         def parsed(part: ReceivedPart):  # each part as it completes, while the next ones arrive
@@ -283,7 +303,8 @@ class _Call:
 
         ingest = Ingest(bytes(header.request_json), spool, parsed)
         received = await receive_parts(messages, ingest, limits, config.idle_timeout_seconds,
-                                       self.s.metrics.received_bytes.inc)
+                                       self.s.metrics.received_bytes.inc,
+                                       MinimumRate(config.min_receive_rate, config.receive_window_seconds))
         self.input_hash = received.input_hash
         set_tags(input_hash=received.input_hash)
         if header.study_path:
@@ -343,12 +364,12 @@ class _Call:
                 self.overran = True
             raise
         except (InvalidInput, errors.WorkerError) as error:
-            raise errors.BadRequest(str(error)) from error
+            raise errors.BadRequest(str(error), study_data=True) from error
         except UnsupportedStudy as error:
-            raise errors.Unprocessable(str(error)) from error
+            raise errors.Unprocessable(str(error), study_data=True) from error
         except Exception as error:  # the model's bug must not take the worker down
-            log.error("the model raised", exc_info=error)
-            raise errors.ModelFailed(f"the model raised {type(error).__name__}: {error}") from error
+            log.error("the model raised", exc_info=error, extra={"study_data": True})
+            raise errors.ModelFailed(f"the model raised {type(error).__name__}: {error}", study_data=True) from error
 
     def _model_returned(self, ticket: Ticket, future, answer: asyncio.Future) -> None:
         if not answer.done():
@@ -387,7 +408,7 @@ class _Call:
                 result_json, binaries = export_dicom(wire.json, wire.binaries, study, keep_arterys=keep_arterys,
                                                      model_name=self.s.model_name, model_version=self.s.model.version)
             except DicomExportError as error:
-                raise errors.Unprocessable(str(error)) from error
+                raise errors.Unprocessable(str(error), study_data=True) from error
             return checked(result_json, binaries, study.index(), self.s.config.limits.max_result_bytes)
 
         return await self.s.offload(True, export)
@@ -436,6 +457,7 @@ class _Call:
         self.gone.set()
         if self.ticket is not None:
             self.ticket.leave()
+            self.s.call_left()
         if self.spool is not None:
             self.spool.cleanup()
         command = self.s.metric_command(self.command)

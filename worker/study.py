@@ -25,6 +25,7 @@ from dicom_geometry import slice_order
 from worker.api import InvalidInput
 from worker.config import StudyLimits
 from worker.errors import BadRequest, short
+from worker.geometry import check_geometry
 from worker.pixels import read_header
 
 log = logging.getLogger("worker.study")
@@ -90,12 +91,14 @@ class Instance(Attachment):
         """Reads the header (no pixel data) and checks the pixel data against what the header declares.
 
         Raises `NotDicom` for bytes that are not DICOM at all, `BadRequest` or `TooLarge` for an instance
-        whose pixel data does not match its header, each message naming the instance.
+        whose pixel data does not match its header or whose geometry is not finite, each message naming the
+        instance.
         """
         instance = cls(index, path, content_type, filename, name, data=data, spool=spool)
         label = instance.label
         with instance.open() as handle:
             instance.header = read_header(handle, instance.size, limits or StudyLimits(), label)
+        check_geometry(instance.header, label)
         return instance
 
     @property

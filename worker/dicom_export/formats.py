@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from worker.api import InvalidInput
+from worker.errors import short
 
 OUTPUT_FORMATS = ("arterys", "dicom")
 DEFAULT_OUTPUT_FORMATS = ("arterys",)
@@ -23,13 +24,13 @@ def _checked(value, where: str) -> list[str]:
     known = ", ".join(f'"{f}"' for f in OUTPUT_FORMATS)
     if not isinstance(value, (list, tuple)) or not value:
         raise UnknownOutputFormat(
-            f"{where} must be a non-empty list of formats, e.g. [\"arterys\", \"dicom\"]; got {value!r} "
+            f"{where} must be a non-empty list of formats, e.g. [\"arterys\", \"dicom\"]; got {short(repr(value))} "
             f"(known: {known})"
         )
     formats: list[str] = []
     for item in value:
         if item not in OUTPUT_FORMATS:
-            raise UnknownOutputFormat(f"{where} names an unknown format {item!r}; known: {known}")
+            raise UnknownOutputFormat(f"{where} names an unknown format {short(repr(item))}; known: {known}")
         if item not in formats:  # a repeated format asks for nothing more
             formats.append(item)
     return formats
