@@ -94,3 +94,7 @@ def value_code(value: str | bool) -> Code:
 def key_code(key: str) -> Code:
     """The concept name of a classification key: always private (a model's keys are its own vocabulary)."""
     return private_code(key)
+VOLUME = codes.SCT.Volume
+MILLILITRE = Code("ml", "UCUM", "milliliter")
+PRESENCE = codes.DCM.PresenceOfProperty
+ABSENT = codes.DCM.Absent

@@ -6,6 +6,7 @@ copies that frame's frame of reference, orientation, pixel spacing and position.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -13,6 +14,7 @@ from highdicom._standard_utils import is_multiframe_image  # private, but the ru
 from pydicom import Dataset
 
 from worker.api import UnsupportedStudy
+from worker.dicom_export import vr
 from worker.study import Instance, Series
 
 # Type 2 attributes of the Patient and General Study modules that highdicom copies from the source and
@@ -21,6 +23,9 @@ _TYPE2_EMPTY = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
     "ReferringPhysicianName", "StudyID", "AccessionNumber",
 )
+
+
+log = logging.getLogger("worker.dicom_export")
 
 
 class DicomExportError(UnsupportedStudy):
@@ -89,12 +94,24 @@ def _instance_changes(previous: Plane, plane: Plane) -> bool:
     return multi and previous.instance is not plane.instance
 
 
-def source_dataset(instance: Instance) -> Dataset:
-    """A shallow copy of the header with the Type 2 attributes highdicom copies filled in empty, and a
-    Specific Character Set highdicom accepts."""
+def source_dataset(instance: Instance, notes: list[str] | None = None) -> Dataset:
+    """A shallow copy of the header that highdicom accepts and whose values an output may carry: text read as
+    its declared character set says (else as ISO 8859-1, noted), every value within its VR's limits (cuts
+    noted), the Type 2 attributes highdicom copies filled in empty, a Specific Character Set highdicom
+    accepts. What was done is added to `notes` (keywords only, never values)."""
     header = instance.header
     copy = Dataset(header)
     copy.file_meta = header.file_meta
+    misread = vr.decode_strictly(copy)
+    cut = vr.clamp(copy)
+    if misread:
+        log.warning("source %s: %s not valid in its declared character set %r; read as ISO 8859-1",
+                    instance.label, ", ".join(misread), header.get("SpecificCharacterSet", ""))
+    if notes is not None:
+        notes.extend(f"{keyword} is not valid in the source's declared character set; read as ISO 8859-1"
+                     for keyword in misread if f"{keyword} is not" not in " ".join(notes))
+        notes.extend(f"{keyword} was longer than its VR allows; cut" for keyword in cut
+                     if f"{keyword} was longer" not in " ".join(notes))
     for keyword in _TYPE2_EMPTY:
         if keyword not in copy:
             setattr(copy, keyword, "")

@@ -1,0 +1,82 @@
+"""Values kept within their Value Representation's limits (PS3.5 6.2), and source text read as declared.
+
+Why: a value copied from a source into an output must still be valid there. A 5,000-character PatientName
+(PN allows 64 characters per component group) was copied whole, and text whose bytes are not valid in the
+source's declared character set became U+FFFD replacement characters without a word.
+
+What is done with text that is not valid in its declared character set: it is read as ISO 8859-1 (Latin-1,
+which maps every byte to a character, and the usual mislabelling: Latin-1 bytes declared UTF-8 or ASCII),
+and the output says so: the attribute's keyword (never its value) is listed in the part's
+`dicom_output.notes` and a WARNING is logged. Character sets with code extensions (ISO 2022) are decoded by
+pydicom, whose own handling applies.
+"""
+
+from __future__ import annotations
+
+from pydicom import Dataset
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import DataElement
+
+# Maximum length in characters of the string VRs whose values can be cut and still mean something (PN: per
+# component group). Numbers, dates, times and UIDs are never cut: a cut one would be a different value.
+MAX_LENGTH = {"AE": 16, "CS": 16, "LO": 64, "LT": 10240, "PN": 64, "SH": 16, "ST": 1024}
+TEXT_VRS = ("LO", "LT", "PN", "SH", "ST", "UC", "UT")  # VRs that the Specific Character Set applies to
+FALLBACK = "iso8859"  # Python's name for ISO 8859-1
+
+
+def cut_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit].rstrip()
+
+
+def within_limits(vr: str, value):
+    """The value cut to what `vr` allows, for each of its values; other values unchanged."""
+    limit = MAX_LENGTH.get(vr)
+    if limit is None or value is None:
+        return value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [within_limits(vr, v) for v in value]
+    if vr == "PN":
+        text = str(value)
+        return "=".join(cut_text(group, limit) for group in text.split("="))
+    if isinstance(value, str):
+        return cut_text(value, limit)
+    return value
+
+
+def clamp(dataset: Dataset) -> list[str]:
+    """Cuts every top-level string value of `dataset` to its VR's limit, in place; returns the keywords cut."""
+    cut = []
+    for element in dataset:
+        if element.VR in MAX_LENGTH and element.value not in (None, ""):
+            value = within_limits(element.VR, element.value)
+            if value != element.value and str(value) != str(element.value):
+                element.value = value
+                cut.append(element.keyword or str(element.tag))
+    return cut
+
+
+def decode_strictly(dataset: Dataset) -> list[str]:
+    """Decodes the top-level text of `dataset` (a copy whose elements are still raw) with its declared
+    character set; a value not valid in it is read as ISO 8859-1. Returns the keywords so read.
+
+    Only for declarations without code extensions (one encoding: ASCII, a Latin part, UTF-8, ...); others
+    are left to pydicom."""
+    declared = dataset.get("SpecificCharacterSet", "")
+    names = [declared] if isinstance(declared, str) else list(declared)
+    if len(names) > 1 or any("2022" in name for name in names):
+        return []
+    encoding = convert_encodings(names or ["ISO_IR 6"])[0]
+    misread = []
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        if raw is None or isinstance(raw, DataElement) or raw.VR not in TEXT_VRS or not raw.value:
+            continue
+        data = bytes(raw.value)
+        try:
+            data.decode(encoding, "strict")
+        except (UnicodeDecodeError, LookupError):
+            text = data.decode(FALLBACK).rstrip(" \x00")
+            values = text.split("\\") if raw.VR not in ("LT", "ST", "UT") else [text]
+            dataset[tag] = DataElement(tag, raw.VR, values if len(values) > 1 else values[0])
+            misread.append(dataset[tag].keyword or str(tag))
+    return misread
