@@ -663,3 +663,35 @@ def test_each_segmentation_is_alone_in_a_series_numbered_apart_from_every_other_
     _, again, binaries = _run(study, "get-probability-mask", False)
     numbers += [int(ds.SeriesNumber) for _, ds, _ in dicom_parts(again, binaries, "SEG")]
     assert len(set(numbers)) == len(numbers) and numbers == sorted(numbers)
+
+
+def test_source_values_are_kept_within_their_vr_and_misdeclared_text_is_read_as_latin1(tmp_path, caplog):
+    """Issue 18, row 15: a 5,000-character PatientName was copied whole into SEG and SR (PN allows 64
+    characters per component group), and Latin-1 bytes declared UTF-8 became U+FFFD. Values are cut to their
+    VR's limit; text not valid in its declared character set is read as ISO 8859-1, and the part's notes and
+    a WARNING say so, naming the attribute, never the value."""
+    record = factory.write_study(tmp_path / "study", [factory.SeriesSpec("ct", rows=16, cols=20, count=3)])
+    for instance in record.instances:
+        ds = pydicom.dcmread(instance.path)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = "A" * 5000 + "^" + "B" * 10
+        ds.StudyDescription = "Étude thoracique".encode("latin-1")  # bytes that are not UTF-8
+        ds.save_as(instance.path)
+    study = as_study([i.path for i in record.instances])
+    study.command = "get-label-mask"
+    wire = checked(*from_result(MockModel().infer(study)), study.index())
+    with caplog.at_level("WARNING", logger="worker.dicom_export"):
+        out, binaries = export_dicom(wire.json, wire.binaries, study, keep_arterys=False, model_name="mock_model")
+    produced = [(p, b) for p, b in zip(out["parts"], binaries, strict=True) if "dicom_output" in p]
+    assert {p["dicom_output"]["modality"] for p, _ in produced} == {"SEG", "SR"}
+    for index, (part, data) in enumerate(produced):
+        ds = read(data)
+        assert str(ds.PatientName) == "A" * 53 + "^" + "B" * 10  # the longest component cut, the other kept
+        assert ds.StudyDescription == "Étude thoracique" and "\ufffd" not in ds.StudyDescription
+        notes = part["dicom_output"]["notes"]
+        assert any(n.startswith("StudyDescription is not valid") for n in notes), notes
+        assert any(n.startswith("PatientName was longer") for n in notes), notes
+        assert_valid(bytes(data), tmp_path, f"limits-{index}")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings and all("Étude" not in w and "AAAA" not in w for w in warnings)
+    assert any("StudyDescription" in w for w in warnings)

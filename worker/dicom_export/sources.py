@@ -6,12 +6,15 @@ copies that frame's frame of reference, orientation, pixel spacing and position.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
 import highdicom as hd
 from highdicom._standard_utils import is_multiframe_image  # private, but the rule highdicom applies
+import pydicom
 from pydicom import Dataset
+from pydicom.dataelem import DataElement
 
 from worker.api import UnsupportedStudy
 from worker.dicom_export import vr
@@ -100,29 +103,46 @@ def source_dataset(instance: Instance, notes: list[str] | None = None) -> Datase
     noted), the Type 2 attributes highdicom copies filled in empty, a Specific Character Set highdicom
     accepts. What was done is added to `notes` (keywords only, never values)."""
     header = instance.header
-    copy = Dataset(header)
-    copy.file_meta = header.file_meta
-    misread = vr.decode_strictly(copy)
-    cut = vr.clamp(copy)
+    copied = Dataset({tag: _own(element) for tag, element in header.items()})
+    copied.file_meta = header.file_meta
+    misread = vr.decode_strictly(copied, lambda tag: _raw_value(instance, tag))
     if misread:
         log.warning("source %s: %s not valid in its declared character set %r; read as ISO 8859-1",
                     instance.label, ", ".join(misread), header.get("SpecificCharacterSet", ""))
     if notes is not None:
         notes.extend(f"{keyword} is not valid in the source's declared character set; read as ISO 8859-1"
                      for keyword in misread if f"{keyword} is not" not in " ".join(notes))
-        notes.extend(f"{keyword} was longer than its VR allows; cut" for keyword in cut
-                     if f"{keyword} was longer" not in " ".join(notes))
     for keyword in _TYPE2_EMPTY:
-        if keyword not in copy:
-            setattr(copy, keyword, "")
+        if keyword not in copied:
+            setattr(copied, keyword, "")
     if header.get("SpecificCharacterSet", "") not in ("", "ISO_IR 6", "ISO_IR 192"):
-        # Every text value decoded with the source's own character set, then the copy called UTF-8, as the
+        # Every text value decoded with the source's own character set, then the copied called UTF-8, as the
         # outputs are (export.part10): highdicom copies the values and checks the character set against a list
         # that lacks some DICOM allows ("\ISO 2022 IR 87", the usual Japanese form, or ISO 2022 IR 149).
-        copy.decode()
-        copy.SpecificCharacterSet = "ISO_IR 192"
-    return copy
+        copied.decode()
+        copied.SpecificCharacterSet = "ISO_IR 192"
+    cut = vr.clamp(copied)  # after decoding: values are set again as text, to be written in UTF-8
+    if notes is not None:
+        notes.extend(f"{keyword} was longer than its VR allows; cut" for keyword in cut
+                     if f"{keyword} was longer" not in " ".join(notes))
+    return copied
 
+
+
+def _own(element):
+    """An element the copy may change without changing the header (Dataset(header) shares the header's
+    elements, and decode() changes them in place): raw ones are immutable, decoded ones are copied, a
+    sequence with its items."""
+    if not isinstance(element, DataElement):
+        return element
+    return copy.deepcopy(element) if element.VR == "SQ" else copy.copy(element)
+
+
+def _raw_value(instance: Instance, tag) -> bytes | None:
+    """The bytes of one element as stored, read again from the instance's file (not decoded)."""
+    with instance.open() as handle:
+        element = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=[tag]).get_item(tag)
+    return None if element is None or isinstance(element, DataElement) else bytes(element.value)
 
 
 def frame_position(dataset: Dataset, frame: int) -> list[float]:

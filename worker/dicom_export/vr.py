@@ -36,11 +36,21 @@ def within_limits(vr: str, value):
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return [within_limits(vr, v) for v in value]
     if vr == "PN":
-        text = str(value)
-        return "=".join(cut_text(group, limit) for group in text.split("="))
+        return "=".join(_person_name_group(group, limit) for group in str(value).split("="))
     if isinstance(value, str):
         return cut_text(value, limit)
     return value
+
+
+def _person_name_group(group: str, limit: int) -> str:
+    """A PN component group within `limit` characters, its components (family^given^...) kept: the longest
+    is cut first, so 'AAAA...(5000)^B' becomes 'AAAA...(62)^B', not a name without its given name."""
+    components = group.split("^")
+    while len("^".join(components)) > limit:
+        longest = max(range(len(components)), key=lambda k: len(components[k]))
+        excess = len("^".join(components)) - limit
+        components[longest] = components[longest][: max(len(components[longest]) - excess, 0)]
+    return "^".join(components)
 
 
 def clamp(dataset: Dataset) -> list[str]:
@@ -49,15 +59,19 @@ def clamp(dataset: Dataset) -> list[str]:
     for element in dataset:
         if element.VR in MAX_LENGTH and element.value not in (None, ""):
             value = within_limits(element.VR, element.value)
-            if value != element.value and str(value) != str(element.value):
-                element.value = value
+            if str(value) != str(element.value):
                 cut.append(element.keyword or str(element.tag))
+            if value != element.value or element.VR == "PN":
+                # a PN is set again from its text: pydicom would write a decoded name's original bytes, which
+                # are in the source's character set, not in the output's (UTF-8)
+                element.value = value
     return cut
 
 
-def decode_strictly(dataset: Dataset) -> list[str]:
-    """Decodes the top-level text of `dataset` (a copy whose elements are still raw) with its declared
-    character set; a value not valid in it is read as ISO 8859-1. Returns the keywords so read.
+def decode_strictly(dataset: Dataset, raw_value=None) -> list[str]:
+    """Decodes the top-level text of `dataset` with its declared character set; a value not valid in it is
+    read as ISO 8859-1. Returns the keywords so read. An element pydicom already decoded (with replacement
+    characters where the bytes were not valid) is read again with `raw_value(tag) -> bytes`, when given.
 
     Only for declarations without code extensions (one encoding: ASCII, a Latin part, UTF-8, ...); others
     are left to pydicom."""
@@ -69,9 +83,16 @@ def decode_strictly(dataset: Dataset) -> list[str]:
     misread = []
     for tag in list(dataset.keys()):
         raw = dataset.get_item(tag)
-        if raw is None or isinstance(raw, DataElement) or raw.VR not in TEXT_VRS or not raw.value:
+        if raw is None or raw.VR not in TEXT_VRS or not raw.value:
             continue
-        data = bytes(raw.value)
+        if isinstance(raw, DataElement):  # decoded already: only a replacement character says it failed
+            if raw_value is None or "\ufffd" not in str(raw.value):
+                continue
+            data = raw_value(tag)
+            if not data:
+                continue
+        else:
+            data = bytes(raw.value)
         try:
             data.decode(encoding, "strict")
         except (UnicodeDecodeError, LookupError):
