@@ -321,7 +321,8 @@ def test_2d_masks_of_one_series_are_one_segmentation_and_labels_share_segments(t
 # ------------------------------------------------------------------------------------------- the SR
 
 
-def sr_of(out: dict, binaries: list, label: str = "measurement report") -> tuple[pydicom.Dataset, hd.sr.Comprehensive3DSR]:
+def sr_of(out: dict, binaries: list, label: str = "measurement report") -> tuple[pydicom.Dataset,
+                                                                                hd.sr.Comprehensive3DSR]:
     """The measurement report (regions OHIF draws) or the findings report (segments, classifications)."""
     (entry, ds, data), = [item for item in dicom_parts(out, binaries, "SR") if item[0]["label"] == label]
     assert entry["binary_type"] == "dicom" and ds.SOPClassUID == COMPREHENSIVE_3D_SR

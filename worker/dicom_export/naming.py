@@ -51,9 +51,10 @@ def listing(labels: list[str], limit: int) -> str:
     return cut_text(labels[0], limit)
 
 
-def description(model: str, command: str, labels: list[str], limit: int = 64) -> str:
-    """Series Description (LO): '<model> <command>: <labels>'; the labels are cut first, never the model."""
-    head = " ".join(part for part in (model, command) if part).replace("\\", "/")
+def description(model: str, command: str, labels: list[str], kind: str = "", limit: int = 64) -> str:
+    """Series Description (LO): '<model> <command> <kind>: <labels>' (kind: which report, for an SR); the
+    labels are cut first, never the model."""
+    head = " ".join(part for part in (model, command, kind) if part).replace("\\", "/")
     room = limit - len(head) - 2
     if room < 8:
         return cut_text(head, limit)

@@ -169,6 +169,20 @@ class _Units:
         return self._planes[series.uid][(instance.sop_instance_uid, frame)]
 
 
+def segment_planes(plane: np.ndarray, kind: str, names, fractional: bool, threshold: float):
+    """(segment name, plane) for each segment of a mask part on one of its planes: 0/1, or the mask's bytes
+    for a FRACTIONAL segment."""
+    for value, name in names:
+        if kind == "numeric_label_mask":
+            yield name, (plane == value).astype(np.uint8)
+        elif kind == "boolean_mask":
+            yield name, (plane != 0).astype(np.uint8)
+        elif fractional:
+            yield name, plane
+        else:
+            yield name, is_inside(plane, threshold).astype(np.uint8)
+
+
 def gather(parts: list[tuple[int, dict, object]], study: Study, fractional_asked: bool) -> _Units:
     """Every mask plane of the answer, per unit and segment. `parts`: (index in parts, part, binary)."""
     units = _Units(study)
@@ -180,18 +194,6 @@ def gather(parts: list[tuple[int, dict, object]], study: Study, fractional_asked
         threshold = part.get("probability_threshold")
         threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
         names = segment_names(part)
-
-        def planes_of(plane: np.ndarray):
-            for value, name in names:
-                if kind == "numeric_label_mask":
-                    yield name, (plane == value).astype(np.uint8)
-                elif kind == "boolean_mask":
-                    yield name, (plane != 0).astype(np.uint8)
-                elif fractional:
-                    yield name, plane
-                else:
-                    yield name, is_inside(plane, threshold).astype(np.uint8)
-
         shape = part["binary_data_shape"]
         if "depth" in shape or "timepoints" in shape:
             series = study.series_by_uid(part["SeriesInstanceUID"])
@@ -207,7 +209,7 @@ def gather(parts: list[tuple[int, dict, object]], study: Study, fractional_asked
         touched = set()
         for key, mask_index, plane_index in placed:
             unit = units.units[key]
-            for name, plane in planes_of(array[mask_index]):
+            for name, plane in segment_planes(array[mask_index], kind, names, fractional, threshold):
                 unit.layer(name, fractional).add(plane_index, plane)
             touched.add(key)
         for key in touched:

@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass
 
 import highdicom as hd
-from highdicom._standard_utils import is_multiframe_image  # private, but the rule highdicom applies
 import pydicom
+from highdicom._standard_utils import is_multiframe_image  # private, but the rule highdicom applies
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
 

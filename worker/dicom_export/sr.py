@@ -242,11 +242,13 @@ def structured_reports(result_json: Mapping, segs: list[SegOutput], absences: li
 
     command = study.command or ""
     reports = []
-    for label, builder in (("measurement report", regions), ("findings report", findings)):
+    for label, builder, kind in (("measurement report", regions, "measurements"),
+                                 ("findings report", findings, "findings")):
         if builder.groups:
             notes: list[str] = []
-            reports.append((label, _report(builder, study, device, segs if builder is findings else [],
-                                           naming.description(device.name, command, builder.names), notes), notes))
+            description = naming.description(device.name, command, builder.names, kind)
+            report = _report(builder, study, device, segs if builder is findings else [], description, notes)
+            reports.append((label, report, notes))
     return reports
 
 
