@@ -658,7 +658,8 @@ def test_each_segmentation_is_alone_in_a_series_numbered_apart_from_every_other_
         assert len({ds.SeriesInstanceUID for ds in datasets}) == len(datasets)
         numbers += [int(ds.SeriesNumber) for ds in datasets]
         for ds in datasets:
-            assert ds.SeriesDescription.startswith(f"mock_model {command}: ") and len(ds.SeriesDescription) <= 64
+            kind = {"SEG": "", "SR": " findings"}[ds.Modality]
+            assert ds.SeriesDescription.startswith(f"mock_model {command}{kind}: ") and len(ds.SeriesDescription) <= 64
         labels = {"get-label-mask": "core, rim"}.get(command, "mock ")
         assert all(labels in ds.SeriesDescription for ds in datasets if ds.Modality == "SEG")
     _, again, binaries = _run(study, "get-probability-mask", False)

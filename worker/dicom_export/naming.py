@@ -12,7 +12,7 @@ import re
 import threading
 import time
 
-from worker.dicom_export.vr import cut_text
+from worker.dicom_export.vr import cut_text, size
 
 # Series Numbers: seconds since this date when the worker starts, then one more for each output series, so
 # numbers are distinct within a worker and grow with time across workers and restarts (IS allows up to
@@ -42,11 +42,11 @@ def listing(labels: list[str], limit: int) -> str:
     backslash (DICOM's value separator)."""
     labels = [label.replace("\\", "/") for label in labels]
     text = ", ".join(labels)
-    if len(text) <= limit:
+    if size(text) <= limit:
         return text
     for kept in range(len(labels) - 1, 0, -1):
         text = ", ".join(labels[:kept]) + f" +{len(labels) - kept} more"
-        if len(text) <= limit:
+        if size(text) <= limit:
             return text
     return cut_text(labels[0], limit)
 
@@ -55,7 +55,7 @@ def description(model: str, command: str, labels: list[str], kind: str = "", lim
     """Series Description (LO): '<model> <command> <kind>: <labels>' (kind: which report, for an SR); the
     labels are cut first, never the model."""
     head = " ".join(part for part in (model, command, kind) if part).replace("\\", "/")
-    room = limit - len(head) - 2
+    room = limit - size(head) - 2
     if room < 8:
         return cut_text(head, limit)
     return f"{head}: {listing(labels, room)}" if labels else cut_text(head, limit)

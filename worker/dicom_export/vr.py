@@ -24,8 +24,17 @@ TEXT_VRS = ("LO", "LT", "PN", "SH", "ST", "UC", "UT")  # VRs that the Specific C
 FALLBACK = "iso8859"  # Python's name for ISO 8859-1
 
 
+def size(text: str) -> int:
+    """The length DICOM's limits are checked against in our outputs: bytes in UTF-8, the outputs' character
+    set (validators count bytes; for ASCII it is the number of characters)."""
+    return len(text.encode("utf-8"))
+
+
 def cut_text(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit].rstrip()
+    """The text cut to `limit` bytes in UTF-8, never inside a character."""
+    if size(text) <= limit:
+        return text
+    return text.encode("utf-8")[:limit].decode("utf-8", "ignore").rstrip()
 
 
 def within_limits(vr: str, value):
@@ -46,10 +55,10 @@ def _person_name_group(group: str, limit: int) -> str:
     """A PN component group within `limit` characters, its components (family^given^...) kept: the longest
     is cut first, so 'AAAA...(5000)^B' becomes 'AAAA...(62)^B', not a name without its given name."""
     components = group.split("^")
-    while len("^".join(components)) > limit:
-        longest = max(range(len(components)), key=lambda k: len(components[k]))
-        excess = len("^".join(components)) - limit
-        components[longest] = components[longest][: max(len(components[longest]) - excess, 0)]
+    while size("^".join(components)) > limit:
+        longest = max(range(len(components)), key=lambda k: size(components[k]))
+        excess = size("^".join(components)) - limit
+        components[longest] = cut_text(components[longest], max(size(components[longest]) - excess, 0))
     return "^".join(components)
 
 
