@@ -31,6 +31,7 @@ from worker.loading import TRACEBACK_HINT, failure_text
 from worker.metrics import WorkerMetrics
 from worker.servicer import InferenceServicer, ServicerConfig
 from worker.spool import SpoolRoot
+from worker.stow import StowSender
 
 log = logging.getLogger("worker")
 
@@ -108,6 +109,8 @@ class WorkerServer:
             self.thread.join(30)
             for executor in self.executors:
                 executor.shutdown(wait=False, cancel_futures=True)
+            if self.servicer.config.stow is not None:
+                self.servicer.config.stow.close()
             self.spool.close()
 
     async def _stop(self, grace: float) -> None:
@@ -160,6 +163,7 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
         spool_memory_bytes=config.spool_memory_bytes, idle_timeout_seconds=config.idle_timeout_seconds,
         limits=config.limits,
         output_formats=config.output_formats,
+        stow=StowSender(config.stow, metrics) if config.stow.url else None,
     )
     loop, thread = _loop_thread()
 
