@@ -186,6 +186,7 @@ def segment_planes(plane: np.ndarray, kind: str, names, fractional: bool, thresh
 def gather(parts: list[tuple[int, dict, object]], study: Study, fractional_asked: bool) -> _Units:
     """Every mask plane of the answer, per unit and segment. `parts`: (index in parts, part, binary)."""
     units = _Units(study)
+    by_uid = {i.sop_instance_uid: i for i in study.instances}  # a 2D mask per image: no scan per mask
     for index, part, binary in parts:
         where = f"parts[{index}] ({part.get('label')!r})"
         array = mask_array(part, binary)
@@ -202,7 +203,7 @@ def gather(parts: list[tuple[int, dict, object]], study: Study, fractional_asked
                       for offset in range(len(chunk.planes))]
         else:
             image = part["dicom_image"]
-            instance = next(i for i in study.instances if i.sop_instance_uid == image["SOPInstanceUID"])
+            instance = by_uid[image["SOPInstanceUID"]]
             frame = (image.get("frame_number") or 1) if is_multiframe(instance) else None
             key, plane_index = units.of_plane(instance, frame, where)
             placed = [(key, 0, plane_index)]
@@ -318,8 +319,7 @@ def _sources(planes: list[Plane], notes: list[str]) -> dict:
     the first source's values (highdicom copies patient and study from it) is added to `notes`."""
     first = planes[0]
     if first.frame is None:
-        return {"source_images": [source_dataset(p.instance, notes if k == 0 else None)
-                                  for k, p in enumerate(planes)]}
+        return {"source_images": [source_dataset(p.instance, notes, values=k == 0) for k, p in enumerate(planes)]}
     dataset = source_dataset(first.instance, notes)
     whole = [p.frame for p in planes] == list(range(1, first.instance.frames + 1))
     if whole or "FrameOfReferenceUID" not in dataset:

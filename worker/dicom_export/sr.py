@@ -271,7 +271,7 @@ def _report(builder: _Builder, study: Study, device: Device, segs: list[SegOutpu
     )
     # highdicom copies patient and study from the first evidence item: what was done to its values is noted
     instances = list(builder.referenced.values()) or [study.instances[0]]
-    evidence = [source_dataset(i, notes if k == 0 else None) for k, i in enumerate(instances)]
+    evidence = [source_dataset(i, notes, values=k == 0) for k, i in enumerate(instances)]
     if builder.referenced:
         evidence += [s.dataset for s in segs]
     else:  # only study-level values: the study's first image names patient and study
