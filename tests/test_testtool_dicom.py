@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from arterys_http.label_colours import label_colours
 from example_models.hounsfield import AIR, BONE
 from tests import dicom_factory as factory
 from tests.http_helpers import parse_answer, post_like_original_tool
@@ -34,7 +35,8 @@ from testtool.measurement_report import SR_COLOR
 from testtool.overlay import DISTINCT_COLORS
 from testtool.render import choose_scale
 
-BONE_COLOR, AIR_COLOR = DISTINCT_COLORS[0], DISTINCT_COLORS[1]  # one colour per segment label, in order
+# the segments' recommended display colours, which the worker takes from arterys_http.label_colours
+BONE_COLOR, AIR_COLOR = label_colours(["bone", "air"])["bone"], label_colours(["bone", "air"])["air"]
 
 
 def run_tool(port: int, study: Path, out: Path, command: str, route: str = "/", formats: str = "dicom", *extra: str):
@@ -142,8 +144,10 @@ def test_summary_and_report_list_the_segmentation_and_the_measurement_groups(run
     html = (out / "index.html").read_text(encoding="utf-8")
     assert "<h3>Segmentations (DICOM SEG)</h3>" in html and "<h3>Structured report (TID 1500) · part 2</h3>" in html
     assert "<h3>Structured report (TID 1500) · part 3</h3>" in html
-    assert '<span class="swatch" style="background: rgb(230, 25, 75)"></span>1 bone' in html
-    assert '<span class="swatch" style="background: rgb(60, 180, 75)"></span>2 air' in html
+    # the segments' recommended display colours: arterys_http.label_colours' colours for the answer's labels
+    colours = label_colours(["bone", "air"])
+    assert f'<span class="swatch" style="background: rgb{colours["bone"]}"></span>1 bone' in html
+    assert f'<span class="swatch" style="background: rgb{colours["air"]}"></span>2 air' in html
     for _, z, *_ in EXPECTED_BOXES:  # each region links the PNG it is drawn on
         assert f'drawn on <a href="series01_slice{z + 1:04d}_frame01.png">' in html
     assert html.count("<td>TID 1501 measurements</td>") == 1  # the series classification (components)

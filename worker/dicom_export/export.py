@@ -6,11 +6,11 @@ import io
 import logging
 from collections.abc import Sequence
 
-from arterys_http.label_colours import label_colours
+from arterys_http.label_colours import label_colours, mask_labels
 from arterys_http.protocol import MASK_TYPES
 from worker.dicom_export.device import Device
 from worker.dicom_export.formats import fractional_asked
-from worker.dicom_export.seg import mask_labels, segmentations
+from worker.dicom_export.seg import segmentations
 from worker.dicom_export.sr import structured_reports
 from worker.study import Study
 

@@ -123,11 +123,6 @@ def segment_names(part: dict) -> list[tuple[int | None, str]]:
     return [(None, part["label"])]
 
 
-def mask_labels(parts: list[dict]) -> list[str]:
-    """Every segment name the mask parts hold: the labels whose colours the answer uses."""
-    return [name for part in parts if "binary_data_shape" in part for _, name in segment_names(part)]
-
-
 def is_inside(plane: np.ndarray, threshold: float) -> np.ndarray:
     """Where a probability (mask byte / 255) reaches the threshold: the protocol's probability_threshold."""
     return plane.astype(np.float64) / 255.0 >= threshold
