@@ -1,7 +1,7 @@
 """Which answer formats a request asks for: the request's "output_formats", else the worker's default.
 
 "arterys" is the protocol's JSON + raw mask bytes that only the Arterys viewer draws; "dicom" adds DICOM
-Segmentations and one Comprehensive 3D SR that any PACS stores. Both may be asked for at once.
+Segmentations and TID 1500 reports that any PACS stores. Both may be asked for at once.
 """
 
 from __future__ import annotations
