@@ -29,9 +29,11 @@ run: setup
 # The programs the tests run for real (tools/system-tools.txt: Prometheus, Chromium, dicom3tools...): the
 # missing ones are installed with apt-get on Debian/Ubuntu as root or with sudo, after a line saying which;
 # elsewhere (or with INSTALL_SYSTEM_TOOLS=0) a line says what is missing and how to install it, and the tests
-# still run: those needing a missing program fail, listed together at the end.
+# still run: those needing a missing program fail, listed together at the end. Then the OHIF viewer's built
+# app (npm's @ohif/app, pinned) for the viewer test, through npm's cache: tests never download anything.
 system-tools:
 	$(PYTHON) tools/system_tools.py install
+	@tests/viewers/install-ohif.sh || echo "system tools: the OHIF viewer was not installed (needs npm); tests/test_dicom_viewers.py will fail"
 
 # A small CT series of a phantom (no patient data) in sample-study/, to send with the test tool.
 sample-study: setup

@@ -48,3 +48,19 @@ def label_colours(labels: Iterable[str]) -> dict[str, RGB]:
         used.add(colour)
         colours[name] = colour
     return colours
+
+
+def mask_labels(result_json) -> list[str]:
+    """The labels an answer's masks draw, whose colours `label_colours` gives: each mask part's label, the
+    names of a numeric label mask's label_map instead of its label. The worker colours its DICOM
+    Segmentations with label_colours(mask_labels(answer)), so a tool that colours the same set agrees."""
+    parts = result_json.get("parts") if isinstance(result_json, dict) else result_json
+    labels: list[str] = []
+    for part in parts or []:
+        if not isinstance(part, dict) or "binary_data_shape" not in part:
+            continue
+        if part.get("binary_type") == "numeric_label_mask" and isinstance(part.get("label_map"), dict):
+            labels.extend(str(name) for name in part["label_map"].values())
+        else:
+            labels.append(str(part.get("label", "")))
+    return labels

@@ -135,8 +135,9 @@ class HounsfieldModel(Model):
             bounding_boxes=boxes,
             study_ml_json={
                 "volumes_ml": volumes,
-                "thresholds_hu": {"bone_min": options.bone_min_hu, "air_max": options.air_max_hu},
-                "min_voxels": options.min_voxels,
+                # the options in force, nested: settings, not findings (a DICOM report carries no nested value)
+                "options": {"bone_min_hu": options.bone_min_hu, "air_max_hu": options.air_max_hu,
+                            "min_voxels": options.min_voxels},
                 "skipped_series": [s.uid for s in study.series if s.uid not in ct_uids],
             },
             series_ml_json=series_json,

@@ -1,6 +1,6 @@
 """DICOM outputs checked as a PACS would: read back with pydicom and highdicom, compared with the mask the
 model returned frame by frame, every referenced UID found in the input, and DICOM's validator (dciodvfy,
-Debian's dicom3tools; .ci/run installs it) reporting no error and no warning outside ACCEPTED_WARNINGS.
+Debian's dicom3tools; `make test` installs it) reporting no error and no warning outside ACCEPTED_WARNINGS.
 
 The input study (tests/test_dicom_export_studies.py) has an axial CT, a sagittal MR, a tilted CT stored
 RLE-compressed, an enhanced multi-frame CT and a 4D MR; the results come from the mock model, so every
@@ -20,6 +20,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
+from arterys_http.label_colours import label_colours
 from mock_model.model import MockModel
 from tests import dicom_factory as factory
 from tests import system_tools
@@ -141,14 +142,19 @@ def source_planes(study: Study, part: dict) -> list[list[tuple[str, int | None]]
     return [planes[t * depth:(t + 1) * depth] for t in range(part["binary_data_shape"]["timepoints"])]
 
 
-def expected_frame(part: dict, plane: np.ndarray, segment: int) -> np.ndarray:
-    """What a SEG frame of `segment` must hold for this mask plane."""
-    if part["binary_type"] == "numeric_label_mask":
-        value = sorted(int(v) for v in part["label_map"])[segment - 1]
-        return (plane == value).astype(np.uint8)
-    if part["binary_type"] == "boolean_mask":
-        return (plane != 0).astype(np.uint8)
-    return plane  # fractional: the stored 0..255 are the mask's bytes
+def part_segments(part: dict, plane: np.ndarray, fractional: bool = False) -> dict[str, np.ndarray]:
+    """What each segment of a mask part holds on one plane, worked out from the protocol: label values, any
+    non-zero byte, or a probability (byte / 255) at the part's threshold (0.5 without one); the bytes
+    themselves for a FRACTIONAL segment."""
+    kind = part["binary_type"]
+    if kind == "numeric_label_mask":
+        return {name: (plane == int(value)).astype(np.uint8) for value, name in part["label_map"].items()}
+    if kind == "boolean_mask":
+        return {part["label"]: (plane != 0).astype(np.uint8)}
+    if fractional:
+        return {part["label"]: plane}
+    threshold = part.get("probability_threshold", 0.5)
+    return {part["label"]: (plane.astype(np.float64) / 255 >= threshold).astype(np.uint8)}
 
 
 def position_of(study: Study, uid: str, frame: int | None) -> list[float]:
@@ -159,137 +165,186 @@ def position_of(study: Study, uid: str, frame: int | None) -> list[float]:
     return [float(v) for v in item.ImagePositionPatient]
 
 
-def check_segmentation(study: Study, part: dict, mask: np.ndarray, ds: pydicom.Dataset,
-                       planes: list[tuple[str, int | None]], model: tuple[str, str] = ("mock_model", "1.0")) -> None:
-    """One SEG against the mask planes it covers: type, segments, geometry, pixels frame by frame."""
-    fractional = part["binary_type"] in ("probability_mask", "heatmap")
-    assert ds.SOPClassUID == SEGMENTATION_STORAGE and ds.Modality == "SEG"
-    assert ds.SegmentationType == ("FRACTIONAL" if fractional else "BINARY")
-    if fractional:
-        assert (ds.SegmentationFractionalType, ds.MaximumFractionalValue) == ("PROBABILITY", 255)
-    names = [s.SegmentLabel for s in ds.SegmentSequence]
-    if part["binary_type"] == "numeric_label_mask":
-        assert names == [part["label_map"][k][:64] for k in sorted(part["label_map"], key=int)]  # LO: 64 at most
-    else:
-        assert names == [part["label"][:64]]
-    algorithm = ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
-    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == model
-    assert ds.ManufacturerModelName == model[0]
+def expected_by_frame(study: Study, masks, fractional: bool = False) -> dict[tuple, dict[str, np.ndarray]]:
+    """{(SOP Instance UID, frame or None): {label: plane}}: every mask of the answer on every source frame,
+    labels found in several parts combined (a voxel is in the segment when any part puts it there)."""
+    expected: dict[tuple, dict[str, np.ndarray]] = {}
+    for part, binary in masks:
+        shape = part["binary_data_shape"]
+        mask = np.frombuffer(bytes(binary), np.uint8).reshape(-1, shape["height"], shape["width"])
+        keys = [key for planes in source_planes(study, part) for key in planes]
+        for key, plane in zip(keys, mask, strict=True):
+            frac = fractional and part["binary_type"] in ("probability_mask", "heatmap")
+            for name, value in part_segments(part, plane, frac).items():
+                label = name[:64]  # Segment Label: a LO
+                current = expected.setdefault(key, {}).get(label)
+                expected[key][label] = value if current is None else np.maximum(current, value)
+    return expected
 
-    source = next(i for i in study.instances if i.sop_instance_uid == planes[0][0]).header
-    assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
-    assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
 
-    expected = {ref: mask[k] for k, ref in enumerate(planes)}
-    pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
-    seen = set()
-    for index, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        reference = frame.DerivationImageSequence[0].SourceImageSequence[0]
-        key = (reference.ReferencedSOPInstanceUID, reference.get("ReferencedFrameNumber"))
-        # one segment: highdicom names it once, in the shared functional groups
-        identification = frame.get("SegmentIdentificationSequence") or \
-            ds.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence
-        segment = identification[0].ReferencedSegmentNumber
-        assert key in expected, f"SEG frame {index + 1} derives from {key}, which this mask does not cover"
-        np.testing.assert_array_equal(pixels[index], expected_frame(part, expected[key], segment),
-                                      err_msg=f"SEG frame {index + 1} (source {key}, segment {segment})")
-        position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
-        np.testing.assert_allclose(position, position_of(study, *key), atol=1e-4)
-        seen.add((key, segment))
-    for key, plane in expected.items():  # frames with nothing in them may be left out, no others
-        for segment in range(1, len(names) + 1):
-            if (key, segment) not in seen:
-                assert not expected_frame(part, plane, segment).any(), f"{key} segment {segment} is missing"
+def source_units(study: Study) -> dict[tuple, tuple]:
+    """(SOP Instance UID, frame) -> the unit a Segmentation may cover: (series, time point, multi-frame
+    instance or None), from the Study's public order."""
+    units = {}
+    for series in study.series:
+        planes = [(i.sop_instance_uid, f + 1 if "NumberOfFrames" in i.header else None)
+                  for i in series.instances for f in range(i.frames)]
+        for index, key in enumerate(planes):
+            units[key] = (series.uid, index // series.depth, key[0] if key[1] is not None else None)
+    return units
 
-    # highdicom's own reader, by source image, agrees.
-    seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
-    if planes[0][1] is None:
-        array = seg.get_pixels_by_source_instance([uid for uid, _ in planes], rescale_fractional=False)
-    else:
-        array = seg.get_pixels_by_source_frame(planes[0][0], [f for _, f in planes], rescale_fractional=False)
-    for k, plane in enumerate(mask):
-        for segment in range(1, len(names) + 1):
-            np.testing.assert_array_equal(array[k, :, :, segment - 1], expected_frame(part, plane, segment))
+
+def check_segmentations(study: Study, masks, segs, folder: Path | None = None, fractional: bool = False,
+                        model: tuple[str, str] = ("mock_model", "1.0")) -> None:
+    """Every SEG of an answer against its masks: one SEG per unit and type, each in a series of its own, each
+    frame equal to what the masks put on its source frame, nothing non-empty missing, positions equal to the
+    source's, colours those of arterys_http.label_colours, and highdicom's own reader agreeing."""
+    expected = expected_by_frame(study, masks, fractional)
+    units = source_units(study)
+    colours = {name[:64]: colour for name, colour in label_colours(
+        name for part, _ in masks for name in part_segments(part, np.zeros((1, 1), np.uint8))).items()}
+    seen: set[tuple] = set()
+    seg_units: set[tuple] = set()
+    assert len({ds.SeriesInstanceUID for _, ds, _ in segs}) == len(segs)  # one SEG per series
+    for index, (entry, ds, data) in enumerate(segs):
+        assert ds.SOPClassUID == SEGMENTATION_STORAGE and ds.Modality == "SEG"
+        assert entry["dicom_output"]["SOPInstanceUID"] == ds.SOPInstanceUID
+        assert entry["dicom_output"]["segments"] == {str(s.SegmentNumber): s.SegmentLabel for s in ds.SegmentSequence}
+        labels = [str(s.SegmentLabel) for s in ds.SegmentSequence]
+        for segment in ds.SegmentSequence:
+            algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+            assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == model
+            shown = hd.color.CIELabColor.from_dicom_value(segment.RecommendedDisplayCIELabValue).to_rgb()
+            assert np.abs(np.subtract(shown, colours[segment.SegmentLabel])).max() <= 1, segment.SegmentLabel
+        assert ds.ManufacturerModelName == model[0] and str(ds.ContentCreatorName) == model[0] + "^"
+        assert re.fullmatch(r"[A-Z0-9_ ]{1,16}", ds.ContentLabel)
+        pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
+        keys = set()
+        for number, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            reference = frame.DerivationImageSequence[0].SourceImageSequence[0]
+            key = (reference.ReferencedSOPInstanceUID, reference.get("ReferencedFrameNumber"))
+            identification = frame.get("SegmentIdentificationSequence") or \
+                ds.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence
+            label = labels[identification[0].ReferencedSegmentNumber - 1]
+            assert (key, label) not in seen, f"{key} {label} is in two Segmentations"
+            seen.add((key, label))
+            keys.add(key)
+            np.testing.assert_array_equal(pixels[number], expected[key][label],
+                                          err_msg=f"SEG {index} frame {number + 1} (source {key}, {label})")
+            position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+            np.testing.assert_allclose(position, position_of(study, *key), atol=1e-4)
+        assert len({units[key] for key in keys}) == 1, "a SEG covers one series at one time point"
+        unit = (units[next(iter(keys))], ds.SegmentationType)
+        assert unit not in seg_units
+        seg_units.add(unit)
+        source = next(i for i in study.instances if i.sop_instance_uid == next(iter(keys))[0]).header
+        assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
+        assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
+        assert entry["dicom_output"]["source"]["SeriesInstanceUID"] == source.SeriesInstanceUID
+        # highdicom's own reader, by source image or frame, agrees.
+        seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
+        ordered = sorted(keys, key=lambda k: (k[0], k[1] or 0))
+        if ordered[0][1] is None:
+            array = seg.get_pixels_by_source_instance([uid for uid, _ in ordered], rescale_fractional=False)
+        else:
+            array = seg.get_pixels_by_source_frame(ordered[0][0], [f for _, f in ordered], rescale_fractional=False)
+        for k, key in enumerate(ordered):
+            for number, label in enumerate(labels):
+                np.testing.assert_array_equal(array[k, :, :, number], expected[key][label])
+        if folder is not None:
+            assert_valid(data, folder, f"seg{index}")
+    missing = [(key, label) for key, planes in expected.items() for label, plane in planes.items()
+               if plane.any() and (key, label) not in seen]
+    assert missing == [], f"non-empty planes in no Segmentation: {missing[:3]}"
+
+
+def masks_of(wire) -> list[tuple[dict, bytes]]:
+    return [(p, b) for p, b in zip(wire.json["parts"], wire.binaries, strict=True) if "binary_data_shape" in p]
 
 
 @pytest.mark.parametrize("command", MASK_COMMANDS)
-def test_every_mask_becomes_segmentations_equal_to_it_frame_by_frame(study, command, tmp_path):
+def test_every_mask_is_in_one_segmentation_per_series_equal_to_it_frame_by_frame(study, command, tmp_path):
     wire, out, binaries = run(study, command)
-    masks = [(p, b) for p, b in zip(wire.json["parts"], wire.binaries, strict=True) if "binary_data_shape" in p]
     segs = dicom_parts(out, binaries, "SEG")
-    expected_count = sum(len(source_planes(study, p)) for p, _ in masks)
-    assert len(segs) == expected_count and expected_count >= len(masks) > 0
-    position = 0
-    for part, binary in masks:
-        shape = part["binary_data_shape"]
-        mask = np.frombuffer(binary, np.uint8).reshape(-1, shape["height"], shape["width"])
-        for timepoint, planes in enumerate(source_planes(study, part)):
-            entry, ds, data = segs[position]
-            check_segmentation(study, part, mask[timepoint * len(planes):(timepoint + 1) * len(planes)], ds, planes)
-            source_series = entry["dicom_output"]["source"]["SeriesInstanceUID"]
-            assert source_series == ds.ReferencedSeriesSequence[0].SeriesInstanceUID
-            assert_valid(data, tmp_path, f"seg{position}")
-            position += 1
+    assert 0 < len(segs) <= sum(series.timepoints for series in study.series) + 2  # +1 per split enhanced CT
+    assert {ds.SegmentationType for _, ds, _ in segs} == {"BINARY"}  # what OHIF shows, by default
+    check_segmentations(study, masks_of(wire), segs, tmp_path)
 
 
-def test_4d_mask_gives_one_segmentation_per_time_point(study):
-    _, out, binaries = run(study, "get-boolean-mask")
-    series = next(s for s in study.series if s.timepoints > 1)
-    segs = [(p, ds) for p, ds, _ in dicom_parts(out, binaries, "SEG")
-            if p["dicom_output"]["source"]["SeriesInstanceUID"] == series.uid]
-    assert [p["dicom_output"]["source"]["timepoint"] for p, _ in segs] == [1, 2, 3]
-    for t, (_, ds) in enumerate(segs):
-        sources = {f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-                   for f in ds.PerFrameFunctionalGroupsSequence}
-        members = series.instances[t * series.depth:(t + 1) * series.depth]
-        assert sources and sources <= {i.sop_instance_uid for i in members}
-        assert {i.header.TemporalPositionIdentifier for i in members} == {t + 1}
-
-
-def test_every_uid_the_outputs_reference_is_in_the_input_or_the_outputs(study):
-    inputs = {i.sop_instance_uid for i in study.instances}
-    input_series = {i.series_instance_uid for i in study.instances}
-    for command in (*MASK_COMMANDS, "get-bounding-box-2d", "get-linear-measurements", "get-classification"):
-        _, out, binaries = run(study, command)
-        objects = [read(b) for p, b in zip(out["parts"], binaries, strict=True) if "dicom_output" in p]
-        produced = {str(ds.SOPInstanceUID) for ds in objects}
-        produced_series = {str(ds.SeriesInstanceUID) for ds in objects}
-        for ds in objects:
-            instances, series = referenced_uids(ds)
-            assert instances and instances <= inputs | produced, (command, instances - inputs - produced)
-            assert series <= input_series | produced_series, (command, series - input_series - produced_series)
-            assert ds.StudyInstanceUID == study.instances[0].header.StudyInstanceUID
-
-
-def test_fractional_segmentation_keeps_every_byte_value(tmp_path):
+def test_fractional_segmentations_on_request_keep_every_byte_value(tmp_path):
     """All 256 probabilities survive the float conversion highdicom needs, exactly."""
     record = factory.write_study(tmp_path, [factory.SeriesSpec("ct", rows=16, cols=16, count=2)])
-    study = as_study([i.path for i in record.instances])
+    study = as_study([i.path for i in record.instances], {"dicom_segmentation_type": "fractional"})
     series = study.series[0]
     mask = np.arange(512, dtype=np.uint16).reshape(2, 16, 16).astype(np.uint8)
     part = {"label": "p", "binary_type": "probability_mask", "SeriesInstanceUID": series.uid,
             "binary_data_shape": {"timepoints": 1, "depth": 2, "height": 16, "width": 16}}
     result = {"protocol_version": "1.0", "parts": [part]}
     out, binaries = export_dicom(result, [memoryview(mask.tobytes())], study, keep_arterys=False)
-    ds = read(binaries[0])
-    check_segmentation(study, part, mask, ds, [(i.sop_instance_uid, None) for i in series.instances],
-                       model=("unnamed model", "unknown"))
+    segs = dicom_parts(out, binaries, "SEG")
+    assert [(ds.SegmentationType, ds.SegmentationFractionalType, ds.MaximumFractionalValue)
+            for _, ds, _ in segs] == [("FRACTIONAL", "PROBABILITY", 255)]
+    check_segmentations(study, [(part, mask.tobytes())], segs, tmp_path, fractional=True,
+                        model=("unnamed model", "unknown"))
+
+
+def test_2d_masks_of_one_series_are_one_segmentation_and_labels_share_segments(tmp_path):
+    """One SEG per series (OHIF shows only a SEG series' first instance): a 2D mask per slice and two labels
+    in two parts become one Segmentation with one segment per label."""
+    record = factory.write_study(tmp_path, [factory.SeriesSpec("ct", rows=12, cols=10, count=4)])
+    study = as_study([i.path for i in record.instances])
+    images = study.series[0].instances
+    parts, binaries = [], []
+    for index, image in enumerate(images):
+        for label, value in (("lesion", 200), ("cyst", 60)):
+            plane = np.zeros((12, 10), np.uint8)
+            plane[index:index + 3, 2:5 + (label == "cyst")] = value
+            parts.append({"label": label, "binary_type": "probability_mask", "probability_threshold": 0.3,
+                          "dicom_image": {"SOPInstanceUID": image.sop_instance_uid},
+                          "binary_data_shape": {"width": 10, "height": 12}})
+            binaries.append(plane.tobytes())
+    out, outputs = export_dicom({"protocol_version": "1.0", "parts": parts}, binaries, study, keep_arterys=False)
+    segs = dicom_parts(out, outputs, "SEG")
+    (entry, ds, _), = segs
+    assert [s.SegmentLabel for s in ds.SegmentSequence] == ["lesion"]  # "cyst" at 60/255 < 0.3 is nowhere
+    assert int(ds.NumberOfFrames) == 4
+    _, sr = sr_of(out, outputs, "findings report")
+    (absent,) = [g for g in sr.content.get_image_measurement_groups()
+                 if any(e.value == codes.DCM.Absent for e in g.get_qualitative_evaluations())]
+    assert absent.tracking_identifier == "cyst: not found" and absent.finding_type.meaning == "cyst"
+    assert [g.tracking_identifier for g in sr.content.get_volumetric_roi_measurement_groups()] == ["lesion"]
+    check_segmentations(study, list(zip(parts, binaries, strict=True)), segs, tmp_path,
+                        model=("unnamed model", "unknown"))
 
 
 # ------------------------------------------------------------------------------------------- the SR
 
 
-def sr_of(out: dict, binaries: list) -> tuple[pydicom.Dataset, hd.sr.Comprehensive3DSR]:
-    (entry, ds, data), = dicom_parts(out, binaries, "SR")
-    assert entry["label"] == "measurement report" and entry["binary_type"] == "dicom"
-    assert ds.SOPClassUID == COMPREHENSIVE_3D_SR
+def sr_of(out: dict, binaries: list, label: str = "measurement report") -> tuple[pydicom.Dataset,
+                                                                                hd.sr.Comprehensive3DSR]:
+    """The measurement report (regions OHIF draws) or the findings report (segments, classifications)."""
+    (entry, ds, data), = [item for item in dicom_parts(out, binaries, "SR") if item[0]["label"] == label]
+    assert entry["binary_type"] == "dicom" and ds.SOPClassUID == COMPREHENSIVE_3D_SR
     return ds, hd.sr.Comprehensive3DSR.from_dataset(ds)
+
+
+def sr_bytes(out: dict, binaries: list, label: str) -> bytes:
+    return next(b for p, _, b in dicom_parts(out, binaries, "SR") if p["label"] == label)
+
+
+def has_coordinates(group) -> bool:
+    """What OHIF 3.13's SR loader needs of every group (else it throws and shows no measurement)."""
+    items = list((group if hasattr(group, "ValueType") else group[0]).ContentSequence)
+    return any(i.ValueType in ("SCOORD", "SCOORD3D") for i in items) or any(
+        i.ValueType == "NUM" and len(i.get("ContentSequence", [])) == 1
+        and i.ContentSequence[0].ValueType in ("SCOORD", "SCOORD3D") for i in items)
 
 
 def test_sr_references_each_segment_of_each_segmentation(study, tmp_path):
     _, out, binaries = run(study, "get-label-mask")
     segs = {str(ds.SOPInstanceUID): ds for _, ds, _ in dicom_parts(out, binaries, "SEG")}
-    ds, sr = sr_of(out, binaries)
+    assert [p["label"] for p, _, _ in dicom_parts(out, binaries, "SR")] == ["findings report"]
+    ds, sr = sr_of(out, binaries, "findings report")
     groups = sr.content.get_volumetric_roi_measurement_groups()
     referenced = set()
     for group in groups:
@@ -304,12 +359,17 @@ def test_sr_references_each_segment_of_each_segmentation(study, tmp_path):
                 for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
     assert set(segs) <= evidence
     assert_valid(bytes(binaries[-1]), tmp_path, "sr-labels")
+    absent = [g for g in sr.content.get_image_measurement_groups()
+              if any(e.value == codes.DCM.Absent for e in g.get_qualitative_evaluations())]
+    # the mock's label mask has "core" and "rim" wherever it has something: nothing is absent
+    assert absent == []
 
 
 def test_bounding_boxes_become_planar_regions_on_their_image(study, tmp_path):
     wire, out, binaries = run(study, "get-bounding-box-2d")
     ds, sr = sr_of(out, binaries)
     groups = sr.content.get_planar_roi_measurement_groups()
+    assert all(has_coordinates(g) for g in groups)
     boxes = wire.json["bounding_boxes_2d"]
     assert len(groups) == len(boxes) == len(study.series)
     for box, group in zip(boxes, groups, strict=True):
@@ -329,12 +389,22 @@ def test_bounding_boxes_become_planar_regions_on_their_image(study, tmp_path):
 def test_linear_measurements_are_lengths_in_mm(study, tmp_path):
     wire, out, binaries = run(study, "get-linear-measurements")
     _, sr = sr_of(out, binaries)
+    _, findings = sr_of(out, binaries, "findings report")
+    # lengths with a region are drawn (measurement report); a world length on a sagittal plane has none
     groups = sr.content.get_image_measurement_groups()
+    assert all(has_coordinates(g) for g in groups)
+    unplaced = findings.content.get_image_measurement_groups()
+    groups = [*groups, *unplaced]
     items = wire.json["linear_measurements_2d"]
+    used: list = []
     assert len(groups) == len(items) > len(study.series)
     by_uid = {i.sop_instance_uid: i for i in study.instances}
-    for item, group in zip(items, groups, strict=True):
+    for item in items:
+        group = next(g for g in groups if g not in used and g.tracking_identifier == item["label"]
+                     and _names_item(g.get_measurements()[0][0].ContentSequence[0], item))
+        used.append(group)
         (length,) = group.get_measurements(name=codes.SCT.Length)
+        assert len(length[0].ContentSequence) == 1  # one child: the region (or the image, without one)
         instance = by_uid[item["SOPInstanceUID"]]
         (dx, dy) = np.subtract(item["end"], item["start"])
         if item["coordinates_type"] == "pixel":
@@ -352,6 +422,7 @@ def test_linear_measurements_are_lengths_in_mm(study, tmp_path):
             scoord3d = [c for c in length[0].ContentSequence if c.ValueType == "SCOORD3D"]
             if abs(normal[2]) < 1e-3:  # sagittal: x, y do not place a point on the plane
                 assert scoord3d == [] and length.value == pytest.approx(float(np.hypot(dx, dy)))
+                assert group in unplaced
             else:
                 points = np.reshape(scoord3d[0].GraphicData, (-1, 3))
                 np.testing.assert_allclose(points[:, :2], [item["start"], item["end"]], atol=1e-4)
@@ -359,13 +430,24 @@ def test_linear_measurements_are_lengths_in_mm(study, tmp_path):
                 np.testing.assert_allclose((points - origin) @ normal, 0, atol=1e-3)  # on the image plane
                 assert length.value == pytest.approx(float(np.linalg.norm(points[1] - points[0])), rel=1e-6)
         assert str(length.unit.value) == "mm"
-    assert_valid(bytes(binaries[-1]), tmp_path, "sr-lengths")
+    assert_valid(sr_bytes(out, binaries, "measurement report"), tmp_path, "sr-lengths")
+    assert_valid(sr_bytes(out, binaries, "findings report"), tmp_path, "sr-lengths-unplaced")
+
+
+def _names_item(child, item: dict) -> bool:
+    """Whether a length's one child (its region, or its image) is that of this linear measurement."""
+    if child.ValueType == "IMAGE":
+        return child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == item["SOPInstanceUID"]
+    if child.ValueType == "SCOORD":
+        return (child.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == item["SOPInstanceUID"]
+                and np.allclose(np.reshape(child.GraphicData, (-1, 2)), [item["start"], item["end"]]))
+    return np.allclose(np.reshape(child.GraphicData, (-1, 3))[:, :2], [item["start"], item["end"]], atol=1e-4)
 
 
 def test_classification_values_become_coded_evaluations(study, tmp_path):
     wire, out, binaries = run(study, "get-classification")
     assert len(out["parts"]) == 1
-    _, sr = sr_of(out, binaries)
+    _, sr = sr_of(out, binaries, "findings report")
     groups = sr.content.get_image_measurement_groups()
     assert [g.tracking_identifier for g in groups] == ["study classification"] + [
         f"series classification {uid}" for uid in wire.json["series_ml_json"]]
@@ -442,11 +524,10 @@ def test_a_legacy_handler_answer_is_exported_too(tmp_path):
                          "binary_data_shape": {"timepoints": 1, "depth": 3, "width": 10, "height": 12}}]}
     wire = checked(*from_legacy(answer, [mask]), study.index())
     out, binaries = export_dicom(wire.json, wire.binaries, study, keep_arterys=False, model_name="legacy")
-    (entry, ds, data), = dicom_parts(out, binaries, "SEG")
-    check_segmentation(study, wire.json["parts"][0], mask, ds, [(i.sop_instance_uid, None) for i in series.instances],
-                       model=("legacy", "unknown"))
+    segs = dicom_parts(out, binaries, "SEG")
+    (entry, ds, data), = segs
+    check_segmentations(study, masks_of(wire), segs, tmp_path, model=("legacy", "unknown"))
     assert int(ds.NumberOfFrames) == 1  # the two empty planes are left out
-    assert_valid(data, tmp_path, "legacy")
 
 
 def test_nothing_to_report_gives_no_sr(study):
@@ -462,7 +543,7 @@ def test_frames_without_positions_are_refused_with_the_reason(tmp_path):
     part = {"label": "m", "binary_type": "boolean_mask", "SeriesInstanceUID": study.series[0].uid,
             "binary_data_shape": {"timepoints": 1, "depth": 4, "width": 9, "height": 8}}
     with pytest.raises(DicomExportError, match=r"parts\[0\] \('m'\).*no functional groups") as caught:
-        export_dicom({"protocol_version": "1.0", "parts": [part]}, [bytes(4 * 8 * 9)], study, keep_arterys=True)
+        export_dicom({"protocol_version": "1.0", "parts": [part]}, [b"\1" * (4 * 8 * 9)], study, keep_arterys=True)
     assert isinstance(caught.value, UnsupportedStudy)  # HTTP 422 where the worker maps UnsupportedStudy
 
 
@@ -484,9 +565,8 @@ def test_segments_and_private_codes_follow_the_labels(tmp_path):
     assert first.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "99ARTBR"
     assert second.SegmentedPropertyTypeCodeSequence[0].CodeValue == "272673000"  # SCT Bone
     assert out["parts"][0]["dicom_output"]["segments"] == {"1": ("a very long label " * 5)[:64], "2": "Bone"}
-    check_segmentation(study, part, mask, ds, [(i.sop_instance_uid, None) for i in study.series[0].instances],
-                       model=("unnamed model", "unknown"))
-    assert_valid(bytes(binaries[0]), tmp_path, "labels")
+    check_segmentations(study, [(part, mask.tobytes())], dicom_parts(out, binaries, "SEG"), tmp_path,
+                        model=("unnamed model", "unknown"))
 
 
 
@@ -518,7 +598,7 @@ def test_an_image_without_frame_of_reference_gets_a_segmentation_but_a_series_do
     volume = {"label": "v", "binary_type": "boolean_mask", "SeriesInstanceUID": "1.2.3.4",
               "binary_data_shape": {"timepoints": 1, "depth": 2, "width": 16, "height": 16}}
     with pytest.raises(DicomExportError, match="no FrameOfReferenceUID"):
-        export_dicom({"protocol_version": "1.0", "parts": [volume]}, [bytes(512)], series_study, keep_arterys=True)
+        export_dicom({"protocol_version": "1.0", "parts": [volume]}, [b"\1" * 512], series_study, keep_arterys=True)
 
 
 # ------------------------------------------------------------------------------------ character sets
@@ -550,7 +630,8 @@ def test_outputs_are_utf8_whatever_the_sources_character_set(tmp_path, charset, 
         study.command = command
         wire = checked(*from_result(MockModel().infer(study)), study.index())
         for part in wire.json["parts"]:
-            part["label"] = label or part["label"]
+            if label:
+                part["label_map"] = {"1": label, "2": "rim"}
         out, binaries = export_dicom(wire.json, wire.binaries, study, keep_arterys=False, model_name="mock_model")
         produced = [(p, b) for p, b in zip(out["parts"], binaries, strict=True) if "dicom_output" in p]
         assert produced, command
@@ -559,25 +640,59 @@ def test_outputs_are_utf8_whatever_the_sources_character_set(tmp_path, charset, 
             assert ds.SpecificCharacterSet == "ISO_IR 192"
             assert str(ds.PatientName) == source_name
             if label and part["dicom_output"]["modality"] == "SEG":
-                assert ds.ContentDescription == label.replace("\\", "/")  # LO has no backslash
+                assert ds.SegmentSequence[0].SegmentLabel == label.replace("\\", "/")  # LO has no backslash
+                assert ds.ContentLabel == "L SION LEFT"  # CS: A-Z, 0-9, space, underscore
             assert_valid(bytes(data), tmp_path, f"{command}-{index}")
 
 
-def test_each_seg_series_has_one_frame_of_reference(study):
-    """PS3.3 C.7.4.1.1.1: one Frame of Reference per series. SEGs of sources that share a frame of reference
-    share a series; others get their own (one series for all had mixed them)."""
-    series_of: dict[str, set] = {}
-    frames_of_reference: dict[str, set] = {}
+def test_each_segmentation_is_alone_in_a_series_numbered_apart_from_every_other_run(study):
+    """One SEG per series (OHIF shows a SEG series' first instance only; PS3.3 C.7.4.1.1.1: one frame of
+    reference per series), each series numbered apart: a second run of the same command on the same study
+    gets other numbers (study A showed five identical SEG series, all 9901), a description naming model,
+    command and labels."""
+    numbers = []
     for command in ("get-probability-mask", "get-label-mask", "get-probability-mask-2d"):
-        _, out, binaries = run(study, command)
-        seen = {}
-        for part, ds, _ in dicom_parts(out, binaries, "SEG"):
-            assert part["dicom_output"]["SeriesInstanceUID"] == ds.SeriesInstanceUID
-            frame_of_reference = str(ds.get("FrameOfReferenceUID", ""))
-            seen.setdefault(frame_of_reference, set()).add(ds.SeriesInstanceUID)
-            frames_of_reference.setdefault(ds.SeriesInstanceUID, set()).add(frame_of_reference)
-        for frame_of_reference, series in seen.items():
-            assert len(series) == 1, (command, frame_of_reference, series)  # one answer: one series per FoR
-            series_of.setdefault(frame_of_reference, set()).update(series)
-    assert all(len(values) == 1 for values in frames_of_reference.values()), frames_of_reference
-    assert len(frames_of_reference) > 1  # the study really has several frames of reference
+        _, out, binaries = _run(study, command, False)
+        datasets = [ds for _, ds, _ in dicom_parts(out, binaries, "SEG") + dicom_parts(out, binaries, "SR")]
+        assert len({ds.SeriesInstanceUID for ds in datasets}) == len(datasets)
+        numbers += [int(ds.SeriesNumber) for ds in datasets]
+        for ds in datasets:
+            kind = {"SEG": "", "SR": " findings"}[ds.Modality]
+            assert ds.SeriesDescription.startswith(f"mock_model {command}{kind}: ") and len(ds.SeriesDescription) <= 64
+        labels = {"get-label-mask": "core, rim"}.get(command, "mock ")
+        assert all(labels in ds.SeriesDescription for ds in datasets if ds.Modality == "SEG")
+    _, again, binaries = _run(study, "get-probability-mask", False)
+    numbers += [int(ds.SeriesNumber) for _, ds, _ in dicom_parts(again, binaries, "SEG")]
+    assert len(set(numbers)) == len(numbers) and numbers == sorted(numbers)
+
+
+def test_source_values_are_kept_within_their_vr_and_misdeclared_text_is_read_as_latin1(tmp_path, caplog):
+    """Issue 18, row 15: a 5,000-character PatientName was copied whole into SEG and SR (PN allows 64
+    characters per component group), and Latin-1 bytes declared UTF-8 became U+FFFD. Values are cut to their
+    VR's limit; text not valid in its declared character set is read as ISO 8859-1, and the part's notes and
+    a WARNING say so, naming the attribute, never the value."""
+    record = factory.write_study(tmp_path / "study", [factory.SeriesSpec("ct", rows=16, cols=20, count=3)])
+    for instance in record.instances:
+        ds = pydicom.dcmread(instance.path)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = "A" * 5000 + "^" + "B" * 10
+        ds.StudyDescription = "Étude thoracique".encode("latin-1")  # bytes that are not UTF-8
+        ds.save_as(instance.path)
+    study = as_study([i.path for i in record.instances])
+    study.command = "get-label-mask"
+    wire = checked(*from_result(MockModel().infer(study)), study.index())
+    with caplog.at_level("WARNING", logger="worker.dicom_export"):
+        out, binaries = export_dicom(wire.json, wire.binaries, study, keep_arterys=False, model_name="mock_model")
+    produced = [(p, b) for p, b in zip(out["parts"], binaries, strict=True) if "dicom_output" in p]
+    assert {p["dicom_output"]["modality"] for p, _ in produced} == {"SEG", "SR"}
+    for index, (part, data) in enumerate(produced):
+        ds = read(data)
+        assert str(ds.PatientName) == "A" * 53 + "^" + "B" * 10  # the longest component cut, the other kept
+        assert ds.StudyDescription == "Étude thoracique" and "\ufffd" not in ds.StudyDescription
+        notes = part["dicom_output"]["notes"]
+        assert any(n.startswith("StudyDescription is not valid") for n in notes), notes
+        assert any(n.startswith("PatientName was longer") for n in notes), notes
+        assert_valid(bytes(data), tmp_path, f"limits-{index}")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings and all("Étude" not in w and "AAAA" not in w for w in warnings)
+    assert any("StudyDescription" in w for w in warnings)

@@ -28,10 +28,9 @@ from tests.services import ROOT, start_bridge, start_worker, wait_for_health
 from tests.test_dicom_export import (
     COMPREHENSIVE_3D_SR,
     assert_valid,
-    check_segmentation,
+    check_segmentations,
     read,
     referenced_uids,
-    source_planes,
 )
 from tests.test_dicom_export_studies import as_study, write_export_study
 from tests.test_hounsfield import EXPECTED_BOXES, phantom, write_phantom
@@ -106,25 +105,18 @@ def check_references(answer, study) -> None:
 
 def check_segmentations_equal_masks(study, masks, segs, folder: Path, in_order: bool = True,
                                     model: tuple[str, str] = ("mock_model", "1.0")) -> None:
-    """Each SEG against the mask (and time point of a 4D mask) its first frame derives from: one SEG for each,
-    in the masks' order when `in_order` (a studyPath study may list its series in another order)."""
-    covered = [(part, mask[t * len(planes):(t + 1) * len(planes)], planes)
-               for part, mask in masks for t, planes in enumerate(source_planes(study, part))]
-    matched = []
-    for position, (entry, ds, data, content_type) in enumerate(segs):
+    """The SEGs of an answer against its masks (tests/test_dicom_export.py's check: one SEG per series and
+    time point, each frame equal to what the masks put on its source frame), each sent as application/dicom
+    without a binary_data_shape; in the series' order when `in_order` (a studyPath study may list its series
+    in another order)."""
+    for entry, _, _, content_type in segs:
         assert content_type == "application/dicom" and "binary_data_shape" not in entry
-        assert entry["dicom_output"]["SOPInstanceUID"] == ds.SOPInstanceUID
-        assert entry["dicom_output"]["segments"] == {str(s.SegmentNumber): s.SegmentLabel for s in ds.SegmentSequence}
-        source = ds.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
-        key = (source.ReferencedSOPInstanceUID, source.get("ReferencedFrameNumber"))
-        (index,) = [k for k, (_, _, planes) in enumerate(covered) if key in planes]
-        part, mask, planes = covered[index]
-        check_segmentation(study, part, mask, ds, planes, model)
-        assert_valid(data, folder, f"seg{position}")
-        matched.append(index)
-    assert sorted(matched) == list(range(len(covered))) and matched
+    check_segmentations(study, [(part, mask.tobytes()) for part, mask in masks],
+                        [(entry, ds, data) for entry, ds, data, _ in segs], folder, model=model)
     if in_order:
-        assert matched == sorted(matched)
+        order = [s.uid for s in study.series]
+        sources = [order.index(entry["dicom_output"]["source"]["SeriesInstanceUID"]) for entry, *_ in segs]
+        assert sources == sorted(sources)
 
 
 @pytest.mark.parametrize("command", ["get-label-mask", "get-probability-mask", "get-probability-mask-2d"])
@@ -156,8 +148,9 @@ def test_dicom_only_leaves_the_masks_out_and_keeps_their_conformance(stack, tmp_
     segs = by_modality(answer, "SEG")
     # the mock model's masks follow the study, so the Arterys answer holds the masks these SEGs were made from
     check_segmentations_equal_masks(stack.study, masks_of(arterys), segs, tmp_path)
+    conformance = {p["SeriesInstanceUID"]: p["dicomConformance"] for p, _ in masks_of(arterys)}
     assert [e["dicomConformance"] for e, *_ in segs] == [
-        p["dicomConformance"] for p, mask in masks_of(arterys) for _ in source_planes(stack.study, p)]
+        conformance[e["dicom_output"]["source"]["SeriesInstanceUID"]] for e, *_ in segs]
     check_references(answer, stack.study)
 
 
@@ -193,7 +186,7 @@ def test_an_unknown_format_is_a_400_naming_the_known_ones(stack, formats, messag
 def test_hounsfield_model_in_dicom_gives_bone_and_air_segments_and_its_boxes(stack, tmp_path):
     answer = parse_answer(post(stack.url, stack.phantom, "segment-hounsfield", ["dicom"], route="/hounsfield"))
     (entry, seg, seg_data, _), = by_modality(answer, "SEG")
-    (_, sr, sr_data, _), = by_modality(answer, "SR")
+    (_, sr, sr_data, _), (_, findings, findings_data, _) = by_modality(answer, "SR")
     assert entry["dicom_output"]["segments"] == {"1": "bone", "2": "air"}
     assert seg.ManufacturerModelName == HounsfieldModel.name
     # the phantom's slices by position (slice_N.dcm is slice N along the normal), labels as phantom() says
@@ -210,18 +203,21 @@ def test_hounsfield_model_in_dicom_gives_bone_and_air_segments_and_its_boxes(sta
                                                      [left, top]])
         assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
             headers[z].SOPInstanceUID
-    volumes = {m.name.meaning: m.value for g in report.get_image_measurement_groups() for m in g.get_measurements()}
+    volumes = {g.tracking_identifier: (m.name.meaning, m.value, m.unit.value)
+               for g in hd.sr.Comprehensive3DSR.from_dataset(findings).content.get_volumetric_roi_measurement_groups()
+               for m in g.get_measurements()}
     series_json = next(iter(answer.json["series_ml_json"].values()))
-    assert volumes["bone_volume_ml"] == pytest.approx(series_json["bone_volume_ml"])
+    assert volumes["bone"] == ("Volume", pytest.approx(series_json["bone_volume_ml"]), "ml")
     check_references(answer, as_study(stack.phantom))
     assert_valid(seg_data, tmp_path, "hounsfield-seg")
     assert_valid(sr_data, tmp_path, "hounsfield-sr")
+    assert_valid(findings_data, tmp_path, "hounsfield-findings")
 
 
 def test_hounsfield_model_in_arterys_and_dicom_keeps_its_label_mask_and_the_segmentation_equals_it(stack, tmp_path):
     answer = parse_answer(post(stack.url, stack.phantom, "segment-hounsfield", ["arterys", "dicom"],
                                route="/hounsfield"))
-    assert [p["binary_type"] for p in answer.json["parts"]] == ["numeric_label_mask", "dicom", "dicom"]
+    assert [p["binary_type"] for p in answer.json["parts"]] == ["numeric_label_mask", "dicom", "dicom", "dicom"]
     check_segmentations_equal_masks(as_study(stack.phantom), masks_of(answer), by_modality(answer, "SEG"), tmp_path,
                                     model=(HounsfieldModel.name, HounsfieldModel.version))
 

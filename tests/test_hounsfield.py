@@ -190,12 +190,47 @@ def test_dicom_outputs_of_the_model_are_valid_and_match(tmp_path):
     pixels = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance(
         [i.sop_instance_uid for i in study.series[0].instances], combine_segments=True, relabel=False)
     np.testing.assert_array_equal(pixels, result.parts[0].array)
-    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(bytes(binaries[1]))))
-    assert len(sr.content.get_planar_roi_measurement_groups()) == 4  # one per bounding box
+    labels = [p["label"] for p in out["parts"]]
+    assert labels == ["bone, air", "measurement report", "findings report"]
+    regions = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(bytes(binaries[1]))))
+    assert len(regions.content.get_planar_roi_measurement_groups()) == 4  # one per bounding box
+    findings = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(bytes(binaries[2]))))
+    # volumes in mL (UCUM "ml", SCT Volume) in the group of the segment they measure, not "no units" numbers
+    volumes = {g.tracking_identifier: [(m.name.value, m.name.scheme_designator, m.value, m.unit.value)
+                                       for m in g.get_measurements()]
+               for g in findings.content.get_volumetric_roi_measurement_groups()}
+    assert volumes == {"bone": [("118565006", "SCT", 0.462, "ml")], "air": [("118565006", "SCT", 0.358, "ml")]}
+    groups = findings.content.get_image_measurement_groups()
+    names = {m.name.meaning for g in groups for m in g.get_measurements()}
+    assert names == {"bone_components", "air_components"}  # no volume twice, no request option
     folder = tmp_path / "out"
     folder.mkdir()
     for index, data in enumerate(binaries):
         assert_valid(bytes(data), folder, f"hounsfield{index}")
+
+
+def test_a_label_found_nowhere_is_no_segment_but_reported_as_looked_for(tmp_path):
+    """Found by a PACS integrator: segment "air" had 0 frames and a TID 1411 finding pointed at it. A label
+    with no pixel is no segment; the report says it was looked for and not found (TID 1501, Presence of
+    property: Absent). Request options are settings, never results (min_voxels was reported as one)."""
+    request = {"bone_min_hu": 2000, "min_voxels": 10}  # no bone reaches 2000 HU
+    study, _, wire = answer(write_phantom(tmp_path / "in"), request)
+    out, binaries = export_dicom(wire.json, wire.binaries, study, keep_arterys=False,
+                                 model_name=HounsfieldModel.name, model_version=HounsfieldModel.version)
+    seg = pydicom.dcmread(io.BytesIO(bytes(binaries[0])))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["air"]
+    findings = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(bytes(binaries[-1]))))
+    assert [g.tracking_identifier for g in findings.content.get_volumetric_roi_measurement_groups()] == ["air"]
+    (absent,) = [g for g in findings.content.get_image_measurement_groups()
+                 if any(e.value.value == "121054" for e in g.get_qualitative_evaluations())]
+    assert absent.tracking_identifier == "bone: not found" and absent.finding_type.value == "272673000"
+    looked_at = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in absent[0].ContentSequence
+                 if i.ValueType == "IMAGE"}
+    assert looked_at == {i.sop_instance_uid for i in study.instances}
+    every_name = [item.ConceptNameCodeSequence[0].CodeMeaning for group in
+                  findings.content.get_image_measurement_groups() for item in group[0].ContentSequence]
+    assert not any(name in request for name in every_name)
+    assert_valid(bytes(binaries[-1]), tmp_path, "absent")
 
 
 # ------------------------------------------------------------------------------- pydicom's own files

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from arterys_http.label_colours import label_colours
 from example_models.hounsfield import AIR, BONE
 from tests import dicom_factory as factory
 from tests.http_helpers import parse_answer, post_like_original_tool
@@ -34,12 +35,14 @@ from testtool.measurement_report import SR_COLOR
 from testtool.overlay import DISTINCT_COLORS
 from testtool.render import choose_scale
 
-BONE_COLOR, AIR_COLOR = DISTINCT_COLORS[0], DISTINCT_COLORS[1]  # one colour per segment label, in order
+# the segments' recommended display colours, which the worker takes from arterys_http.label_colours
+BONE_COLOR, AIR_COLOR = label_colours(["bone", "air"])["bone"], label_colours(["bone", "air"])["air"]
 
 
-def run_tool(port: int, study: Path, out: Path, command: str, route: str = "/", formats: str = "dicom"):
+def run_tool(port: int, study: Path, out: Path, command: str, route: str = "/", formats: str = "dicom", *extra: str):
     result = subprocess.run([sys.executable, "-m", "testtool", "--host", "127.0.0.1", "-p", str(port), "-r", route,
-                             "-i", str(study), "-o", str(out), "-c", command, "--output-formats", formats, "-q"],
+                             "-i", str(study), "-o", str(out), "-c", command, "--output-formats", formats, "-q",
+                             *extra],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -64,7 +67,9 @@ def runs(tmp_path_factory):
         out = SimpleNamespace(phantom=phantom_dir, ct=ct.folder, tmp=tmp)
         out.hounsfield = (tmp / "out-hu", run_tool(bridge.port, phantom_dir, tmp / "out-hu", "segment-hounsfield",
                                                    "/hounsfield"))
-        out.probability = (tmp / "out-p", run_tool(bridge.port, ct.folder, tmp / "out-p", "get-probability-mask"))
+        out.probability = (tmp / "out-p", run_tool(bridge.port, ct.folder, tmp / "out-p", "get-probability-mask",
+                                                   "/", "dicom", "--request-options",
+                                                   "dicom_segmentation_type=FRACTIONAL"))
         out.lengths = (tmp / "out-l", run_tool(bridge.port, ct.folder, tmp / "out-l", "get-linear-measurements"))
         out.arterys = parse_answer(post_like_original_tool(
             f"http://{bridge.address}/", {"inference_command": "get-probability-mask"},
@@ -127,22 +132,26 @@ def test_summary_and_report_list_the_segmentation_and_the_measurement_groups(run
     result = json.loads((out / "response.json").read_text())
     series_json = next(iter(result["series_ml_json"].values()))
     assert "1 bone, 2 air" in run.stdout
-    assert "part 2: Imaging Measurement Report (TID 1500), 8 measurement group(s)" in run.stdout
-    assert ("1. bone: TID 1411 volumetric ROI; finding Bone (Tissue); segment 1 (bone) of the SEG of part 1"
-            in run.stdout)
-    assert f"bone_volume_ml: {series_json['bone_volume_ml']:.6g}" in run.stdout
+    assert "part 2: Imaging Measurement Report (TID 1500), 4 measurement group(s)" in run.stdout
+    assert "part 3: Imaging Measurement Report (TID 1500), 3 measurement group(s)" in run.stdout
+    (bone,) = [line for line in run.stdout.splitlines() if "1. bone: TID 1411 volumetric ROI" in line]
+    assert "finding Bone (Tissue)" in bone and "segment 1 (bone) of the SEG of part 1" in bone
+    assert f"Volume: {series_json['bone_volume_ml']:.6g} ml" in bone  # in the segment's group, in mL
     boxes = [line for line in run.stdout.splitlines() if "TID 1410 planar ROI" in line]
     assert [line.split(". ", 1)[1].split(":")[0] for line in boxes] == [label for label, *_ in EXPECTED_BOXES]
     assert "POLYLINE [[10, 8], [20, 8], [20, 16], [10, 16], [10, 8]] on image" in boxes[0]
 
     html = (out / "index.html").read_text(encoding="utf-8")
     assert "<h3>Segmentations (DICOM SEG)</h3>" in html and "<h3>Structured report (TID 1500) · part 2</h3>" in html
-    assert '<span class="swatch" style="background: rgb(230, 25, 75)"></span>1 bone' in html
-    assert '<span class="swatch" style="background: rgb(60, 180, 75)"></span>2 air' in html
+    assert "<h3>Structured report (TID 1500) · part 3</h3>" in html
+    # the segments' recommended display colours: arterys_http.label_colours' colours for the answer's labels
+    colours = label_colours(["bone", "air"])
+    assert f'<span class="swatch" style="background: rgb{colours["bone"]}"></span>1 bone' in html
+    assert f'<span class="swatch" style="background: rgb{colours["air"]}"></span>2 air' in html
     for _, z, *_ in EXPECTED_BOXES:  # each region links the PNG it is drawn on
         assert f'drawn on <a href="series01_slice{z + 1:04d}_frame01.png">' in html
-    assert html.count("<td>TID 1501 measurements</td>") == 2  # study and series classification
-    assert f"bone_volume_ml: {series_json['bone_volume_ml']:.6g}" in html
+    assert html.count("<td>TID 1501 measurements</td>") == 1  # the series classification (components)
+    assert f"Volume: {series_json['bone_volume_ml']:.6g} ml" in html
 
 
 def test_a_fractional_segmentation_is_drawn_like_a_probability_mask(runs):

@@ -2,7 +2,7 @@
 
 The report is opened in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven by
 selenium): every image must load, the page must log no error, and a screenshot is saved beside the
-report. Missing Chromium is a failure, not a skip: .ci/run installs it.
+report. Missing Chromium is a failure, not a skip: `make test` installs it (tools/system-tools.txt).
 """
 
 from __future__ import annotations

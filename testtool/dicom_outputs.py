@@ -1,9 +1,9 @@
 """The answer's DICOM outputs read back as a PACS would: what each Segmentation and TID 1500 report holds.
 
 Why the tool reads them: a worker asked for `output_formats: ["dicom"]` answers with DICOM Segmentations
-and one Comprehensive 3D SR instead of the Arterys masks (docs/dicom-outputs.md), and a model author must
-see them drawn as surely as the masks. Segmentations become mask findings (testtool.segmentation), the
-report's measurement groups become a list plus boxes and lines on the images they reference
+and TID 1500 reports (Comprehensive 3D SRs) instead of the Arterys masks (docs/dicom-outputs.md), and a
+model author must see them drawn as surely as the masks. Segmentations become mask findings
+(testtool.segmentation), the reports' measurement groups become a list plus boxes and lines on the images they reference
 (testtool.measurement_report); both go through the same drawing as the Arterys findings. Other DICOM
 outputs (secondary captures, text reports) stay files for the archive, as before. Whatever cannot be read
 or placed becomes a note, never an exception.

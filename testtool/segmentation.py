@@ -5,7 +5,7 @@ and unpacks BINARY bits, as a viewer would; the tool only decides which source f
 are every single-frame image its Referenced Series Sequence lists (frames left out because they were empty
 are empty, not missing) and every frame of a multi-frame image that one of its frames derives from. BINARY
 segments are drawn like boolean masks, FRACTIONAL ones like probability masks (threshold 0.5 of the
-Maximum Fractional Value), one colour per segment label.
+Maximum Fractional Value), in the segment's recommended display colour (else one colour per label).
 """
 
 from __future__ import annotations
@@ -46,9 +46,15 @@ def read_segmentation(part: int, dataset: pydicom.Dataset, by_sop: dict[str, Inp
 
 
 def _segment(seg: hd.seg.Segmentation, number: int, out: DicomOutputs) -> Segment:
+    """A segment drawn in its Recommended Display CIELab Value when the SEG gives one (as a viewer does; the
+    worker writes arterys_http.label_colours' colour there), else in the tool's colour for its label."""
     description = seg.get_segment_description(number)
     label = str(description.segment_label)
-    return Segment(number, label, str(description.segmented_property_type.meaning), out.color(label))
+    colour = out.color(label)
+    if "RecommendedDisplayCIELabValue" in description:
+        colour = hd.color.CIELabColor.from_dicom_value(description.RecommendedDisplayCIELabValue).to_rgb()
+        out.colors.setdefault(label, colour)
+    return Segment(number, label, str(description.segmented_property_type.meaning), colour)
 
 
 def _planes(seg, dataset, by_sop: dict[str, InputImage], name: str, notes: list[str]):

@@ -37,7 +37,9 @@ def tools(path: Path = LIST) -> list[Tool]:
 
 def find(command: str) -> str | None:
     """The program's path: beside this Python first (a program a pinned wheel installs into .venv/bin),
-    then on PATH."""
+    then on PATH; an absolute path (a plugin file) when it exists."""
+    if os.path.isabs(command):
+        return command if os.path.exists(command) else None
     beside = Path(sys.executable).parent / command
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)

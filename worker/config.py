@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 
 from dicom_geometry.acceptance import DEFAULT_MAX_IMAGE_BYTES
-from worker import security
+from worker import security, stow
 
 MIB = 1 << 20
 # A bridge resolves its DNS target again only when a connection ends (gRPC does not poll DNS): ending every
@@ -57,6 +57,7 @@ class WorkerConfig:
     limits: StudyLimits = field(default_factory=StudyLimits)
     security: security.WorkerSecurity = field(default_factory=security.WorkerSecurity)
     output_formats: tuple[str, ...] = ("arterys",)  # answer formats when a request names none
+    stow: stow.StowConfig = field(default_factory=stow.StowConfig)  # the PACS the DICOM outputs go to
 
 
 def _env(name: str, default):
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-result-bytes", type=int, default=int(_env("WORKER_MAX_RESULT_BYTES", defaults.max_result_bytes)),
         help="largest answer (all binary parts) a model may return [WORKER_MAX_RESULT_BYTES]")
     security.add_flags(parser)
+    stow.add_flags(parser)
     return parser
 
 
@@ -156,6 +158,7 @@ def parse_config(argv: list[str] | None = None) -> WorkerConfig:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     secure = security.from_args(parser, args)
+    stored = stow.from_args(parser, args)
     try:
         args["output_formats"] = tuple(parse_output_formats_flag(args["output_formats"]))
     except ValueError as error:  # one line, not argparse's usage block: the flag is often set by the environment
@@ -165,4 +168,4 @@ def parse_config(argv: list[str] | None = None) -> WorkerConfig:
     spool_memory_bytes = int(args.pop("spool_memory_mib") * MIB)
     max_study_memory_bytes = int(args.pop("max_study_memory_mib") * MIB)
     return WorkerConfig(**args, spool_memory_bytes=spool_memory_bytes, max_study_memory_bytes=max_study_memory_bytes,
-                        limits=limits, security=secure)
+                        limits=limits, security=secure, stow=stored)

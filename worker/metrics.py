@@ -35,6 +35,16 @@ class WorkerMetrics:
         self.model_loaded = Gauge("worker_model_loaded", "1 once the model's load() has returned.", registry=r)
         self.received_bytes = Counter("worker_received_bytes", "Study bytes received.", registry=r)
         self.sent_bytes = Counter("worker_sent_bytes", "Binary result bytes sent.", registry=r)
+        self.stow_requests = Counter(
+            "worker_stow_requests", "Answers whose DICOM objects were sent to the PACS (STOW-RS), by outcome: "
+            "stored, failed (after retries), dropped (too many waiting).", ["outcome"], registry=r,
+        )
+        for outcome in ("stored", "failed", "dropped"):
+            self.stow_requests.labels(outcome)  # every series starts at 0, so rate() sees the first failure
+        self.stow_attempts = Counter(
+            "worker_stow_attempts", "STOW-RS requests sent, by HTTP status ('error': no answer).", ["status"],
+            registry=r,
+        )
         self.overruns = Counter(
             "worker_model_overruns", "Inferences that returned after their call had ended (cancelled or past its "
             "deadline): the model kept its slot meanwhile.", ["model"], registry=r,

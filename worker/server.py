@@ -32,6 +32,7 @@ from worker.metrics import WorkerMetrics
 from worker.model_logging import worker_logging_kept
 from worker.servicer import InferenceServicer, ServicerConfig
 from worker.spool import SpoolRoot, StoreBudget, spool_limit
+from worker.stow import StowSender
 
 log = logging.getLogger("worker")
 
@@ -110,6 +111,8 @@ class WorkerServer:
             self.thread.join(30)
             for executor in self.executors:
                 executor.shutdown(wait=False, cancel_futures=True)
+            if self.servicer.config.stow is not None:
+                self.servicer.config.stow.close()
             self.spool.close()
 
     async def _stop(self, grace: float) -> None:
@@ -163,6 +166,7 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
         min_receive_rate=config.min_receive_rate, receive_window_seconds=config.receive_window_seconds,
         limits=config.limits,
         output_formats=config.output_formats,
+        stow=StowSender(config.stow, metrics) if config.stow.url else None,
     )
     store = StoreBudget(config.max_study_memory_bytes, spool_limit(config.max_spool_bytes, spool.path))
     metrics.study_memory.set_function(lambda: store.memory)

@@ -72,6 +72,7 @@ class ServicerConfig:
     limits: StudyLimits = field(default_factory=StudyLimits)
     chunk_size: int = CHUNK_SIZE
     output_formats: tuple[str, ...] = ("arterys",)  # a request without "output_formats" gets these
+    stow: object | None = None  # worker.stow.StowSender: the answer's DICOM objects also go to a PACS
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -253,6 +254,10 @@ class _Call:
                 wire = await self._export(wire, study)
         with self.stage("send"):
             await self._send(wire)
+        if self.s.config.stow is not None:  # after the answer, never delaying it (worker/stow.py)
+            from worker.stow import dicom_objects
+
+            self.s.config.stow.submit(dicom_objects(wire.json, wire.binaries))
 
     async def _header(self, messages) -> pb.RequestHeader:
         idle = self.s.config.idle_timeout_seconds

@@ -1,4 +1,5 @@
-"""DICOM outputs a PACS can keep, made from an Arterys result: Segmentations and one Comprehensive 3D SR.
+"""DICOM outputs a PACS stores and OHIF shows, made from an Arterys result: Segmentations (one per series)
+and up to two Comprehensive 3D SRs (the measurement report and the findings report).
 
 The worker calls `export_dicom` after a result has been converted and checked, when the request's
 `output_formats` (see `output_formats`) includes "dicom". It needs only the result JSON, the mask bytes and

@@ -14,6 +14,8 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from worker.dicom_export.vr import cut_text
+
 PRIVATE_SCHEME = "99ARTBR"  # "99" starts every private coding scheme designator (PS3.16 8.2)
 CODING_SCHEMES = [
     CodingSchemeIdentificationItem(
@@ -69,8 +71,9 @@ def _normalised(text: str) -> str:
 
 
 def long_string(text: str) -> str:
-    """A Long String (LO) value: at most 64 characters, no backslash (DICOM's value separator)."""
-    return text.replace("\\", "/")[:64]
+    """A Long String (LO) value: at most 64 bytes in UTF-8 (the outputs' character set), no backslash
+    (DICOM's value separator)."""
+    return cut_text(text.replace("\\", "/"), 64)
 
 
 def private_code(text: str) -> Code:
@@ -94,3 +97,7 @@ def value_code(value: str | bool) -> Code:
 def key_code(key: str) -> Code:
     """The concept name of a classification key: always private (a model's keys are its own vocabulary)."""
     return private_code(key)
+VOLUME = codes.SCT.Volume
+MILLILITRE = Code("ml", "UCUM", "milliliter")
+PRESENCE = codes.DCM.PresenceOfProperty
+ABSENT = codes.DCM.Absent

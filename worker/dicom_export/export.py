@@ -1,5 +1,4 @@
-"""`export_dicom`: an Arterys result made into Segmentations and one Comprehensive 3D SR (highdicom)."""
-
+"""`export_dicom`: an Arterys result made into Segmentations and TID 1500 reports (highdicom)."""
 
 from __future__ import annotations
 
@@ -7,17 +6,16 @@ import io
 import logging
 from collections.abc import Sequence
 
-from pydicom.uid import generate_uid
-
+from arterys_http.label_colours import label_colours, mask_labels
 from arterys_http.protocol import MASK_TYPES
 from worker.dicom_export.device import Device
-from worker.dicom_export.seg import SegOutput, SeriesUids, segmentations
-from worker.dicom_export.sr import structured_report
+from worker.dicom_export.formats import fractional_asked
+from worker.dicom_export.seg import segmentations
+from worker.dicom_export.sr import structured_reports
 from worker.study import Study
 
 # highdicom logs every module it copies at INFO: a dozen lines per object, per request. Its warnings stay.
 logging.getLogger("highdicom").setLevel(logging.WARNING)
-
 
 
 def export_dicom(
@@ -29,54 +27,54 @@ def export_dicom(
     model_name: str = "",
     model_version: str = "",
 ) -> tuple[dict, list[memoryview]]:
-    """The result with DICOM parts appended: one SEG per mask part (per time point of a 4D mask), then one SR.
+    """The result with DICOM parts appended: one SEG per source unit (a series at one time point, or one
+    multi-frame image), then up to two SRs (the measurement report and the findings report).
 
-    Each new part is `{"label", "binary_type": "dicom", "dicom_output": {...}}` (plus the mask's
+    Each new part is `{"label", "binary_type": "dicom", "dicom_output": {...}}` (plus the contributing masks'
     dicomConformance), its binary a DICOM Part 10 file. With `keep_arterys=False` the mask parts are dropped;
     every other part and key stays. The inputs are not modified.
 
     Raises DicomExportError (the study cannot carry these objects, e.g. frames without positions).
     """
     device = Device(model_name, model_version)
-    seg_series, sr_series_uid = SeriesUids(), generate_uid()
     parts = list(result_json.get("parts") or [])
-    kept_parts, kept_binaries = [], []
-    segs: list[tuple[dict, SegOutput]] = []
+    kept_parts, kept_binaries, masks = [], [], []
     for index, (part, binary) in enumerate(zip(parts, binaries, strict=True)):
-        if part.get("binary_type") not in MASK_TYPES:
-            kept_parts.append(part)
-            kept_binaries.append(binary)
-            continue
-        if keep_arterys:
-            kept_parts.append(part)
-            kept_binaries.append(binary)
-        where = f"parts[{index}] ({part.get('label')!r})"
-        for seg in segmentations(part, binary, study, device, seg_series, len(segs) + 1, where):
-            segs.append((part, seg))
+        if part.get("binary_type") in MASK_TYPES:
+            masks.append((index, part, binary))
+            if not keep_arterys:
+                continue
+        kept_parts.append(part)
+        kept_binaries.append(binary)
 
+    # The colour of a label is the one the test tool draws it in: the same module, the same set of labels.
+    colours = label_colours(mask_labels([part for _, part, _ in masks]))
+    segs, absences = segmentations(masks, study, device, study.command or "", colours,
+                                   fractional_asked(study.request))
     new_parts, new_binaries = [], []
-    for part, seg in segs:
-        entry = {"label": seg.label, "binary_type": "dicom", "dicom_output": {
+    for seg in segs:
+        output = {
             "modality": "SEG",
             "SOPInstanceUID": seg.dataset.SOPInstanceUID,
             "SeriesInstanceUID": seg.dataset.SeriesInstanceUID,
             "segmentation_type": seg.dataset.SegmentationType,
             "segments": {str(s.number): s.label for s in seg.segments},
             "source": seg.reference,
-        }}
-        if "dicomConformance" in part:
-            entry["dicomConformance"] = part["dicomConformance"]
+        }
+        if seg.notes:
+            output["notes"] = seg.notes
+        entry = {"label": seg.label, "binary_type": "dicom", "dicom_output": output}
+        if seg.conformance:
+            entry["dicomConformance"] = seg.conformance
         new_parts.append(entry)
         new_binaries.append(part10(seg.dataset))
 
-    report = structured_report(result_json, [seg for _, seg in segs], study, device, sr_series_uid)
-    if report is not None:
-        new_parts.append({"label": "measurement report", "binary_type": "dicom", "dicom_output": {
-            "modality": "SR",
-            "SOPInstanceUID": report.SOPInstanceUID,
-            "SeriesInstanceUID": sr_series_uid,
-            "template": "TID 1500",
-        }})
+    for label, report, notes in structured_reports(result_json, segs, absences, study, device):
+        output = {"modality": "SR", "SOPInstanceUID": report.SOPInstanceUID,
+                  "SeriesInstanceUID": report.SeriesInstanceUID, "template": "TID 1500"}
+        if notes:
+            output["notes"] = notes
+        new_parts.append({"label": label, "binary_type": "dicom", "dicom_output": output})
         new_binaries.append(part10(report))
 
     out = dict(result_json)
