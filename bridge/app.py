@@ -34,6 +34,7 @@ SERVICE_ROUTES = ("/healthcheck", "/ping", "/healthz", "/readyz", "/metrics")
 # Methods per service route; the inference routes take POST only.
 SERVICE_METHODS = {"/healthcheck": ("GET", "HEAD", "POST"), "/ping": ("GET", "HEAD", "POST")}
 READ_ONLY_METHODS = ("GET", "HEAD")
+NAMES_THE_CLIENT = ("401", "429")  # answers whose log line says who was refused (token guessing, floods)
 
 
 def json_response(error: errors.ApiError, request_id: str) -> Response:
@@ -180,9 +181,10 @@ class BridgeApp:
         trace.finish(code, request.received, sent, input_hash, complete)
         # Tagged here, not by the caller's context: a streamed answer ends in the connection's task.
         with request_tags(input_hash=input_hash, request_id=request_id, trace_id=trace.trace_id):
-            log.info("%s %s -> %s in %.3f s, %d bytes in, %d bytes out%s", request.method, request.path[:200], code,
+            log.info("%s %s -> %s in %.3f s, %d bytes in, %d bytes out%s%s", request.method, request.path[:200], code,
                      elapsed, request.received, sent, "" if complete else
-                     " (broken off: the client stopped reading)" if request.stopped_reading else " (broken off)")
+                     " (broken off: the client stopped reading)" if request.stopped_reading else " (broken off)",
+                     f" from {request.client}" if code in NAMES_THE_CLIENT else "")
 
 
 def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None,

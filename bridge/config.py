@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field, fields
 
 from bridge import security
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """'10.0.0.0/8, 192.168.1.7' -> networks; ValueError naming the entry that is not an address."""
+    networks = []
+    for entry in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+    return tuple(networks)
+
 
 # hyper (granian's HTTP/1.1 parser) refuses a request with more header fields than this (431).
 SERVER_MAX_HEADERS = 100
@@ -25,6 +40,9 @@ class HttpLimits:
     max_headers: int = SERVER_MAX_HEADERS
     max_url_bytes: int = 8 << 10
     max_connections: int = 4096
+    max_uploads_per_client: int = 32
+    auth_failures_per_minute: int = 20
+    trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For names the client (bridge/clients.py)
     drain_limit: int = 4 << 30  # request body bytes read and dropped after an early answer
 
 
@@ -84,6 +102,13 @@ _HTTP_FLAGS = [
     ("max-headers", "max_headers", int, f"most header fields in a request (431 beyond; at most {SERVER_MAX_HEADERS})"),
     ("max-connections", "max_connections", int,
      "most client connections served at once; more wait in the listen queue until one closes"),
+    ("max-uploads-per-client", "max_uploads_per_client", int,
+     "most request bodies one client address may be sending at once (429 beyond)"),
+    ("auth-failures-per-minute", "auth_failures_per_minute", int,
+     "refused bearer tokens one client address may send a minute before it gets 429"),
+    ("trusted-proxies", "trusted_proxies", str,
+     "reverse proxies (addresses or networks, comma separated) whose X-Forwarded-For names the client; "
+     "none by default"),
 ]
 
 
@@ -143,6 +168,10 @@ def parse_config(argv: list[str] | None = None) -> BridgeConfig:
     args = parser.parse_args(argv)
     if not 1 <= args.max_headers <= SERVER_MAX_HEADERS:
         parser.error(f"--max-headers must be between 1 and {SERVER_MAX_HEADERS} (the HTTP server's own limit)")
+    try:
+        parse_networks(args.trusted_proxies)
+    except ValueError as error:
+        parser.error(f"--trusted-proxies: {error}")
     try:
         routes = parse_routes(args.route)
     except argparse.ArgumentTypeError as error:

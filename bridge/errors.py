@@ -29,6 +29,8 @@ ERRORS: dict[str, tuple[int, bool, str]] = {
     "uri_too_long": (414, False, "the request target is too long"),
     "unsupported_media_type": (415, False, "neither multipart/related nor application/json"),
     "unprocessable_study": (422, False, "the model cannot process this (valid) study"),
+    "too_many_requests": (429, True, "one client address sends too many bodies at once or had too many tokens "
+                                     "refused in the last minute"),
     "request_header_fields_too_large": (431, False, "too many or too large header fields"),
     "client_closed_request": (499, False, "the client went away before the answer (logged, never sent)"),
     "not_implemented": (501, False, "a Transfer-Encoding other than chunked"),

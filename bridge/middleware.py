@@ -1,7 +1,8 @@
 """The protections granian (bridge/front.py) does not give, as ASGI middleware: each small, one job, and
 tested on its own (tests/test_middleware.py) and against the real server (tests/test_http_front.py).
 
-`protect(app, limits, on_reject)` wraps the application in all of them, outermost first:
+bridge/server.py wraps the application in all of them, outermost first (with those of bridge/clients.py:
+the real client behind trusted proxies first, the per-client limits after Conformance):
 
 - `UploadRate`: a client must send its body at `min_upload_rate` bytes/s or faster, measured over windows
   of `body_timeout` seconds, counting only time spent *waiting* for the client (a slow worker never makes
@@ -48,11 +49,6 @@ log = logging.getLogger("bridge.http")
 
 OnReject = Callable[[str], None]  # called with the reason of every request the middleware ends itself
 HTTP_1_0 = ("1.0", "1")  # granian says "1" for HTTP/1.0
-
-
-def protect(app: ASGIApp, limits: HttpLimits, on_reject: OnReject = lambda reason: None) -> ASGIApp:
-    inner = Conformance(SendDeadline(app, limits.send_timeout, on_reject), limits, on_reject)
-    return UploadRate(EarlyAnswer(inner, limits.drain_limit), limits.min_upload_rate, limits.body_timeout)
 
 
 class UploadRate:
