@@ -6,9 +6,10 @@
   The scope's `client` is replaced, so that logs, limits and traces name the real client.
 - `ClientLimits`: one address may have at most `max_uploads` request bodies arriving at once (a crowd of
   slow uploads from one address is refused with 429, not given every place of the workers), and at most
-  `auth_failures` refused tokens a minute (401s to requests that presented one); past that it gets 429 with Retry-After until its oldest
-  failure is a minute old: guessing tokens stays slow, and a client that holds a valid token is never
-  affected by another's failures. Both tables are bounded (`MAX_TRACKED` addresses, oldest forgotten).
+  `auth_failures` refused tokens a minute (401s to requests that presented one); past that it gets 429
+  with Retry-After until its oldest failure is a minute old: guessing tokens stays slow, and a client that
+  holds a valid token is never affected by another's failures. Health probes are never refused for it.
+  Both tables are bounded (`MAX_TRACKED` addresses, oldest forgotten).
 """
 
 from __future__ import annotations

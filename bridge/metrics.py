@@ -28,8 +28,9 @@ class BridgeMetrics:
         self.open_connections.set_function(lambda: self._count_connections())
         self._count_connections = lambda: 0
         # Requests the bridge's HTTP middleware ended itself, by reason: bad_request, not_implemented,
-        # request_header_fields_too_large, uri_too_long, send_timeout, uploads_per_client, auth_failures. What the HTTP server (hyper) ends itself
-        # (header timeouts, idle connections, unparsable requests) it does not report; docs/decisions.md.
+        # request_header_fields_too_large, uri_too_long, send_timeout, uploads_per_client, auth_failures. What the
+        # HTTP server (hyper) ends itself (header timeouts, idle connections, unparsable requests) it does not
+        # report; docs/decisions.md.
         self.rejected = Counter("bridge_http_rejected", "Requests ended by the bridge's HTTP limits and checks.",
                                 ["reason"], registry=r)
         self.worker_ready = Gauge("bridge_worker_ready", "1 when the route's worker target has a SERVING worker.",

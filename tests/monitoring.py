@@ -1,6 +1,7 @@
 """Helpers for the monitoring tests: a real Prometheus server on loopback, promtool, PromQL metric names.
 
-Prometheus and promtool come from the Debian package `prometheus` (`make test` installs it when missing: tools/system-tools.txt).
+Prometheus and promtool come from the Debian package `prometheus` (`make test` installs it when missing:
+tools/system-tools.txt).
 A missing tool fails the test with that instruction: monitoring that is never checked is not shipped.
 """
 
