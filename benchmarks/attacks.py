@@ -13,6 +13,11 @@ Round two (issue 18, the worker's rows; the mechanisms are in tests/hostile.py):
 addresses declaring 4 GiB and sending 1.3 MB every 19 s (row 4); 130 gRPC streams trickling a byte every
 20 s (row 5); 400,000 one-byte chunk messages on one stream (row 9); and one-shot inputs whose answer is
 the result (rows 6, 7, 8, 12, 14, 16): what came back, what the logs got.
+
+The bridge's HTTP front (issues 17 and 18, rows 1-3, 11, 17): 15 MB of pipelined GET /healthz never read;
+a 1 MB attachment in one-byte HTTP chunks; 1,000 aborted uploads (30 MB declared, 1.7 MB sent); on a bridge
+with HTTPS and tokens, 3,000 TLS connections left silent or with half a ClientHello, five times; 15 MB of
+pipelined unauthenticated GET /metrics; 3,000 wrong tokens on one connection; a missing and a doubled Host.
 """
 
 from __future__ import annotations
@@ -42,8 +47,20 @@ from mock_model.model import MockModel
 from tests import http_helpers as http
 from tests.certificates import make_pki
 from tests.dicom_factory import SeriesSpec, write_big_study, write_study
-from tests.hostile import handshake_flood, in_background, one_byte_chunks, rss, slow_uploads, trickling_streams
-from tests.services import Service, free_port, spawn, start_bridge, start_worker, wait_for
+from tests.hostile import (
+    aborted_uploads,
+    handshake_flood,
+    in_background,
+    one_byte_chunk_upload,
+    one_byte_chunks,
+    pipelined_flood,
+    rss,
+    send_and_read,
+    slow_uploads,
+    tls_connection_flood,
+    trickling_streams,
+)
+from tests.services import Service, free_port, reported_port, spawn, start_bridge, start_worker, wait_for
 
 SETTLE_SECONDS = 3.0  # once nothing is in flight: the worker's idle trim (1 s) and the bridge's cleanup
 
@@ -182,6 +199,34 @@ def many_one_byte_chunks(address: str):
         time.sleep(5)
         yield outcome["description"]
         outcome["done"].wait(120)
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+@contextmanager
+def pipelined_healthz(port: int):
+    with pipelined_flood(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 15 << 20) as flood:
+        yield f"15 MB of pipelined GET /healthz, never read (row 2): the bridge took {flood['sent'] >> 10:,} KiB"
+
+
+@contextmanager
+def one_byte_http_chunks(port: int):
+    outcome = {}
+
+    def send(stop: threading.Event) -> None:
+        outcome["answer"] = send_and_read(port, one_byte_chunk_upload(), timeout=120)
+
+    with in_background(send):
+        time.sleep(2)
+        yield "a 1 MB attachment in one-byte HTTP chunks, 6 MB on the wire (row 3)"
+
+
+@contextmanager
+def thousand_aborted_uploads(port: int):
+    with in_background(lambda stop: aborted_uploads(port, 1000)):
+        time.sleep(2)
+        yield "1,000 uploads declaring 30 MB, aborted after 1.7 MB (issue 17)"
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -330,6 +375,73 @@ def full_spool(tmp: Path, small: list[Path]) -> str:
         worker.stop()
 
 
+def hosts(stack: Stack) -> str:
+    """Row 17: a request without Host, and one with two."""
+    answers = [send_and_read(stack.bridge.port, b"GET /ping HTTP/1.1\r\n" + extra + b"\r\n", timeout=10)
+               for extra in (b"", b"Host: a\r\nHost: b\r\n")]
+    statuses = [answer.split(b" ", 2)[1].decode() if answer else "none" for answer in answers]
+    return f"a request without Host / with two (row 17) | {statuses[0]} / {statuses[1]}, JSON `bad_request`"
+
+
+def tls_bridge_rows(tmp: Path) -> Iterator[str]:
+    """Row 1, on a bridge serving HTTPS."""
+    pki = make_pki(tmp / "front-pki")
+    worker = start_worker(tmp, "mock_model")
+    bridge = spawn(tmp, "bridge", ["-m", "bridge", "--worker", worker.address, "--listen", "127.0.0.1:0",
+                                   "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)], 0)
+    try:
+        bridge.port = reported_port(bridge, 60)
+        url = f"https://127.0.0.1:{bridge.port}"
+        wait_for(lambda: requests.get(url + "/healthz", verify=str(pki.ca), timeout=5).ok, timeout=60,
+                 what="the HTTPS bridge")
+        tls_connection_flood(bridge.port)  # warm-up
+        time.sleep(SETTLE_SECONDS)
+        before, peak = rss(bridge.process.pid), 0
+        for _ in range(5):
+            tls_connection_flood(bridge.port)
+            peak = max(peak, rss(bridge.process.pid))
+        time.sleep(SETTLE_SECONDS)
+        started = time.monotonic()
+        status = requests.get(url + "/healthz", verify=str(pki.ca), timeout=30).status_code
+        yield (f"| 3,000 TLS connections silent or with half a ClientHello, closed, 5 times (row 1) | "
+               f"{megabytes(before, peak, rss(bridge.process.pid))} | /healthz {status} in "
+               f"{time.monotonic() - started:.3f} s |")
+    finally:
+        bridge.stop()
+        worker.stop()
+
+
+def token_bridge_rows(tmp: Path) -> Iterator[str]:
+    """Rows 2 (with tokens on) and 11, on a plain-HTTP bridge with a bearer token."""
+    worker = start_worker(tmp, "mock_model")
+    bridge = start_bridge(tmp, worker.address, env={"BRIDGE_TOKENS": "a-valid-token-of-some-length-0123"})
+    url = f"http://{bridge.address}"
+    try:
+        requests.get(url + "/metrics", timeout=10)
+        time.sleep(SETTLE_SECONDS)
+        before = rss(bridge.process.pid)
+        with pipelined_flood(bridge.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 15 << 20) as flood:
+            during = rss(bridge.process.pid)
+            started = time.monotonic()
+            status = requests.get(url + "/healthz", timeout=30).status_code
+            seconds = time.monotonic() - started
+        time.sleep(SETTLE_SECONDS)
+        yield (f"| 15 MB of pipelined unauthenticated GET /metrics, never read (row 2) | "
+               f"{megabytes(before, during, rss(bridge.process.pid))} | the bridge took {flood['sent'] >> 10:,} KiB; "
+               f"/healthz meanwhile {status} in {seconds:.3f} s |")
+        before = rss(bridge.process.pid)
+        session = requests.Session()
+        codes = [session.get(url + "/metrics", timeout=10, headers={"Authorization": f"Bearer wrong{n}"}).status_code
+                 for n in range(3000)]
+        named = sum(1 for line in bridge.log().splitlines() if "-> 401" in line and "from 127.0.0.1" in line)
+        yield (f"| 3,000 wrong tokens on one connection (row 11) | {megabytes(before, rss(bridge.process.pid))} | "
+               f"{codes.count(401)} x 401, then {codes.count(429)} x 429 with Retry-After; "
+               f"401 lines naming the client: {named} |")
+    finally:
+        bridge.stop()
+        worker.stop()
+
+
 def failed_handshakes(tmp: Path, count: int = 1000) -> str:
     """Row 12: a flood of failed handshakes on a mutual-TLS worker, and a bridge with the wrong CA."""
     pki = make_pki(tmp / "pki")
@@ -379,6 +491,9 @@ def main() -> None:
             lambda: crowd_of_slow_uploads(bridge.port),
             lambda: crowd_of_trickling_streams(worker.address),
             lambda: many_one_byte_chunks(worker.address),
+            lambda: pipelined_healthz(bridge.port),
+            lambda: one_byte_http_chunks(bridge.port),
+            lambda: thousand_aborted_uploads(bridge.port),
         ]
         print("| attack | /ping s | valid request s | status | bridge RSS MB, before → during → after | "
               "worker RSS MB, before → during → after |")
@@ -393,11 +508,17 @@ def main() -> None:
             print(f"| {chunk_first(stack)} |", flush=True)
             print(f"| {nan_geometry(stack, tmp / 'nan')} |", flush=True)
             print(f"| {forged_patient_name(stack, tmp / 'forged')} |", flush=True)
+            print(f"| {hosts(stack)} |", flush=True)
         finally:
             bridge.stop()
             worker.stop()
         print(f"| {full_spool(tmp, small)} |", flush=True)
         print(f"| {failed_handshakes(tmp)} |", flush=True)
+        print()
+        print("| attack on a bridge with HTTPS or tokens | bridge RSS MB, before → during → after | what came back |")
+        print("| --- | --- | --- |")
+        for row in (*tls_bridge_rows(tmp), *token_bridge_rows(tmp)):
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -347,7 +347,7 @@ def environment() -> str:
     memory = next(line.split(":", 1)[1].strip() for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal"))
     packages = ", ".join(f"{name} {metadata.version(name)}" for name in
-                         ("grpcio", "protobuf", "flask", "werkzeug", "httptools", "uvloop", "pydicom", "numpy",
+                         ("grpcio", "protobuf", "granian", "flask", "werkzeug", "uvloop", "pydicom", "numpy",
                           "requests-toolbelt") if _installed(name))
     return (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {cpu}, {os.cpu_count()} cores, {memory} "
             f"memory; Linux {platform.release()}; Python {platform.python_version()}; {packages}")

@@ -43,7 +43,6 @@ ERRORS: dict[str, tuple[int, bool, str]] = {
     "worker_unavailable": (503, True, "no worker is reachable or has its model loaded"),
     "worker_busy": (503, True, "every worker's queue is full"),
     "spool_full": (503, True, "the worker's spool, where studies are kept while they arrive, is full"),
-    "too_many_connections": (503, True, "the bridge has too many open connections"),
     "deadline_exceeded": (504, False, "the inference did not finish within the deadline"),
 }
 

@@ -1,6 +1,8 @@
 """Hostile clients of the second adversarial pass (issue 18), as context managers the tests and
 benchmarks/attacks.py share: a crowd of slow uploads through the bridge, a crowd of trickling gRPC streams
-straight to the worker, one stream of one-byte chunks, a flood of failed TLS handshakes. Each runs in the
+straight to the worker, one stream of one-byte chunks, a flood of failed TLS handshakes; and against the
+bridge's HTTP front: floods of TLS connections that never finish, pipelined requests never read, a body in
+one-byte HTTP chunks, aborted uploads. Each runs in the
 background while its block lasts, and ends (sockets closed, calls cancelled) when the block does.
 """
 
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -210,3 +213,86 @@ def handshake_flood(port: int, count: int) -> None:
             sock.settimeout(5)
             with contextlib.suppress(OSError):
                 sock.recv(1024)
+
+
+# ------------------------------------------------------------------ against the bridge's HTTP front
+
+
+def half_client_hello(server_hostname: str = "localhost") -> bytes:
+    """The first half of a real TLS ClientHello: a handshake that never completes."""
+    import ssl
+
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    with contextlib.suppress(ssl.SSLWantReadError):
+        ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=server_hostname).do_handshake()
+    hello = outgoing.read()
+    return hello[: len(hello) // 2]
+
+
+def tls_connection_flood(port: int, count: int = 3000) -> None:
+    """`count` connections to a TLS port at once, every other one sending half a ClientHello, then all closed."""
+    hello, sockets = half_client_hello(), []
+    for index in range(count):
+        with contextlib.suppress(OSError):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if index % 2:
+                sock.sendall(hello)
+            sockets.append(sock)
+    for sock in sockets:
+        sock.close()
+
+
+@contextlib.contextmanager
+def pipelined_flood(port: int, request: bytes, size: int, seconds: float = 20.0) -> Iterator[dict]:
+    """Sends up to `size` bytes of `request` pipelined, never reading an answer, for at most `seconds`; the
+    connection stays open while the block runs. Yields {"sent": bytes the bridge took}."""
+    outcome = {"sent": 0}
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setblocking(False)
+    batch = request * max(1, 65536 // len(request))
+    deadline = time.monotonic() + seconds
+    try:
+        while outcome["sent"] < size and time.monotonic() < deadline:
+            try:
+                outcome["sent"] += sock.send(batch)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break  # the bridge closed it (a 429, say): nothing more to send
+        yield outcome
+    finally:
+        sock.close()
+
+
+def one_byte_chunk_upload(attachment_bytes: int = 1_000_000) -> bytes:
+    """A whole chunked POST whose body (the request JSON and one attachment) travels one byte per chunk."""
+    payload = (b"--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b\r\nContent-Type: application/octet-stream"
+               b"\r\n\r\n" + b"x" * attachment_bytes + b"\r\n--b--\r\n")
+    head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    return head + b"".join(b"1\r\n%b\r\n" % payload[i:i + 1] for i in range(len(payload))) + b"0\r\n\r\n"
+
+
+def send_and_read(port: int, data: bytes, timeout: float = 60) -> bytes:
+    """Sends `data` (stopping early if the bridge closes), then reads until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        received = b""
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while chunk := sock.recv(65536):
+                received += chunk
+        return received
+
+
+def aborted_uploads(port: int, count: int, declared: int = 30 << 20, sent: int = 1_700_000) -> None:
+    """`count` uploads that declare `declared` bytes, send about `sent`, and hang up (a reset, not a close)."""
+    body_start = (b"--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b\r\nContent-Type: application/dicom"
+                  b"\r\n\r\n" + b"\0" * sent)
+    head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
+            b"Content-Length: %d\r\n\r\n" % declared)
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            with contextlib.suppress(OSError):
+                sock.sendall(head + body_start)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

@@ -35,8 +35,11 @@ def stack(tmp_path_factory):
     token_file.write_text(f"# rotated monthly\n{FILE_TOKEN}\n")
     worker = start_worker(tmp, "mock_model")
     env = {"BRIDGE_TOKENS": f"{ENV_TOKENS[0]}, {ENV_TOKENS[1]}"}
-    bridge = start_bridge(tmp, worker.address, "--token-file", str(token_file), env=env)
-    open_metrics = start_bridge(tmp, worker.address, "--metrics-auth", "off", env=env)
+    # These tests poll with tokens that are not valid yet, hundreds of times: the lock-out of a guessing
+    # address (tests/test_clients.py) is set out of their way.
+    unlimited = ("--auth-failures-per-minute", "1000000")
+    bridge = start_bridge(tmp, worker.address, "--token-file", str(token_file), *unlimited, env=env)
+    open_metrics = start_bridge(tmp, worker.address, "--metrics-auth", "off", *unlimited, env=env)
     yield {"url": f"http://{bridge.address}", "open_metrics": f"http://{open_metrics.address}", "bridge": bridge,
            "token_file": token_file, "tmp": tmp}
     for service in (bridge, open_metrics, worker):

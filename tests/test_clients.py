@@ -137,7 +137,9 @@ def test_the_tables_are_bounded(monkeypatch):
 
     limited = ClientLimits(app, max_uploads=8, auth_failures=3, on_reject=lambda reason: None)
     for index in range(20):
-        asyncio.run(limited(scope(f"10.0.0.{index}", body=False), None, Sent()))
+        request = scope(f"10.0.0.{index}", body=False)
+        request["headers"].append((b"authorization", b"Bearer wrong"))
+        asyncio.run(limited(request, None, Sent()))
     assert len(limited.failures) == 5
 
 

@@ -22,6 +22,7 @@ import requests
 
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
+from tests import hostile
 from tests import http_helpers as http
 from tests.dicom_factory import SeriesSpec, write_standard_study, write_study
 from tests.services import free_port, start_bridge, start_worker, wait_for, wait_for_health
@@ -192,8 +193,8 @@ def test_forty_stalled_uploads_do_not_shut_out_a_normal_request(tmp_path, study)
         parts = [("application/json", b"{}")] + [("application/dicom", i.path.read_bytes()) for i in big.instances]
         body = http.hand_built_body(parts, "b")
         head = http.raw_post_head(body)
-        for _ in range(40):
-            sock = connect(bridge.port)
+        for index in range(40):  # 40 clients, each from an address of its own (one address may send 32 at once)
+            sock = hostile.connect(bridge.port, hostile.source_address(index))
             sock.sendall(head + body[: 64 << 10])
             stalled.append(sock)
         wait_for(lambda: metric(metrics_port, "worker_receiving_calls") == 40, timeout=15,

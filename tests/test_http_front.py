@@ -7,7 +7,6 @@ Each test is one row of what a review against the RFC found in the server the br
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import socket
@@ -20,6 +19,13 @@ import pytest
 
 from tests import http_helpers as http
 from tests.dicom_factory import write_standard_study
+from tests.hostile import (
+    aborted_uploads,
+    one_byte_chunk_upload,
+    pipelined_flood,
+    send_and_read,
+    tls_connection_flood,
+)
 from tests.services import reported_port, spawn, start_bridge, start_worker, wait_for
 
 TOKEN = "front-test-token-0123456789abcdef"
@@ -83,20 +89,12 @@ def test_a_pipelined_flood_never_read_leaves_the_bridge_as_it_was(stack):
     bridge = stack["bridge"]
     exchange(stack["port"], b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     before = rss_kb(bridge)
-    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", stack["port"]), timeout=10) as sock:
-        sock.setblocking(False)
-        sent, deadline = 0, time.monotonic() + 15
-        while sent < 4 << 20 and time.monotonic() < deadline:
-            try:
-                sent += sock.send(request * 1000)
-            except BlockingIOError:
-                time.sleep(0.01)
+    with pipelined_flood(stack["port"], b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 4 << 20) as flood:
         time.sleep(1)
         during = rss_kb(bridge)
     time.sleep(1)
     after = rss_kb(bridge)
-    assert max(during, after) - before < 10_000, (before, during, after, sent)
+    assert max(during, after) - before < 10_000, (before, during, after, flood["sent"])
     assert statuses(exchange(stack["port"], b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) \
         == [200]
 
@@ -105,29 +103,17 @@ def test_aborted_uploads_do_not_raise_the_bridges_memory(stack):
     """Headers announcing 30 MB, about 1.7 MB sent, then the client leaves, 2,000 times: the bridge stays
     under 100 MB, and the second thousand adds at most 5 MB (the former server: 48 -> 163 MB over 480)."""
     bridge = stack["bridge"]
-    body_start = (b"--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b\r\nContent-Type: application/dicom\r\n\r\n"
-                  + b"\0" * (1_700_000))
-    head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
-            b"Content-Length: 31457280\r\n\r\n")
-
-    def abort(count: int) -> None:
-        for _ in range(count):
-            with socket.create_connection(("127.0.0.1", stack["port"]), timeout=10) as sock:
-                sock.sendall(head + body_start)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
     def settled() -> bool:
         text = urllib.request.urlopen(f"http://127.0.0.1:{stack['port']}/metrics", timeout=5).read().decode()
         return "bridge_inflight_requests 0.0" in text
 
-    abort(1000)
+    aborted_uploads(stack["port"], 1000)
     wait_for(settled, timeout=30, what="the aborted uploads settled")
-    time.sleep(6)  # idle: the bridge gives freed memory back (contract.malloc.release_when_idle)
-    first = rss_kb(bridge)
-    abort(1000)
+    first = settle_rss(bridge)
+    aborted_uploads(stack["port"], 1000)
     wait_for(settled, timeout=30, what="the aborted uploads settled")
-    time.sleep(6)
-    second = rss_kb(bridge)
+    second = settle_rss(bridge)
     assert first < 100_000 and second - first < 5_000, (first, second)
 
 
@@ -295,22 +281,6 @@ def test_a_flood_of_tls_connections_that_never_finish_leaves_memory_as_it_was(tm
                                         "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)], 0)
     bridge.port = reported_port(bridge, 60)
     context = ssl.create_default_context(cafile=str(pki.ca))
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    with contextlib.suppress(ssl.SSLWantReadError):
-        context.wrap_bio(incoming, outgoing, server_hostname="localhost").do_handshake()
-    hello = outgoing.read()
-    half_hello = hello[: len(hello) // 2]
-
-    def flood() -> None:
-        sockets = []
-        for index in range(3000):
-            with contextlib.suppress(OSError):
-                sock = socket.create_connection(("127.0.0.1", bridge.port), timeout=10)
-                if index % 2:
-                    sock.sendall(half_hello)
-                sockets.append(sock)
-        for sock in sockets:
-            sock.close()
 
     def healthz() -> int:
         with socket.create_connection(("127.0.0.1", bridge.port), timeout=10) as raw:
@@ -320,10 +290,10 @@ def test_a_flood_of_tls_connections_that_never_finish_leaves_memory_as_it_was(tm
 
     try:
         wait_for(lambda: healthz() == 200, timeout=60, what="the HTTPS bridge answering")
-        flood()  # warm-up: the allocators' working size
+        tls_connection_flood(bridge.port)  # warm-up: the allocators' working size
         before = settle_rss(bridge)
         for _ in range(4):
-            flood()
+            tls_connection_flood(bridge.port)
         after = settle_rss(bridge)
         assert after < before * 1.1, (before, after)
         assert healthz() == 200
@@ -340,22 +310,14 @@ def test_a_pipelined_flood_without_a_token_leaves_memory_as_it_was(tmp_path):
     try:
         exchange(bridge.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         before = settle_rss(bridge)
-        request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
-        with socket.create_connection(("127.0.0.1", bridge.port), timeout=10) as sock:
-            sock.setblocking(False)
-            sent, deadline = 0, time.monotonic() + 20
-            while sent < 15 << 20 and time.monotonic() < deadline:
-                try:
-                    sent += sock.send(request * 1000)
-                except BlockingIOError:
-                    time.sleep(0.01)
-            assert sent < 15 << 20  # the bridge read no further than the answers it could send
+        with pipelined_flood(bridge.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 15 << 20) as flood:
+            assert flood["sent"] < 15 << 20  # the bridge read no further than the answers it could send
             started = time.monotonic()
             assert statuses(exchange(bridge.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))\
                 == [200]
             assert time.monotonic() - started < 2
         after = settle_rss(bridge)
-        assert after < before * 1.1, (before, after, sent)
+        assert after < before * 1.1, (before, after, flood["sent"])
     finally:
         bridge.stop()
         worker.stop()
@@ -365,11 +327,6 @@ def test_one_byte_chunks_cost_little_and_delay_no_one(stack):
     """A 1 MB attachment sent as 1-byte chunks (6 MB on the wire): probes on other connections are answered
     within 2 s throughout (the former server made them wait up to 16.9 s), and the upload ends with an
     answer (200, or 408 when the chunks arrive slower than the minimum upload rate)."""
-    payload = (b"--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b\r\nContent-Type: application/octet-stream\r\n"
-               b"\r\n" + b"x" * 1_000_000 + b"\r\n--b--\r\n")
-    wire = b"".join(b"1\r\n%b\r\n" % payload[i:i + 1] for i in range(len(payload))) + b"0\r\n\r\n"
-    head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
     waits, done = [], threading.Event()
 
     def probe() -> None:
@@ -382,10 +339,7 @@ def test_one_byte_chunks_cost_little_and_delay_no_one(stack):
     prober = threading.Thread(target=probe, daemon=True)
     prober.start()
     try:
-        with socket.create_connection(("127.0.0.1", stack["port"]), timeout=60) as sock:
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                sock.sendall(head + wire)
-            answer = read_until_closed(sock, 60)
+        answer = send_and_read(stack["port"], one_byte_chunk_upload())
     finally:
         done.set()
         prober.join()

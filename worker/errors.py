@@ -23,7 +23,7 @@ MAX_ECHO = 120  # characters of a sender's value quoted back in a message
 # would see RESOURCE_EXHAUSTED instead of the answer); this keeps every status far below that.
 MAX_STATUS_BYTES = 1024
 MAX_PROBLEMS = 10  # problems of a broken answer listed in its message; the rest are counted
-MAX_PROBLEM_CHARACTERS = 300
+MAX_PROBLEM_CHARACTERS = 400  # a shape problem names both layouts and the call that fixes it
 
 
 def short(value) -> str:
