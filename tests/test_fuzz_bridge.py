@@ -75,7 +75,8 @@ def services(tmp_path_factory):
     dicoms = [i.path.read_bytes() for i in study.instances]
     state = Services(bridge=bridge, worker=worker, dicoms=dicoms)
     deadline = time.monotonic() + 30
-    while b"READY" not in exchange(bridge.port, [b"GET /healthcheck HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n"]).raw:
+    healthcheck = b"GET /healthcheck HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n"
+    while b"READY" not in exchange(bridge.port, [healthcheck]).raw:
         assert time.monotonic() < deadline, "the bridge never became READY"
         time.sleep(0.05)
     for command in COMMANDS:  # warm: every command once, so lazily started threads exist before the baseline
