@@ -40,6 +40,15 @@ class Model:
             overrides it).
         study_in_memory: keep the whole study in memory instead of writing what exceeds the worker's
             --spool-memory-mib to disk; right for a model that reads every instance anyway.
+        max_batch_size, max_batch_delay: read only when the model defines `infer_batch` (below).
+
+    Batching (opt-in): a model that defines `infer_batch(self, studies: list[Study]) -> list[Result]` is
+    called with several studies at once instead of `infer`. The worker gathers studies that have fully
+    arrived and wait for the model, up to `max_batch_size` of them or until the first has waited
+    `max_batch_delay` seconds, whichever comes first (worker/batching.py). The list it returns holds one
+    answer per study, in the order given; a study that fails gets an exception instance in its place
+    (`InvalidInput(...)`, `UnsupportedStudy(...)`, any other exception), which fails that study alone, as
+    if `infer` had raised it.
     """
 
     name: str = ""
@@ -47,6 +56,8 @@ class Model:
     commands: Sequence[str] = ()
     default_command: str = ""
     study_in_memory: bool = False
+    max_batch_size: int = 8
+    max_batch_delay: float = 0.005  # seconds
 
     def load(self) -> None:
         """Loads weights once. The worker reports NOT_SERVING until this returns."""

@@ -12,6 +12,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 STAGES = ("receive", "queue", "infer", "check", "send")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Waiting to fill a batch is bounded by the model's max_batch_delay: milliseconds, finer than the stages.
+FILL_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
 
 
 class WorkerMetrics:
@@ -44,6 +47,19 @@ class WorkerMetrics:
         self.stow_attempts = Counter(
             "worker_stow_attempts", "STOW-RS requests sent, by HTTP status ('error': no answer).", ["status"],
             registry=r,
+        )
+        # Batching models only (worker/batching.py); every model's series exist at 0.
+        self.batch_size = Histogram(
+            "worker_batch_size", "Studies per batch given to a model's infer_batch().", ["model"],
+            buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )
+        self.batch_fill_seconds = Histogram(
+            "worker_batch_fill_seconds", "Time a batch waited for more studies once a model thread was free "
+            "(at most the model's max_batch_delay).", ["model"], buckets=FILL_BUCKETS, registry=r,
+        )
+        self.batch_model_seconds = Histogram(
+            "worker_batch_model_seconds", "Time infer_batch() took per batch.", ["model"],
+            buckets=DURATION_BUCKETS, registry=r,
         )
         self.overruns = Counter(
             "worker_model_overruns", "Inferences that returned after their call had ended (cancelled or past its "

@@ -26,6 +26,7 @@ from contract import inference_pb2 as pb
 from contract import tracing, wire
 from worker.admission import Admission
 from worker.api import Model
+from worker.batching import batcher_for, model_places
 from worker.config import WorkerConfig
 from worker.loading import TRACEBACK_HINT, failure_text
 from worker.metrics import WorkerMetrics
@@ -157,8 +158,10 @@ def _loop_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
 def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> WorkerServer:
     """Binds `config.listen` (port 0 picks a free one) with the model not loaded yet; raises PortInUse."""
     metrics = metrics or WorkerMetrics()
+    places = model_places(model, config.concurrency)  # first: a wrong batch setting stops here, nothing to undo
     spool = SpoolRoot(config.spool_dir or None)
     model_threads = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="model")
+    batcher = batcher_for(model, config.concurrency, model_threads, metrics)  # None: the model has no infer_batch
     io_threads = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="io")
     servicer_config = ServicerConfig(
         default_command=config.default_command, study_root=config.study_root or None, spool_root=spool.path,
@@ -174,8 +177,8 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
     loop, thread = _loop_thread()
 
     async def build():
-        admission = Admission(config.concurrency, config.queue_size, metrics, config.max_receiving, store)
-        servicer = InferenceServicer(model, admission, metrics, servicer_config, model_threads, io_threads)
+        admission = Admission(places, config.queue_size, metrics, config.max_receiving, store)
+        servicer = InferenceServicer(model, admission, metrics, servicer_config, model_threads, io_threads, batcher)
         server = grpc.aio.server(options=server_options(config))
         health_servicer = health.aio.HealthServicer()
         for name in ("", SERVICE_NAME):

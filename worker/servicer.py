@@ -34,6 +34,7 @@ from contract.result_json import to_proto
 from worker import errors
 from worker.admission import Admission, Ticket
 from worker.api import InvalidInput, Model, Result, UnsupportedStudy
+from worker.batching import Batcher
 from worker.config import StudyLimits
 from worker.dicom_export import UnknownOutputFormat, output_formats
 from worker.metrics import STAGES, WorkerMetrics
@@ -77,7 +78,8 @@ class ServicerConfig:
 
 class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, model: Model, admission: Admission, metrics: WorkerMetrics, config: ServicerConfig,
-                 model_threads: ThreadPoolExecutor, io_threads: ThreadPoolExecutor) -> None:
+                 model_threads: ThreadPoolExecutor, io_threads: ThreadPoolExecutor,
+                 batcher: Batcher | None = None) -> None:
         self.model = model
         self.store: StoreBudget = admission.store
         self.model_name = model.describe_name()
@@ -86,6 +88,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.config = config
         self.model_threads = model_threads
         self.io_threads = io_threads
+        self.batcher = batcher  # a model with infer_batch gets its studies through it (worker/batching.py)
         self.loaded = False
         self.commands = tuple(model.commands)
         self.default_command = config.default_command or model.default_command
@@ -359,12 +362,14 @@ class _Call:
             except RuntimeError:  # the loop is closed: the worker stopped while the model overran its call
                 context.run(log.info, "the model returned after the worker had stopped (it overran its call)")
 
-        future = self.s.model_threads.submit(context.run, self.s.model.infer, study)
+        # A batching model's batcher answers each study as the thread pool answers infer(): with a future.
+        future = (self.s.batcher.submit(study, context) if self.s.batcher
+                  else self.s.model_threads.submit(context.run, self.s.model.infer, study))
         future.add_done_callback(returned)
         try:
             return await answer
         except asyncio.CancelledError:
-            if not future.done():
+            if not future.cancel() and not future.done():  # a study not started yet is dropped instead
                 self.s.admission.overrunning += 1  # the model runs on for a caller that is gone
                 self.overran = True
             raise
@@ -377,12 +382,14 @@ class _Call:
             raise errors.ModelFailed(f"the model raised {type(error).__name__}: {error}", study_data=True) from error
 
     def _model_returned(self, ticket: Ticket, future, answer: asyncio.Future) -> None:
-        if not answer.done():
+        if future.cancelled():  # dropped before the model saw it: its caller has gone
+            answer.cancel()
+        elif not answer.done():
             error = future.exception()
             answer.set_exception(error) if error is not None else answer.set_result(future.result())
         if self.overran:
             self.s.admission.overrunning -= 1
-        if self.gone.is_set() and self.outcome not in ("", "ok"):
+        if self.gone.is_set() and self.outcome not in ("", "ok") and not future.cancelled():
             self.s.metrics.overruns.labels(self.s.model_name).inc()
             log.warning("the model returned after its call had ended (%s): it kept the model busy; models should "
                         "check study.is_cancelled()", self.outcome)

@@ -12,6 +12,7 @@ With tracing off (contract/tracing.py), the call only reads a W3C traceparent fr
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import grpc
 
@@ -121,3 +122,28 @@ class CallTrace:
 
 
 NO_TRACE = CallTrace()
+
+
+def batch_span(study_contexts: list[contextvars.Context]):
+    """For a batch of studies (worker/batching.py), run on a model thread: an `infer_batch` span, current
+    while the batch runs so that the model's own spans nest under it, linked to each study's `infer` span
+    (a batch belongs to several traces; links are how OpenTelemetry says so); each of those spans gets the
+    batch's size. Nothing with tracing off."""
+    tracer = tracing.tracer("worker")
+    return _NOTHING if tracer is None else _batch_span(tracer, study_contexts)
+
+
+@contextlib.contextmanager
+def _batch_span(tracer, study_contexts: list[contextvars.Context]):
+    from opentelemetry import trace
+
+    size = len(study_contexts)
+    links = []
+    for study_context in study_contexts:
+        span = study_context.run(trace.get_current_span)
+        if span.get_span_context().is_valid:
+            span.set_attribute("arterys.batch_size", size)
+            links.append(trace.Link(span.get_span_context()))
+    span = tracer.start_span("infer_batch", links=links, attributes={"arterys.batch_size": size})
+    with trace.use_span(span, end_on_exit=True):
+        yield span
