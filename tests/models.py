@@ -52,3 +52,19 @@ class TracedModel(Model):
             if study.command == "fail":
                 raise RuntimeError("the traced model failed on purpose")
         return Result(study_ml_json={"instances": len(study.instances)})
+
+
+class BatchingTracedModel(Model):
+    """A batching model with its own span and log line per batch; waits for two studies (a long delay)."""
+
+    name = "batching_traced"
+    max_batch_size = 2
+    max_batch_delay = 60.0
+
+    def infer_batch(self, studies: list[Study]) -> list[Result]:
+        from opentelemetry import trace
+
+        with trace.get_tracer("tests.models").start_as_current_span("model.forward") as span:
+            span.set_attribute("model.studies", len(studies))
+            logging.getLogger("tests.models").info("batching model inferring %d studies", len(studies))
+        return [Result(study_ml_json={"instances": len(study.instances)}) for study in studies]

@@ -13,7 +13,7 @@ import http.server
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -38,6 +38,7 @@ class Span:
     start_ns: int
     end_ns: int
     protocol: str  # how it arrived: grpc or http
+    links: list[tuple[str, str]] = field(default_factory=list)  # (trace id, span id) of each span linked to
 
 
 def _value(value: common_pb2.AnyValue):
@@ -90,6 +91,7 @@ class Collector:
                         attributes=_attributes(span.attributes), status=STATUS[span.status.code],
                         events=[event.name for event in span.events], start_ns=span.start_time_unix_nano,
                         end_ns=span.end_time_unix_nano, protocol=protocol,
+                        links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
                     ))
         with self.lock:
             self.spans.extend(spans)

@@ -18,8 +18,9 @@ import pytest
 from contract.logs import RequestTagFilter
 from tests.conftest import serving
 from tests.dicom_factory import SeriesSpec, write_study
-from tests.services import wait_for
-from tests.worker_client import collect, dicom_parts, request_messages
+from tests.otlp_collector import Collector
+from tests.services import start_worker, wait_for
+from tests.worker_client import collect, dicom_parts, request_messages, stub_for
 from worker import BoundingBox, InvalidInput, Model, Result, UnsupportedStudy
 from worker.config import WorkerConfig
 from worker.server import create_server
@@ -332,3 +333,43 @@ def test_each_study_of_a_batch_keeps_its_own_deadline(worker):
     wait_for(lambda: sample(server, "worker_model_overruns_total", model="watching") == 1,
              what="the short study's overrun to be counted")
     assert outcome(server, "watching", "ok") == 1
+
+
+# ---------------------------------------------------------------------------------------- tracing
+
+
+def test_each_study_keeps_its_trace_and_the_batch_span_links_them(tmp_path, parts):
+    """A worker process exporting to a collector; two calls of two traces are answered by one batch."""
+    traces = ["4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c"]
+    with Collector() as collector:
+        worker = start_worker(tmp_path, "tests.models:BatchingTracedModel", env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.grpc_endpoint, "OTEL_BSP_SCHEDULE_DELAY": "50"})
+        try:
+            stub = stub_for(worker.port)
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                futures = [pool.submit(lambda trace_id: collect(stub.Infer(
+                    request_messages({"n": trace_id}, parts), timeout=60,
+                    metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),))), trace_id)
+                    for trace_id in traces]
+                answers = [future.result(timeout=60) for future in futures]
+            spans = collector.wait_for(lambda spans: len([s for s in spans if s.name == "model.forward"]) == 1)
+            spans = collector.wait_for(lambda spans: len([s for s in spans if s.kind == "SERVER"]) == 2)
+        finally:
+            worker.stop()
+
+    by_trace = {trace_id: {s.name: s for s in spans if s.trace_id == trace_id} for trace_id in traces}
+    (batch,) = [s for s in spans if s.name == "infer_batch"]
+    (forward,) = [s for s in spans if s.name == "model.forward"]
+    for trace_id, answer in zip(traces, answers, strict=True):
+        mine = by_trace[trace_id]
+        assert {"arterys.inference.v1.Inference/Infer", "receive", "queue", "infer", "check", "send"} <= set(mine)
+        assert mine["infer"].attributes["arterys.batch_size"] == 2
+        assert mine["arterys.inference.v1.Inference/Infer"].attributes["arterys.input_hash"] == answer.result.input_hash
+        assert (trace_id, mine["infer"].span_id) in batch.links
+    assert batch.attributes["arterys.batch_size"] == 2 and len(batch.links) == 2
+    assert (forward.trace_id, forward.parent_id) == (batch.trace_id, batch.span_id)
+    assert forward.attributes["model.studies"] == 2
+    # The model's line is about both studies: both input hashes and both trace ids.
+    (line,) = [line for line in worker.log().splitlines() if "batching model inferring 2 studies" in line]
+    for trace_id, answer in zip(traces, answers, strict=True):
+        assert answer.result.input_hash in line and trace_id in line
