@@ -15,8 +15,8 @@ WORKER_MODEL ?= mock_model
 
 setup: $(STAMP)
 
-# Re-installs only when the pinned requirements change.
-$(STAMP): $(wildcard requirements*.txt)
+# Re-installs only when the pinned requirements change (the example models' own pins included).
+$(STAMP): $(wildcard requirements*.txt example_models/*/requirements.txt)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 	touch $(STAMP)
