@@ -7,6 +7,10 @@ Three systems answer the same requests from the same load client (benchmarks/loa
 - ours: real `python -m worker` and `python -m bridge` processes with default settings;
 - floor: the same request and answer bytes moved over a plain loopback socket (benchmarks/floor_server.py).
 
+The batching workloads (gpu-*, onnx-*) run ours alone, each with a model of its own (`Workload.model`): a GPU
+stand-in of 40 ms per call + 4 ms per study (benchmarks/models.py) with and without `infer_batch`, and the
+ONNX Runtime example (example_models.onnx_body) with batches of up to 8 or of one, at 32 clients and at 1.
+
 Both reference and ours run the same model code: the original SDK's mock handlers
 (benchmarks/original_handlers.py), hosted unchanged in our worker. Rounds are interleaved (every system
 and workload once per round, in a rotating order, fresh servers each round); figures are medians over
@@ -50,6 +54,9 @@ LEGEND = """\
 - **RSS**: peak resident memory (VmHWM, reset before each workload) of each serving process, MB.
 - **vs ref**: ours divided by the reference in the same round (latency and CPU: lower is better;
   req/s: higher is better). Medians over rounds, min..max in brackets.
+- **Batching** (gpu-*, onnx-*: ours only, a model of their own): p99 is the 99th percentile of the client's
+  latency, ms; "vs batches of 1" divides a batched workload's figure by the one of the same clients without
+  batching, measured in the same round.
 """
 
 
@@ -67,6 +74,7 @@ class Workload:
     body: Path | None = None
     content_type: str = ""
     study_bytes: int = 0
+    model: str = ""  # the worker's --model for "ours" (default: the original SDK's handlers)
 
 
 def workloads(quick: bool) -> list[Workload]:
@@ -84,7 +92,26 @@ def workloads(quick: bool) -> list[Workload]:
                  systems=("ours",)),
         Workload("scale-3w", "model sleeping 100 ms, 3 workers behind one bridge, 12 clients", 1, "sleep", 12,
                  scale(240), size, systems=("ours-3w",)),
+        *batching_workloads(scale, quick),
     ]
+
+
+GPU = {1: "benchmarks.models:FixedCostModel", 8: "benchmarks.models:BatchedFixedCostModel"}
+ONNX = {1: "benchmarks.models:onnx_body_one_by_one", 8: "example_models.onnx_body"}
+
+
+def batching_workloads(scale, quick: bool) -> list[Workload]:
+    """gpu-BxC / onnx-BxC: batches of at most B, C clients, one-image studies."""
+    out = []
+    for batch, clients, requests_ in ((1, 32, 240), (8, 32, 960), (1, 1, 200), (8, 1, 200)):
+        out.append(Workload(f"gpu-{batch}x{clients}", f"GPU stand-in (40 ms + 4 ms per study, sleeping), batches of "
+                            f"at most {batch}, {clients} client(s), one 256x256 image", 1, "", clients,
+                            scale(requests_), 64 if quick else 256, systems=("ours",), model=GPU[batch]))
+    for batch in (1, 8):
+        out.append(Workload(f"onnx-{batch}x32", f"example_models.onnx_body on ONNX Runtime (CPU), batches of at most "
+                            f"{batch}, 32 clients, one 512x512 CT image", 1, "segment-body", 32, scale(480),
+                            64 if quick else 512, systems=("ours",), model=ONNX[batch]))
+    return out
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -208,6 +235,8 @@ def start_system(name: str, workload: Workload, answers: dict[str, Path], log: P
         return System(name, port, {"floor": process})
     if name == "ours-typed":
         return start_ours(1, "mock_model", log)
+    if workload.model:
+        return start_ours(1, workload.model, log)
     return start_ours(3 if name == "ours-3w" else 1, "benchmarks.original_handlers:model", log)
 
 
@@ -245,6 +274,7 @@ def measure(system: System, workload: Workload) -> dict:
     return {
         "p50": percentile(result["latencies"], 0.5) * 1000,
         "p90": percentile(result["latencies"], 0.9) * 1000,
+        "p99": percentile(result["latencies"], 0.99) * 1000,
         "rps": len(result["latencies"]) / result["wall"],
         "errors": sum(n for status, n in result["statuses"].items() if status != "200"),
         "statuses": result["statuses"],
@@ -293,6 +323,38 @@ def report(results: dict, work: list[Workload]) -> str:
     return "\n".join(lines)
 
 
+def same_round(results: dict, workload: str, other: str, key: str, other_key: str | None = None) -> list[float]:
+    """Per round, `key` of one workload divided by `other_key` (default: the same) of another, both on ours:
+    the rounds interleave the workloads, so each ratio compares figures measured minutes apart at most."""
+    mine, theirs = results.get((workload, "ours"), []), results.get((other, "ours"), [])
+    return [m[key] / t[other_key or key] for m, t in zip(mine, theirs, strict=False) if t[other_key or key]]
+
+
+def unbatched(name: str) -> str:
+    """gpu-8x32 -> gpu-1x32: the same workload without batching."""
+    family, _, shape = name.partition("-")
+    return f"{family}-1x{shape.partition('x')[2]}"
+
+
+def batching_report(results: dict, work: list[Workload]) -> str:
+    """The batching workloads with their p99, each batched one against the same clients without batching."""
+    lines = ["| workload | p50 ms | p99 ms | req/s | errors | req/s vs batches of 1 | p50 vs batches of 1 |",
+             "|" + " --- |" * 7]
+    for workload in work:
+        rows = results.get((workload.name, "ours"), [])
+        if not workload.model or not rows:
+            continue
+        other = unbatched(workload.name)
+        compare = other != workload.name and (other, "ours") in results
+        lines.append("| " + " | ".join([
+            workload.name, spread([r["p50"] for r in rows]), spread([r["p99"] for r in rows]),
+            spread([r["rps"] for r in rows], 1), spread([r["errors"] for r in rows]),
+            spread(same_round(results, workload.name, other, "rps"), 2) if compare else "",
+            spread(same_round(results, workload.name, other, "p50"), 2) if compare else "",
+        ]) + " |")
+    return "\n".join(lines)
+
+
 def targets(results: dict, work: dict[str, Workload]) -> list[str]:
     """The issue's targets, each with its measured figure."""
     out = []
@@ -338,6 +400,21 @@ def targets(results: dict, work: dict[str, Workload]) -> list[str]:
         three = median([r["rps"] for r in results[("scale-3w", "ours-3w")]])
         line(three >= 2.7 * one, f"3 workers at least 2.7x the req/s of one: {three:.1f} / {one:.1f} = "
              f"{three / one:.2f}x")
+    if ("gpu-8x32", "ours") in results and ("gpu-1x32", "ours") in results:
+        gain = median(same_round(results, "gpu-8x32", "gpu-1x32", "rps"))
+        errors = sum(r["errors"] for name in ("gpu-8x32", "gpu-1x32") for r in results[(name, "ours")])
+        line(gain >= 4 and errors == 0, f"GPU stand-in at 32 clients, batches of up to 8: at least 4x the req/s of "
+             f"one study per call, no error: {gain:.2f}x, {errors} errors")
+    if ("gpu-8x1", "ours") in results and ("gpu-1x1", "ours") in results:
+        p99 = median([r["p99"] for r in results[("gpu-8x1", "ours")]])
+        p50 = median([r["p50"] for r in results[("gpu-1x1", "ours")]])
+        ratio = median(same_round(results, "gpu-8x1", "gpu-1x1", "p99", "p50"))
+        line(ratio <= 2, f"GPU stand-in at low load (1 client): p99 with batching at most 2x the p50 without: "
+             f"{p99:.0f} / {p50:.0f} ms = {ratio:.2f}x")
+    if ("onnx-8x32", "ours") in results and ("onnx-1x32", "ours") in results:
+        gain = median(same_round(results, "onnx-8x32", "onnx-1x32", "rps"))
+        out.append(f"- (no target) the ONNX example on this CPU at 32 clients, batches of up to 8 against one: "
+                   f"{gain:.2f}x the req/s")
     return out
 
 
@@ -420,13 +497,16 @@ def main(argv: list[str] | None = None) -> int:
                           f"RSS {figures['rss']}", flush=True)
 
     table = report(results, work)
+    batching = batching_report(results, work)
     goals = targets(results, {w.name: w for w in work})
     described = "\n".join(f"- **{w.name}**: {w.description}; {w.requests} requests, study "
                           f"{w.study_bytes / 1e6:.1f} MB" for w in work)
     text = (f"# Benchmarks\n\n`make bench` (`python -m benchmarks.compare`), {args.rounds} round(s)"
             f"{' (quick)' if args.quick else ''}.\n\nMachine: {environment()}.\n\n## Workloads\n\n{described}\n\n"
-            f"## Results\n\n{table}\n\n## Legend\n\n{LEGEND}\n## Targets\n\n" + "\n".join(goals) + "\n")
-    print("\n" + table + "\n\n" + LEGEND + "\n" + "\n".join(goals))
+            f"## Results\n\n{table}\n\n"
+            + (f"### Batching\n\n{batching}\n\n" if batching.count("\n") > 1 else "")
+            + f"## Legend\n\n{LEGEND}\n## Targets\n\n" + "\n".join(goals) + "\n")
+    print("\n" + table + "\n\n" + batching + "\n\n" + LEGEND + "\n" + "\n".join(goals))
     if args.output:
         output = Path(args.output)
         kept = ""

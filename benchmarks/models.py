@@ -1,6 +1,9 @@
-"""Models for the benchmarks: they cost almost nothing, so the figures measure the plumbing."""
+"""Models for the benchmarks: they cost almost nothing, so the figures measure the plumbing, except the GPU
+stand-ins of the batching workloads, whose cost is the point."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -21,3 +24,40 @@ class SizeModel(Model):
                               series_instance_uid=series.uid))
         total = sum(i.size for i in study.instances)
         return Result(parts=parts, study_ml_json={"bytes": total, "instances": len(study.instances)})
+
+
+# A GPU stand-in for the batching benchmark: a call costs CALL_SECONDS plus STUDY_SECONDS per study. It
+# sleeps rather than computes: while a GPU runs its kernels the host thread waits without holding the GIL or
+# a core, which a sleep reproduces (a busy loop would model a CPU network and fight the bridge for cores).
+CALL_SECONDS, STUDY_SECONDS = 0.040, 0.004
+
+
+class FixedCostModel(Model):
+    """One study per call: 44 ms each."""
+
+    name = "fixed_cost"
+
+    def infer(self, study: Study) -> Result:
+        time.sleep(CALL_SECONDS + STUDY_SECONDS)
+        return Result(study_ml_json={"instances": len(study.instances)})
+
+
+class BatchedFixedCostModel(FixedCostModel):
+    """Batches of up to 8: 40 ms + 4 ms per study (72 ms for 8)."""
+
+    name = "fixed_cost_batched"
+    max_batch_size = 8
+    max_batch_delay = 0.005
+
+    def infer_batch(self, studies: list[Study]) -> list[Result]:
+        time.sleep(CALL_SECONDS + STUDY_SECONDS * len(studies))
+        return [Result(study_ml_json={"instances": len(study.instances)}) for study in studies]
+
+
+def onnx_body_one_by_one() -> Model:
+    """example_models.onnx_body with batches of one: the same network, one study per session.run."""
+    from example_models.onnx_body import OnnxBodyModel
+
+    model = OnnxBodyModel()
+    model.max_batch_size = 1
+    return model

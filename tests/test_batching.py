@@ -116,7 +116,7 @@ def test_studies_waiting_together_run_as_one_batch_each_with_its_own_answer(work
     futures = [calls.start(n)[1] for n in range(8)]
     answers = [future.result(timeout=60) for future in futures]
 
-    # Full batches of max_batch_size; the next 4 waited for places while the first batch ran.
+    # Full batches of max_batch_size: the next 4 gathered while the first batch ran.
     assert sorted(len(batch) for batch in model.batches) == [4, 4]
     assert sorted(n for batch in model.batches for n in batch) == list(range(8))
     for n, answer in enumerate(answers):  # each caller gets its own study's answer and input hash
@@ -147,17 +147,20 @@ def test_models_without_infer_batch_have_the_batch_series_at_zero(mock_worker):
     assert mock_worker.servicer.batcher is None
 
 
-def test_a_batching_model_has_a_place_per_study_of_a_batch(worker):
+def test_a_batching_model_has_places_for_a_running_batch_and_the_next_one(worker):
     model = Recording(max_batch_size=2)
     model.gate.clear()
     server, calls = worker(model, concurrency=1, queue_size=0)
     held = [calls.start(n)[1] for n in range(2)]
-    wait_for(lambda: model.entered.is_set(), what="the batch of two to start")
-    # concurrency 1 x max_batch_size 2 places, no queue: a third study would only wait, so it is refused.
-    error = failure(calls.start(2)[1])
+    wait_for(lambda: model.entered.is_set(), what="the first batch to start")
+    held += [calls.start(n)[1] for n in range(2, 4)]  # the next batch gathers while the first one runs
+    wait_for(lambda: sample(server, "worker_inflight_inferences") == 4, what="the next batch to gather")
+    # (concurrency 1 + 1) x max_batch_size 2 places, no queue: a fifth study would only wait, so it is refused.
+    error = failure(calls.start(4)[1])
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in error.details()
     model.gate.set()
-    assert [future.result(timeout=60).json["study_ml_json"]["n"] for future in held] == [0, 1]
+    assert [future.result(timeout=60).json["study_ml_json"]["n"] for future in held] == [0, 1, 2, 3]
+    assert [sorted(batch) for batch in model.batches] == [[0, 1], [2, 3]]
 
 
 @pytest.mark.parametrize("settings, message", [

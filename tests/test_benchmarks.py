@@ -25,3 +25,21 @@ def test_a_tiny_comparison_runs_every_system_and_writes_its_report(tmp_path):
             cells = [cell.strip() for cell in row.strip("|").split("|")]
             assert cells[5] == "0", f"{workload}/{system} had errors: {row}"  # errors column
     assert "## Legend" in text and "CPU/req" in text and "Machine:" in text
+
+
+def test_a_tiny_batching_run_writes_its_table_and_target(tmp_path):
+    report = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare", "--quick", "--rounds", "1", "--only", "gpu-1x32,gpu-8x32",
+         "--output", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    text = report.read_text()
+    batching = text.split("### Batching", 1)[1].split("## Legend", 1)[0]
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")]
+            for line in batching.splitlines() if line.startswith("| gpu-")}
+    assert set(rows) == {"gpu-1x32", "gpu-8x32"}
+    assert rows["gpu-1x32"][4] == rows["gpu-8x32"][4] == "0"  # errors
+    assert float(rows["gpu-8x32"][5]) > 0 and rows["gpu-1x32"][5] == ""  # req/s against batches of one
+    assert "GPU stand-in at 32 clients, batches of up to 8: at least 4x the req/s" in text

@@ -161,7 +161,6 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
     places = model_places(model, config.concurrency)  # first: a wrong batch setting stops here, nothing to undo
     spool = SpoolRoot(config.spool_dir or None)
     model_threads = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="model")
-    batcher = batcher_for(model, config.concurrency, model_threads, metrics)  # None: the model has no infer_batch
     io_threads = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="io")
     servicer_config = ServicerConfig(
         default_command=config.default_command, study_root=config.study_root or None, spool_root=spool.path,
@@ -178,6 +177,7 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
 
     async def build():
         admission = Admission(places, config.queue_size, metrics, config.max_receiving, store)
+        batcher = batcher_for(model, config.concurrency, model_threads, metrics)  # None: no infer_batch
         servicer = InferenceServicer(model, admission, metrics, servicer_config, model_threads, io_threads, batcher)
         server = grpc.aio.server(options=server_options(config))
         health_servicer = health.aio.HealthServicer()
