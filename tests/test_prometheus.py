@@ -193,7 +193,8 @@ def test_dashboard_layout(name):
     everything = " ".join(expr for _, expr in dashboard_queries(dashboard))
     for needle in ("rate(bridge_http_requests_total", "histogram_quantile(0.95, sum by (route, le) (rate("
                    "bridge_http_request_duration_seconds_bucket", "by (route, code)", "worker_queue_depth",
-                   "worker_inflight_inferences", "worker_model_loaded", "worker_inference_duration_seconds_bucket"):
+                   "worker_inflight_inferences", "worker_model_loaded", "worker_inference_duration_seconds_bucket",
+                   "worker_batch_size_bucket", "worker_batch_fill_seconds_bucket", "worker_batch_model_seconds_bucket"):
         assert needle in everything, needle
 
 
