@@ -51,6 +51,11 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return [tuple(line.split(None, 1)) for line in lines]
 
 
+def dockerfile_arguments(path: Path, instruction: str) -> list[str]:
+    """The arguments of every `instruction` (FROM, ARG, USER, RUN, ...) of a Dockerfile, in order."""
+    return [argument for kind, argument in dockerfile_instructions(path) if kind == instruction]
+
+
 def dockerfile_env(path: Path) -> dict[str, str]:
     env = {}
     for instruction, argument in dockerfile_instructions(path):

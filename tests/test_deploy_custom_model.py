@@ -16,6 +16,7 @@ import yaml
 from tests.deploy_files import (
     DOCKERFILES,
     copy_sources,
+    dockerfile_arguments,
     dockerfile_env,
     dockerfile_instructions,
     interpolate,
@@ -30,7 +31,7 @@ DOCKERFILE = EXAMPLE / "Dockerfile"
 
 
 def arguments(instruction: str) -> list[str]:
-    return [argument for kind, argument in dockerfile_instructions(DOCKERFILE) if kind == instruction]
+    return dockerfile_arguments(DOCKERFILE, instruction)
 
 
 def test_dockerfile_builds_from_the_worker_image():

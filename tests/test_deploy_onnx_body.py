@@ -17,6 +17,7 @@ import yaml
 from tests.deploy_files import (
     DOCKERFILES,
     copy_sources,
+    dockerfile_arguments,
     dockerfile_env,
     dockerfile_instructions,
     interpolate,
@@ -32,12 +33,8 @@ CONTEXT = ROOT / "example_models"
 PINS = CONTEXT / "onnx_body/requirements.txt"
 
 
-def arguments(instruction: str) -> list[str]:
-    return [argument for kind, argument in dockerfile_instructions(DOCKERFILE) if kind == instruction]
-
-
 def build_arg(name: str) -> str:
-    (value,) = [a.split("=", 1)[1] for a in arguments("ARG") if a.startswith(f"{name}=")]
+    (value,) = [a.split("=", 1)[1] for a in dockerfile_arguments(DOCKERFILE, "ARG") if a.startswith(f"{name}=")]
     return value
 
 
@@ -46,13 +43,12 @@ def test_dockerfile_builds_from_the_worker_image_with_the_examples_modules():
     assert dockerfile_instructions(DOCKERFILE)[1] == ("FROM", "${WORKER_BASE}")
     for source in copy_sources(DOCKERFILE):
         assert (CONTEXT / source).exists(), f"COPY {source}: not in the build context {CONTEXT}"
-    base_user = [a for kind, a in dockerfile_instructions(DOCKERFILES["worker"]) if kind == "USER"]
-    assert arguments("USER")[-1] == base_user[-1]
+    assert dockerfile_arguments(DOCKERFILE, "USER")[-1] == dockerfile_arguments(DOCKERFILES["worker"], "USER")[-1]
     assert dockerfile_env(DOCKERFILE)["WORKER_MODEL"] == "example_models.onnx_body"
 
 
 def test_the_build_turns_the_onnxruntime_pin_into_the_gpu_package_of_the_same_release(tmp_path):
-    (run,) = [a for a in arguments("RUN") if "sed" in a]
+    (run,) = [a for a in dockerfile_arguments(DOCKERFILE, "RUN") if "sed" in a]
     expression = re.search(r'sed "([^"]+)"', run)[1].replace("${ONNXRUNTIME}", build_arg("ONNXRUNTIME"))
     sed = shutil.which("sed")
     assert sed, "sed is missing: apt-get install -y sed"

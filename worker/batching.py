@@ -24,8 +24,8 @@ and error stay with it (worker/servicer.py hands the study in and gets its own a
 Everything but the model call runs on the worker's event loop, so no lock is needed. The admission
 (worker/admission.py) gives a batching model `(concurrency + 1) x max_batch_size` places in the model
 (`model_places`): a batch per model thread, and the next batch gathering while they run, so that a thread
-that frees finds it ready (with one batch's places only, the next batch gathered after the model had
-finished: 3.8x the requests per second of no batching instead of 5x, BENCHMARKS.md).
+that frees finds it ready. With one batch's places only, the next batch gathered after the model had
+finished: 3.8x the requests per second of no batching instead of 4.8x (BENCHMARKS.md, "Batching").
 """
 
 from __future__ import annotations
