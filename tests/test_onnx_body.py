@@ -76,7 +76,7 @@ def test_the_graph_is_valid_onnx_with_free_batch_and_image_size():
 
 def test_the_graph_computes_what_the_numpy_reference_does():
     session = open_session(build_graph())
-    assert session.get_providers()[0] == "CPUExecutionProvider"  # this machine has no GPU
+    assert session.get_providers()[0] == "CPUExecutionProvider"  # the onnxruntime package pinned has no CUDA
     rng = np.random.default_rng(5)
     for batch, rows, cols in ((3, 5, 6), (1, 7, 4), (RUN_IMAGES, 12, 9)):
         hu = rng.uniform(-1100, 400, size=(batch, 1, rows, cols)).astype(np.float32)
