@@ -51,6 +51,30 @@ OnReject = Callable[[str], None]  # called with the reason of every request the 
 HTTP_1_0 = ("1.0", "1")  # granian says "1" for HTTP/1.0
 
 
+class LastResort:
+    """The outermost layer: an exception that escapes everything else is logged here, in our format and with
+    the request's client, and answered 500 in JSON when no answer has started (granian would log it as its
+    own and answer in plain text)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception:
+            log.exception("the bridge's HTTP layer failed on a request from %s", client_address(scope))
+            if not started and scope["type"] == "http":
+                await send_rejection(scope, send, errors.error("bridge_error", "the bridge failed; see its log"))
+
+
 class UploadRate:
     def __init__(self, app: ASGIApp, min_rate: int, window: float) -> None:
         self.app = app
@@ -92,16 +116,16 @@ class RateLimitedReceive:
             if window_left <= 0:
                 if self.received - self._mark_received < self.min_rate * self.window:
                     self._pending.cancel()
+                    self._pending = None
                     raise BodyTimeout(f"the request body arrived slower than {self.min_rate} bytes/s over "
                                       f"{self.window:g} s")
                 self._mark_waited, self._mark_received = self.waited, self.received
                 continue
             started = loop.time()
             try:
+                # A caller cancelled here (its request given up) leaves the receive pending, not cancelled: the
+                # next call (the drain after an early answer) takes its message, so no piece of body is lost.
                 done, _ = await asyncio.wait((self._pending,), timeout=window_left)
-            except asyncio.CancelledError:
-                self._pending.cancel()
-                raise
             finally:
                 self.waited += loop.time() - started
             if done:

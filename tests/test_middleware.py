@@ -9,7 +9,15 @@ import pytest
 
 from bridge.config import HttpLimits
 from bridge.http import BodyTimeout, SendTimeout
-from bridge.middleware import Conformance, EarlyAnswer, SendDeadline, UploadRate, head_problem
+from bridge.middleware import (
+    Conformance,
+    EarlyAnswer,
+    LastResort,
+    RateLimitedReceive,
+    SendDeadline,
+    UploadRate,
+    head_problem,
+)
 
 
 def scope(headers=((b"host", b"x"),), path=b"/", version="1.1", body=False, method="POST") -> dict:
@@ -216,3 +224,39 @@ def test_a_send_that_completes_in_time_passes_through():
     sent = Sent()
     run(SendDeadline(answering_app(204), 0.2, lambda reason: None)(scope(), body_messages(b""), sent))
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+
+
+def test_a_reader_cancelled_while_waiting_loses_no_piece_to_the_next_one():
+    """The request's reader is cancelled mid-wait (its worker refused it); the drain after the early answer
+    then reads on: it gets the piece that was on its way, not a cancelled future."""
+    async def scenario():
+        receive = RateLimitedReceive(body_messages(b"a", b"b", delays=[0.1, 0]), min_rate=1, window=5)
+        reader = asyncio.ensure_future(receive())
+        await asyncio.sleep(0.01)
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert (await receive())["body"] == b"a"
+        assert (await receive())["body"] == b"b"
+
+    run(scenario())
+
+
+def test_an_exception_that_escapes_is_logged_and_answered_500_in_json(caplog):
+    async def broken(scope, receive, send):
+        raise RuntimeError("a bug")
+
+    sent = Sent()
+    run(LastResort(broken)(scope(), body_messages(b""), sent))
+    assert sent[0]["status"] == 500 and b'"bridge_error"' in sent[1]["body"]
+    assert "the bridge's HTTP layer failed" in caplog.text and "RuntimeError: a bug" in caplog.text
+
+
+def test_an_exception_after_the_answer_started_is_logged_only(caplog):
+    async def breaks_mid_answer(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("mid-answer")
+
+    sent = Sent()
+    run(LastResort(breaks_mid_answer)(scope(), body_messages(b""), sent))
+    assert [m["type"] for m in sent] == ["http.response.start"] and "mid-answer" in caplog.text
