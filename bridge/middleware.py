@@ -35,6 +35,7 @@ from bridge.config import HttpLimits
 from bridge.http import (
     ASGIApp,
     BodyTimeout,
+    ClientGone,
     Message,
     Receive,
     Scope,
@@ -52,27 +53,41 @@ HTTP_1_0 = ("1.0", "1")  # granian says "1" for HTTP/1.0
 
 
 class LastResort:
-    """The outermost layer: an exception that escapes everything else is logged here, in our format and with
+    """The outermost layer. An exception that escapes everything else is logged here, in our format and with
     the request's client, and answered 500 in JSON when no answer has started (granian would log it as its
-    own and answer in plain text)."""
+    own and answer in plain text). And once the request is over, the layers inside lose their hold on
+    granian's `receive` and `send`: granian keeps reading a request's body (and so its connection open,
+    `Connection: close` or not) for as long as anything references them, and a reference cycle left by a
+    request (an exception's traceback, say) would otherwise keep a connection open until the garbage
+    collector happened to run."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
+        channel: list = [receive, send]
+
+        async def revocable_receive() -> Message:
+            if channel[0] is None:
+                return {"type": "http.disconnect"}
+            return await channel[0]()
 
         async def watched_send(message: Message) -> None:
             nonlocal started
+            if channel[1] is None:
+                raise ClientGone("the request is over")
             started = started or message["type"] == "http.response.start"
-            await send(message)
+            await channel[1](message)
 
         try:
-            await self.app(scope, receive, watched_send)
+            await self.app(scope, revocable_receive, watched_send)
         except Exception:
             log.exception("the bridge's HTTP layer failed on a request from %s", client_address(scope))
             if not started and scope["type"] == "http":
                 await send_rejection(scope, send, errors.error("bridge_error", "the bridge failed; see its log"))
+        finally:
+            channel[:] = [None, None]
 
 
 class UploadRate:
@@ -86,7 +101,11 @@ class UploadRate:
             return await self.app(scope, receive, send)
         if not declares_body(scope):
             return await self.app(scope, receive, send)
-        await self.app(scope, RateLimitedReceive(receive, self.min_rate, self.window), send)
+        limited = RateLimitedReceive(receive, self.min_rate, self.window)
+        try:
+            await self.app(scope, limited, send)
+        finally:
+            limited.abandon()
 
 
 class RateLimitedReceive:
@@ -109,18 +128,20 @@ class RateLimitedReceive:
         if self.complete:
             return await self._receive()
         loop = asyncio.get_running_loop()
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._receive())
         while True:
             window_left = self.window - (self.waited - self._mark_waited)
             if window_left <= 0:
                 if self.received - self._mark_received < self.min_rate * self.window:
-                    self._pending.cancel()
-                    self._pending = None
+                    self.abandon()
                     raise BodyTimeout(f"the request body arrived slower than {self.min_rate} bytes/s over "
                                       f"{self.window:g} s")
                 self._mark_waited, self._mark_received = self.waited, self.received
                 continue
+            if self._pending is None:
+                # Only now, when it will be waited for: granian starts reading at the call, and a read that is
+                # never awaited cannot be cancelled, holding the connection open for a body that never comes.
+                pending = self._receive()
+                self._pending = pending if asyncio.isfuture(pending) else asyncio.ensure_future(pending)
             started = loop.time()
             try:
                 # A caller cancelled here (its request given up) leaves the receive pending, not cancelled: the
@@ -133,6 +154,12 @@ class RateLimitedReceive:
                 self.received += len(message.get("body", b""))
                 self.complete = message["type"] != "http.request" or not message.get("more_body", False)
                 return message
+
+    def abandon(self) -> None:
+        """Cancels a read still pending (granian then stops reading the body, and the connection can end)."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
 
 
 class EarlyAnswer:

@@ -286,13 +286,15 @@ def send_and_read(port: int, data: bytes, timeout: float = 60) -> bytes:
 
 
 def aborted_uploads(port: int, count: int, declared: int = 30 << 20, sent: int = 1_700_000) -> None:
-    """`count` uploads that declare `declared` bytes, send about `sent`, and hang up (a reset, not a close)."""
+    """`count` uploads that declare `declared` bytes, send about `sent`, and hang up (a reset, not a close),
+    from 200 addresses in turn: a crowd, so that the per-address limit on bodies arriving (a 429 before any
+    body is read) is not what they meet."""
     body_start = (b"--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b\r\nContent-Type: application/dicom"
                   b"\r\n\r\n" + b"\0" * sent)
     head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
             b"Content-Length: %d\r\n\r\n" % declared)
-    for _ in range(count):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    for index in range(count):
+        with connect(port, source_address(index % 200)) as sock:
             with contextlib.suppress(OSError):
                 sock.sendall(head + body_start)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
