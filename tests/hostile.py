@@ -21,7 +21,9 @@ from contract import inference_pb2 as pb
 from contract import wire
 
 FOUR_GIB = 4 << 30
-SLOW_PIECE = 1_300_000  # bytes an uploader sends each time: just above 64 KiB/s over 19 s
+# Bytes an uploader sends each time: above 64 KiB/s in every 20 s window of the bridge's minimum rate (the
+# issue's 1.3 MB every 19 s falls short in a window that holds one burst: 1,300,000 < 65,536 x 20, cut at 40 s).
+SLOW_PIECE = 1_400_000
 SLOW_EVERY = 19.0
 
 

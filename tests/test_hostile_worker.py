@@ -65,7 +65,7 @@ def stack(tmp_path):
 
 
 def test_a_crowd_of_slow_uploads_does_not_shut_out_a_normal_request(stack, study):
-    """130 clients, each from its own address, declaring 4 GiB and sending 1.3 MB every 19 s (just above the
+    """130 clients, each from its own address, declaring 4 GiB and sending 1.4 MB every 19 s (just above the
     bridge's minimum rate): they held all 128 receiving places and every other request got 503 worker_busy.
     Places are bounded by bytes now."""
     with slow_uploads(stack["bridge"].port, 130):
