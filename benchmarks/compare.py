@@ -1,6 +1,6 @@
 """`make bench`: our bridge + worker against the original single-process architecture, and against the floor.
 
-Three systems answer the same requests from the same load client (benchmarks/loadgen.py, its own process):
+Three systems answer the same requests, each from two load clients (client profiles), in processes of their own:
 
 - reference: the original SDK's architecture rebuilt (benchmarks/reference_gateway.py): Flask's threaded
   development server, the body read whole, parsed and answered in memory, the model in-process;
@@ -9,14 +9,25 @@ Three systems answer the same requests from the same load client (benchmarks/loa
 
 The batching workloads (gpu-*, onnx-*) run ours alone, each with a model of its own (`Workload.model`): a GPU
 stand-in of 40 ms per call + 4 ms per study (benchmarks/models.py) with and without `infer_batch`, and the
-ONNX Runtime example (example_models.onnx_body) with batches of up to 8 or of one, at 32 clients and at 1.
+ONNX Runtime example (example_models.onnx_body) with batches of up to 8 or of one, at 32 clients and at 1;
+with the lean client only (they measure the model's batching, not the HTTP client).
+
+The client profiles:
+
+- lean: benchmarks/loadgen.py, asyncio on raw sockets, the request file sent with sendfile, the answer read
+  into a reused 1 MiB buffer: as little client CPU as a client can spend;
+- toolbelt: benchmarks/toolbelt_client.py, the original inference-test-tool's way: a `requests` Session
+  posting the bytes of a requests_toolbelt `MultipartEncoder`, the answer read whole (`r.content`) and
+  split with `MultipartDecoder`.
 
 Both reference and ours run the same model code: the original SDK's mock handlers
 (benchmarks/original_handlers.py), hosted unchanged in our worker. Rounds are interleaved (every system
-and workload once per round, in a rotating order, fresh servers each round); figures are medians over
-rounds with min..max. Results are printed with a legend and written to BENCHMARKS.md.
+and workload once per round, in a rotating order, fresh servers each round, both profiles on each server
+in a rotating order); figures are medians over rounds with min..max. Results are printed with a legend
+and written to BENCHMARKS.md.
 
-    .venv/bin/python -m benchmarks.compare [--rounds 3] [--only 3d-256,bbox-8] [--quick] [--output BENCHMARKS.md]
+    .venv/bin/python -m benchmarks.compare [--rounds 3] [--only 3d-256,bbox-8] [--profiles lean,toolbelt]
+                                           [--quick] [--output BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,27 +48,39 @@ from importlib import metadata
 from pathlib import Path
 
 import requests
+from requests_toolbelt import MultipartEncoder
 
 from arterys_http import media
 from arterys_http.request import MultipartBody, OutgoingPart, json_part
 from tests.dicom_factory import SeriesSpec, write_study
+from tests.http_helpers import original_tool_fields
 from tests.services import ROOT, free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Client profile -> the load client's module (see the docstring).
+PROFILES = {"lean": "benchmarks.loadgen", "toolbelt": "benchmarks.toolbelt_client"}
+SYSTEM_ORDER = ["reference", "ours", "ours-typed", "ours-3w", "floor"]
 # Everything after this line of the report is written by hand (alternatives measured, profiles) and kept.
 KEEP_MARKER = "<!-- written by hand below: kept by make bench -->"
 LEGEND = """\
+- **client**: the load client's profile. *lean*: asyncio on raw sockets, the request sent with sendfile, the
+  answer read into a reused buffer (benchmarks/loadgen.py). *toolbelt*: the original test tool's way, a
+  `requests` Session posting the bytes of a requests_toolbelt `MultipartEncoder`, the answer read whole with
+  `r.content` and split with `MultipartDecoder` (benchmarks/toolbelt_client.py).
 - **p50 / p90**: latency of one request as the client saw it (send start to last answer byte), ms.
 - **req/s**: answered requests per second of wall time over the measured requests.
 - **errors**: answers that were not 200, plus broken connections.
 - **CPU/req**: user + system CPU of the serving processes (bridge + worker for ours) from /proc, divided
-  by the requests answered, ms. The load client's own CPU is not counted.
+  by the requests answered, ms. The load client's own CPU is not counted; **by process** splits it;
+  **client CPU/req** is the load client's own (all of its threads), ms.
 - **RSS**: peak resident memory (VmHWM, reset before each workload) of each serving process, MB.
-- **vs ref**: ours divided by the reference in the same round (latency and CPU: lower is better;
-  req/s: higher is better). Medians over rounds, min..max in brackets.
-- **Batching** (gpu-*, onnx-*: ours only, a model of their own): p99 is the 99th percentile of the client's
-  latency, ms; "vs batches of 1" divides a batched workload's figure by the one of the same clients without
-  batching, measured in the same round.
+- **vs ref**: ours divided by the reference in the same round with the same client (latency and CPU: lower
+  is better; req/s: higher is better). Medians over rounds, min..max in brackets.
+- **Batching** (gpu-*, onnx-*: ours only, a model of their own, the lean client): p99 is the 99th percentile of
+  the client's latency, ms; "vs batches of 1" divides a batched workload's figure by the one of the same
+  clients without batching, measured in the same round.
+- **load**: the machine's 1-minute load average when the row's measurement started (2 cores; other
+  sessions' tests share them).
 """
 
 
@@ -70,11 +94,10 @@ class Workload:
     requests: int
     size: int = 512  # rows = columns
     systems: tuple = ("reference", "ours", "floor")
-    study: Path | None = None
-    body: Path | None = None
-    content_type: str = ""
+    bodies: dict[str, tuple[Path, str]] = field(default_factory=dict)  # profile -> (request file, Content-Type)
     study_bytes: int = 0
     model: str = ""  # the worker's --model for "ours" (default: the original SDK's handlers)
+    profiles: tuple = ()  # the client profiles it runs with (default: every one asked for)
 
 
 def workloads(quick: bool) -> list[Workload]:
@@ -106,11 +129,12 @@ def batching_workloads(scale, quick: bool) -> list[Workload]:
     for batch, clients, requests_ in ((1, 32, 240), (8, 32, 960), (1, 1, 200), (8, 1, 200)):
         out.append(Workload(f"gpu-{batch}x{clients}", f"GPU stand-in (40 ms + 4 ms per study, sleeping), batches of "
                             f"at most {batch}, {clients} client(s), one 256x256 image", 1, "", clients,
-                            scale(requests_), 64 if quick else 256, systems=("ours",), model=GPU[batch]))
+                            scale(requests_), 64 if quick else 256, systems=("ours",), model=GPU[batch],
+                            profiles=("lean",)))
     for batch in (1, 8):
         out.append(Workload(f"onnx-{batch}x32", f"example_models.onnx_body on ONNX Runtime (CPU), batches of at most "
                             f"{batch}, 32 clients, one 512x512 CT image", 1, "segment-body", 32, scale(480),
-                            64 if quick else 512, systems=("ours",), model=ONNX[batch]))
+                            64 if quick else 512, systems=("ours",), model=ONNX[batch], profiles=("lean",)))
     return out
 
 
@@ -118,20 +142,25 @@ def batching_workloads(scale, quick: bool) -> list[Workload]:
 
 
 def write_body(workload: Workload, folder: Path) -> None:
-    """The request as the Arterys app sends it: JSON part, then one application/dicom part per file (each
-    with only a Content-Type), written once to a file that the load client sends with sendfile."""
+    """The request of each client profile, written once to a file. lean: as the Arterys app sends it, the JSON
+    part, then one application/dicom part per file (each with only a Content-Type). toolbelt: the original
+    test tool's MultipartEncoder over its own fields (form-data parts with names and filenames)."""
     record = write_study(folder / "study", [SeriesSpec("ct", rows=workload.size, cols=workload.size,
                                                        count=workload.slices)])
-    parts = [json_part({"inference_command": workload.command}, name="", filename="")]
+    request_json = {"inference_command": workload.command}
+    parts = [json_part(request_json, name="", filename="")]
     parts += [OutgoingPart("", "", media.DICOM, i.path.stat().st_size, path=i.path) for i in record.instances]
     body = MultipartBody(parts, boundary="bench-boundary-7d1f")
     workload.study_bytes = sum(part.size for part in parts[1:])
-    body_path = folder / "request.bin"
-    with open(body_path, "wb") as out:
+    lean_path = folder / "request-lean.bin"
+    with open(lean_path, "wb") as out:
         for piece in body:
             out.write(piece)
-    workload.body = body_path
-    workload.content_type = f"multipart/related; boundary={body.boundary}"
+    workload.bodies["lean"] = (lean_path, f"multipart/related; boundary={body.boundary}")
+    encoder = MultipartEncoder(fields=original_tool_fields(request_json, [i.path for i in record.instances]))
+    toolbelt_path = folder / "request-toolbelt.bin"
+    toolbelt_path.write_bytes(encoder.to_string())
+    workload.bodies["toolbelt"] = (toolbelt_path, f'multipart/related; boundary="{encoder.boundary_value}"')
 
 
 # ------------------------------------------------------------------------------------------- processes
@@ -243,14 +272,23 @@ def start_system(name: str, workload: Workload, answers: dict[str, Path], log: P
 # ----------------------------------------------------------------------------------------------- load
 
 
-def load(port: int, workload: Workload, requests_: int, clients: int, save_answer: Path | None = None) -> dict:
-    config = {"port": port, "body": str(workload.body), "content_type": workload.content_type,
-              "clients": clients, "requests": requests_}
+def load(port: int, workload: Workload, requests_: int, clients: int, profile: str = "lean",
+         save_answer: Path | None = None) -> dict:
+    """Runs the profile's load client; its JSON answer, with `client_cpu`: the client's CPU seconds."""
+    body, content_type = workload.bodies[profile]
+    config = {"port": port, "body": str(body), "content_type": content_type, "clients": clients,
+              "requests": requests_}
     if save_answer:
         config["save_answer"] = str(save_answer)
-    out = subprocess.run([sys.executable, "-m", "benchmarks.loadgen", json.dumps(config)], cwd=ROOT,
-                         capture_output=True, check=True)
-    return json.loads(out.stdout)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([sys.executable, "-m", PROFILES[profile], json.dumps(config)], cwd=ROOT,
+                         capture_output=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the {profile} load client failed: {out.stderr.decode(errors='replace')[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = json.loads(out.stdout)
+    result["client_cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return result
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -260,14 +298,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def measure(system: System, workload: Workload) -> dict:
+def measure(system: System, workload: Workload, profile: str) -> dict:
     pids = system.pids()
     warmup = max(2, workload.clients) if workload.slices < 64 else 1
-    load(system.port, workload, warmup, workload.clients)
+    load(system.port, workload, warmup, workload.clients, profile)
     for pid in pids.values():
         reset_peak_rss(pid)
+    load_average = os.getloadavg()[0]
     cpu_before = {role: proc_cpu_seconds(pid) for role, pid in pids.items()}
-    result = load(system.port, workload, workload.requests, workload.clients)
+    result = load(system.port, workload, workload.requests, workload.clients, profile)
     cpu_by_role = {role: proc_cpu_seconds(pid) - cpu_before[role] for role, pid in pids.items()}
     cpu = sum(cpu_by_role.values())
     ok = result["statuses"].get("200", 0)
@@ -281,6 +320,8 @@ def measure(system: System, workload: Workload) -> dict:
         "cpu_ms": cpu * 1000 / max(ok, 1),
         "cpu_ms_by_role": {role: seconds * 1000 / max(ok, 1) for role, seconds in cpu_by_role.items()},
         "rss": {role: peak_rss_mb(pid) for role, pid in pids.items()},
+        "client_cpu_ms": result["client_cpu"] * 1000 / max(len(result["latencies"]), 1),
+        "load": load_average,
     }
 
 
@@ -296,37 +337,45 @@ def spread(values: list[float], digits: int = 0) -> str:
     return median if len(values) == 1 else f"{median} ({fmt.format(min(values))}..{fmt.format(max(values))})"
 
 
-def ratios(results: dict, workload: str, system: str, key: str) -> list[float]:
-    ours, ref = results.get((workload, system), []), results.get((workload, "reference"), [])
+def ratios(results: dict, workload: str, system: str, profile: str, key: str) -> list[float]:
+    """Ours over the reference, round by round, with the same client profile."""
+    ours, ref = results.get((workload, system, profile), []), results.get((workload, "reference", profile), [])
     return [o[key] / r[key] for o, r in zip(ours, ref, strict=False) if r[key]]
 
 
-def report(results: dict, work: list[Workload]) -> str:
-    lines = ["| workload | system | p50 ms | p90 ms | req/s | errors | CPU/req ms | peak RSS MB | vs ref: p50 | "
-             "vs ref: req/s | vs ref: CPU |", "|" + " --- |" * 11]
+def report(results: dict, work: list[Workload], profiles: list[str]) -> str:
+    lines = ["| workload | system | client | p50 ms | p90 ms | req/s | errors | CPU/req ms | by process | "
+             "client CPU/req ms | peak RSS MB | vs ref: p50 | vs ref: req/s | vs ref: CPU | load |",
+             "|" + " --- |" * 15]
     for workload in work:
-        for system in sorted({s for (w, s) in results if w == workload.name},
-                             key=lambda s: ["reference", "ours", "ours-typed", "ours-3w", "floor"].index(s)):
-            rows = results[(workload.name, system)]
-            roles = rows[0]["rss"].keys()
-            rss = ", ".join(f"{role} {spread([r['rss'][role] for r in rows])}" for role in roles)
-            compare = system != "reference" and (workload.name, "reference") in results
-            lines.append("| " + " | ".join([
-                workload.name, system,
-                spread([r["p50"] for r in rows]), spread([r["p90"] for r in rows]),
-                spread([r["rps"] for r in rows], 1), spread([r["errors"] for r in rows]),
-                spread([r["cpu_ms"] for r in rows], 1), rss,
-                spread(ratios(results, workload.name, system, "p50"), 2) if compare else "",
-                spread(ratios(results, workload.name, system, "rps"), 2) if compare else "",
-                spread(ratios(results, workload.name, system, "cpu_ms"), 2) if compare else "",
-            ]) + " |")
+        systems = sorted({s for (w, s, _) in results if w == workload.name}, key=SYSTEM_ORDER.index)
+        for system in systems:
+            for profile in profiles:
+                rows = results.get((workload.name, system, profile))
+                if not rows:
+                    continue
+                roles = rows[0]["rss"].keys()
+                rss = ", ".join(f"{role} {spread([r['rss'][role] for r in rows])}" for role in roles)
+                cpu = ", ".join(f"{role} {spread([r['cpu_ms_by_role'][role] for r in rows], 1)}" for role in roles) \
+                    if len(roles) > 1 else ""
+                compare = system != "reference" and (workload.name, "reference", profile) in results
+                lines.append("| " + " | ".join([
+                    workload.name, system, profile,
+                    spread([r["p50"] for r in rows]), spread([r["p90"] for r in rows]),
+                    spread([r["rps"] for r in rows], 1), spread([r["errors"] for r in rows]),
+                    spread([r["cpu_ms"] for r in rows], 1), cpu, spread([r["client_cpu_ms"] for r in rows], 1), rss,
+                    spread(ratios(results, workload.name, system, profile, "p50"), 2) if compare else "",
+                    spread(ratios(results, workload.name, system, profile, "rps"), 2) if compare else "",
+                    spread(ratios(results, workload.name, system, profile, "cpu_ms"), 2) if compare else "",
+                    spread([r["load"] for r in rows], 1),
+                ]) + " |")
     return "\n".join(lines)
 
 
 def same_round(results: dict, workload: str, other: str, key: str, other_key: str | None = None) -> list[float]:
-    """Per round, `key` of one workload divided by `other_key` (default: the same) of another, both on ours:
-    the rounds interleave the workloads, so each ratio compares figures measured minutes apart at most."""
-    mine, theirs = results.get((workload, "ours"), []), results.get((other, "ours"), [])
+    """Per round, `key` of one workload divided by `other_key` (default: the same) of another, both on ours with
+    the lean client: the rounds interleave the workloads, so each ratio compares figures minutes apart at most."""
+    mine, theirs = results.get((workload, "ours", "lean"), []), results.get((other, "ours", "lean"), [])
     return [m[key] / t[other_key or key] for m, t in zip(mine, theirs, strict=False) if t[other_key or key]]
 
 
@@ -341,11 +390,11 @@ def batching_report(results: dict, work: list[Workload]) -> str:
     lines = ["| workload | p50 ms | p99 ms | req/s | errors | req/s vs batches of 1 | p50 vs batches of 1 |",
              "|" + " --- |" * 7]
     for workload in work:
-        rows = results.get((workload.name, "ours"), [])
+        rows = results.get((workload.name, "ours", "lean"), [])
         if not workload.model or not rows:
             continue
         other = unbatched(workload.name)
-        compare = other != workload.name and (other, "ours") in results
+        compare = other != workload.name and (other, "ours", "lean") in results
         lines.append("| " + " | ".join([
             workload.name, spread([r["p50"] for r in rows]), spread([r["p99"] for r in rows]),
             spread([r["rps"] for r in rows], 1), spread([r["errors"] for r in rows]),
@@ -355,67 +404,106 @@ def batching_report(results: dict, work: list[Workload]) -> str:
     return "\n".join(lines)
 
 
-def targets(results: dict, work: dict[str, Workload]) -> list[str]:
-    """The issue's targets, each with its measured figure."""
+def _median(values: list[float]) -> float:
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else float("nan")
+
+
+def targets(results: dict, work: dict[str, Workload], profiles: list[str]) -> list[str]:
+    """The issue's targets, for each client profile, each with its measured figure (median, min..max)."""
     out = []
 
-    def median(values):
-        values = [v for v in values if v == v]
-        return statistics.median(values) if values else float("nan")
+    def line(ok: bool, profile: str, text: str) -> None:
+        out.append(f"- [{'x' if ok else ' '}] {profile}: {text}")
 
-    def line(ok: bool, text: str) -> None:
-        out.append(f"- [{'x' if ok else ' '}] {text}")
+    def ratio_target(profile: str, workload: str, key: str, limit: float, text: str, higher: bool = False) -> None:
+        values = ratios(results, workload, "ours", profile, key)
+        if values:
+            value = _median(values)
+            line(value >= limit if higher else value <= limit, profile,
+                 f"{text} {'at least' if higher else 'at most'} {limit}x the reference: {spread(values, 2)}x")
 
-    if ("3d-256", "ours") in results and ("3d-256", "reference") in results:
-        latency = median(ratios(results, "3d-256", "ours", "p50"))
-        cpu = median(ratios(results, "3d-256", "ours", "cpu_ms"))
-        line(latency <= 0.6, f"3D-256 latency at most 0.6x the reference: {latency:.2f}x")
-        line(cpu <= 0.8, f"3D-256 server CPU per request at most 0.8x: {cpu:.2f}x")
-    if ("bbox-8", "ours") in results and ("bbox-8", "reference") in results:
-        rps = median(ratios(results, "bbox-8", "ours", "rps"))
-        errors = sum(r["errors"] for r in results[("bbox-8", "ours")])
-        line(rps >= 1.2 and errors == 0, f"bounding box at 8 clients at least 1.2x the req/s, no error: {rps:.2f}x, "
-             f"{errors} errors")
-    if ("bbox-32", "ours") in results:
-        errors = sum(r["errors"] for r in results[("bbox-32", "ours")])
-        line(errors == 0, f"bounding box at 32 clients without error: {errors} errors")
-    if ("2d-16", "ours") in results and ("2d-16", "reference") in results:
-        latency = median(ratios(results, "2d-16", "ours", "p50"))
-        line(latency <= 0.8, f"2D-16 latency at most 0.8x: {latency:.2f}x")
-    if ("3d-256", "ours") in results and ("3d-512", "ours") in results:
-        small = median([r["rss"]["bridge"] for r in results[("3d-256", "ours")]])
-        big = median([r["rss"]["bridge"] for r in results[("3d-512", "ours")]])
-        line(max(small, big) < 100 and abs(big - small) <= 0.1 * small,
-             f"bridge peak RSS under 100 MB and within 10% between 3D-256 and 3D-512: {small:.0f} / {big:.0f} MB")
-    for name in ("3d-256", "3d-512"):
-        for system, limit in (("ours-typed", 1.5), ("ours", 2.5)):
-            if (name, system) in results:
-                peak = median([r["rss"]["worker"] for r in results[(name, system)]])
-                study_mb = work[name].study_bytes / 1e6
-                model = "typed mock model" if system == "ours-typed" else "legacy handler"
-                line(peak <= limit * study_mb, f"{name} worker peak RSS at most {limit}x the study ({model}): "
-                     f"{peak:.0f} MB for {study_mb:.0f} MB = {peak / study_mb:.2f}x")
-    if ("scale-1w", "ours") in results and ("scale-3w", "ours-3w") in results:
-        one = median([r["rps"] for r in results[("scale-1w", "ours")]])
-        three = median([r["rps"] for r in results[("scale-3w", "ours-3w")]])
-        line(three >= 2.7 * one, f"3 workers at least 2.7x the req/s of one: {three:.1f} / {one:.1f} = "
-             f"{three / one:.2f}x")
-    if ("gpu-8x32", "ours") in results and ("gpu-1x32", "ours") in results:
-        gain = median(same_round(results, "gpu-8x32", "gpu-1x32", "rps"))
-        errors = sum(r["errors"] for name in ("gpu-8x32", "gpu-1x32") for r in results[(name, "ours")])
-        line(gain >= 4 and errors == 0, f"GPU stand-in at 32 clients, batches of up to 8: at least 4x the req/s of "
-             f"one study per call, no error: {gain:.2f}x, {errors} errors")
-    if ("gpu-8x1", "ours") in results and ("gpu-1x1", "ours") in results:
-        p99 = median([r["p99"] for r in results[("gpu-8x1", "ours")]])
-        p50 = median([r["p50"] for r in results[("gpu-1x1", "ours")]])
-        ratio = median(same_round(results, "gpu-8x1", "gpu-1x1", "p99", "p50"))
-        line(ratio <= 2, f"GPU stand-in at low load (1 client): p99 with batching at most 2x the p50 without: "
-             f"{p99:.0f} / {p50:.0f} ms = {ratio:.2f}x")
-    if ("onnx-8x32", "ours") in results and ("onnx-1x32", "ours") in results:
-        gain = median(same_round(results, "onnx-8x32", "onnx-1x32", "rps"))
+    for profile in profiles:
+        ratio_target(profile, "3d-256", "p50", 0.6, "3D-256 latency")
+        ratio_target(profile, "3d-256", "cpu_ms", 0.8, "3D-256 server CPU per request")
+        ratio_target(profile, "3d-64", "p50", 0.8, "3D-64 latency")
+        ratio_target(profile, "3d-64", "cpu_ms", 1.0, "3D-64 server CPU per request")
+        if ("bbox-8", "ours", profile) in results and ("bbox-8", "reference", profile) in results:
+            values = ratios(results, "bbox-8", "ours", profile, "rps")
+            errors = sum(r["errors"] for r in results[("bbox-8", "ours", profile)])
+            line(_median(values) >= 1.2 and errors == 0, profile, f"bounding box at 8 clients at least 1.2x the "
+                 f"req/s, no error: {spread(values, 2)}x, {errors} errors")
+        if ("bbox-32", "ours", profile) in results:
+            errors = sum(r["errors"] for r in results[("bbox-32", "ours", profile)])
+            line(errors == 0, profile, f"bounding box at 32 clients without error: {errors} errors")
+        ratio_target(profile, "2d-16", "p50", 0.8, "2D-16 latency")
+        if ("3d-256", "ours", profile) in results and ("3d-512", "ours", profile) in results:
+            small = _median([r["rss"]["bridge"] for r in results[("3d-256", "ours", profile)]])
+            big = _median([r["rss"]["bridge"] for r in results[("3d-512", "ours", profile)]])
+            line(max(small, big) < 100 and abs(big - small) <= 0.1 * small, profile,
+                 f"bridge peak RSS under 100 MB and within 10% between 3D-256 and 3D-512: {small:.0f} / {big:.0f} MB")
+        for name in ("3d-256", "3d-512"):
+            for system, limit in (("ours-typed", 1.5), ("ours", 2.5)):
+                if (name, system, profile) in results:
+                    peak = _median([r["rss"]["worker"] for r in results[(name, system, profile)]])
+                    study_mb = work[name].study_bytes / 1e6
+                    model = "typed mock model" if system == "ours-typed" else "legacy handler"
+                    line(peak <= limit * study_mb, profile, f"{name} worker peak RSS at most {limit}x the study "
+                         f"({model}): {peak:.0f} MB for {study_mb:.0f} MB = {peak / study_mb:.2f}x")
+        if ("scale-1w", "ours", profile) in results and ("scale-3w", "ours-3w", profile) in results:
+            one = _median([r["rps"] for r in results[("scale-1w", "ours", profile)]])
+            three = _median([r["rps"] for r in results[("scale-3w", "ours-3w", profile)]])
+            line(three >= 2.7 * one, profile, f"3 workers at least 2.7x the req/s of one: {three:.1f} / {one:.1f} = "
+                 f"{three / one:.2f}x")
+    if ("gpu-8x32", "ours", "lean") in results and ("gpu-1x32", "ours", "lean") in results:
+        gain = _median(same_round(results, "gpu-8x32", "gpu-1x32", "rps"))
+        errors = sum(r["errors"] for name in ("gpu-8x32", "gpu-1x32") for r in results[(name, "ours", "lean")])
+        out.append(f"- [{'x' if gain >= 4 and errors == 0 else ' '}] GPU stand-in at 32 clients, batches of up to 8: "
+                   f"at least 4x the req/s of one study per call, no error: {gain:.2f}x, {errors} errors")
+    if ("gpu-8x1", "ours", "lean") in results and ("gpu-1x1", "ours", "lean") in results:
+        p99 = _median([r["p99"] for r in results[("gpu-8x1", "ours", "lean")]])
+        p50 = _median([r["p50"] for r in results[("gpu-1x1", "ours", "lean")]])
+        ratio = _median(same_round(results, "gpu-8x1", "gpu-1x1", "p99", "p50"))
+        out.append(f"- [{'x' if ratio <= 2 else ' '}] GPU stand-in at low load (1 client): p99 with batching at most "
+                   f"2x the p50 without: {p99:.0f} / {p50:.0f} ms = {ratio:.2f}x")
+    if ("onnx-8x32", "ours", "lean") in results and ("onnx-1x32", "ours", "lean") in results:
+        gain = _median(same_round(results, "onnx-8x32", "onnx-1x32", "rps"))
         out.append(f"- (no target) the ONNX example on this CPU at 32 clients, batches of up to 8 against one: "
                    f"{gain:.2f}x the req/s")
     return out
+
+
+def write_report(args, work: list[Workload], profiles: list[str], results: dict, rounds: int, minutes: float,
+                 final: bool) -> None:
+    """The report of the rounds done so far: printed when final, written to args.output (the hand-written part
+    after KEEP_MARKER kept)."""
+    table = report(results, work, profiles)
+    batching = batching_report(results, work)
+    goals = targets(results, {w.name: w for w in work}, profiles)
+    loads = [r["load"] for rows in results.values() for r in rows]
+    described = "\n".join(f"- **{w.name}**: {w.description}; {w.requests} requests, study "
+                          f"{w.study_bytes / 1e6:.1f} MB" for w in work)
+    text = (f"# Benchmarks\n\n`make bench` (`python -m benchmarks.compare`), {rounds} round(s)"
+            f"{'' if final else f' of {args.rounds}'}{' (quick)' if args.quick else ''}, client profiles "
+            f"{', '.join(profiles)}, {minutes:.0f} minutes; the machine's 1-minute load average {spread(loads, 1)} "
+            f"during the run.\n\nMachine: {environment()}.\n\n## Workloads\n\n{described}\n\n"
+            f"## Results\n\n{table}\n\n"
+            + (f"### Batching\n\n{batching}\n\n" if batching.count("\n") > 1 else "")
+            + f"## Legend\n\n{LEGEND}\n## Targets\n\n" + "\n".join(goals) + "\n")
+    if final:
+        print("\n" + table + "\n\n" + batching + "\n\n" + LEGEND + "\n" + "\n".join(goals))
+    if args.output:
+        output = Path(args.output)
+        kept = ""
+        if output.exists() and KEEP_MARKER in output.read_text():
+            kept = "\n" + KEEP_MARKER + output.read_text().split(KEEP_MARKER, 1)[1]
+        output.write_text(text + kept)
+        print(f"\nwritten to {args.output}", flush=True)
+
+
+def rotated(items: list, index: int) -> list:
+    """`items` starting at position `index` (modulo their number): each round begins somewhere else."""
+    return items[index % len(items):] + items[:index % len(items)]
 
 
 def environment() -> str:
@@ -424,8 +512,8 @@ def environment() -> str:
     memory = next(line.split(":", 1)[1].strip() for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal"))
     packages = ", ".join(f"{name} {metadata.version(name)}" for name in
-                         ("grpcio", "protobuf", "granian", "flask", "werkzeug", "uvloop", "pydicom", "numpy",
-                          "requests-toolbelt") if _installed(name))
+                         ("granian", "grpcio", "protobuf", "flask", "werkzeug", "uvloop", "pydicom", "numpy",
+                          "requests", "urllib3", "requests-toolbelt") if _installed(name))
     return (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {cpu}, {os.cpu_count()} cores, {memory} "
             f"memory; Linux {platform.release()}; Python {platform.python_version()}; {packages}")
 
@@ -445,10 +533,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated workload names")
+    parser.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated client profiles")
     parser.add_argument("--quick", action="store_true", help="tiny studies, few requests (the smoke test)")
     parser.add_argument("--no-typed", action="store_true", help="skip the typed mock model's memory rows")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="report file (empty: none)")
     args = parser.parse_args(argv)
+    profiles = [p for p in args.profiles.split(",") if p]
+    unknown = [p for p in profiles if p not in PROFILES]
+    if unknown or not profiles:
+        parser.error(f"unknown client profile(s) {unknown}; known: {', '.join(PROFILES)}")
 
     work = workloads(args.quick)
     if args.only:
@@ -477,43 +570,28 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 system.stop()
 
-        results: dict[tuple[str, str], list[dict]] = {}
+        results: dict[tuple[str, str, str], list[dict]] = {}
+        started = time.monotonic()
         for round_index in range(args.rounds):
-            order = work[round_index % len(work):] + work[:round_index % len(work)]
+            order = rotated(work, round_index)
             for w in order:
-                systems = list(w.systems)
-                systems = systems[round_index % len(systems):] + systems[:round_index % len(systems)]
-                for name in systems:
+                for name in rotated(list(w.systems), round_index):
                     system = start_system(name, w, answers, log)
                     try:
-                        figures = measure(system, w)
+                        for profile in rotated([p for p in profiles if not w.profiles or p in w.profiles],
+                                               round_index):
+                            figures = measure(system, w, profile)
+                            results.setdefault((w.name, name, profile), []).append(figures)
+                            print(f"round {round_index + 1}/{args.rounds} {w.name:9} {name:10} {profile:8} p50 "
+                                  f"{figures['p50']:8.1f} ms {figures['rps']:7.1f} req/s CPU {figures['cpu_ms']:7.1f} "
+                                  f"ms/req ({', '.join(f'{r} {v:.1f}' for r, v in figures['cpu_ms_by_role'].items())}) "
+                                  f"client {figures['client_cpu_ms']:.1f} errors {figures['errors']} "
+                                  f"RSS {figures['rss']} load {figures['load']:.1f}", flush=True)
                     finally:
                         system.stop()
-                    results.setdefault((w.name, name), []).append(figures)
-                    print(f"round {round_index + 1}/{args.rounds} {w.name:9} {name:10} p50 {figures['p50']:8.1f} ms "
-                          f"{figures['rps']:7.1f} req/s CPU {figures['cpu_ms']:7.1f} ms/req "
-                          f"({', '.join(f'{r} {v:.1f}' for r, v in figures['cpu_ms_by_role'].items())}) "
-                          f"errors {figures['errors']} "
-                          f"RSS {figures['rss']}", flush=True)
-
-    table = report(results, work)
-    batching = batching_report(results, work)
-    goals = targets(results, {w.name: w for w in work})
-    described = "\n".join(f"- **{w.name}**: {w.description}; {w.requests} requests, study "
-                          f"{w.study_bytes / 1e6:.1f} MB" for w in work)
-    text = (f"# Benchmarks\n\n`make bench` (`python -m benchmarks.compare`), {args.rounds} round(s)"
-            f"{' (quick)' if args.quick else ''}.\n\nMachine: {environment()}.\n\n## Workloads\n\n{described}\n\n"
-            f"## Results\n\n{table}\n\n"
-            + (f"### Batching\n\n{batching}\n\n" if batching.count("\n") > 1 else "")
-            + f"## Legend\n\n{LEGEND}\n## Targets\n\n" + "\n".join(goals) + "\n")
-    print("\n" + table + "\n\n" + batching + "\n\n" + LEGEND + "\n" + "\n".join(goals))
-    if args.output:
-        output = Path(args.output)
-        kept = ""
-        if output.exists() and KEEP_MARKER in output.read_text():
-            kept = "\n" + KEEP_MARKER + output.read_text().split(KEEP_MARKER, 1)[1]
-        output.write_text(text + kept)
-        print(f"\nwritten to {args.output}")
+            # After every round, so that a run cut short still leaves its figures.
+            write_report(args, work, profiles, results, round_index + 1, (time.monotonic() - started) / 60,
+                         final=round_index + 1 == args.rounds)
     return 0
 
 

@@ -5,7 +5,11 @@ allocation above its mmap threshold (128 KiB at start) with a fresh mmap and unm
 such buffer costs a page fault per 4 KiB touched, every time: measured on a 134 MB up / 67 MB down gRPC
 stream, half the CPU of the transfer (BENCHMARKS.md). Raising the threshold keeps those buffers in the
 heap, where freed memory is reused; buffers above it (whole masks, whole series) still get their own
-mapping and go back to the kernel when freed.
+mapping and go back to the kernel when freed. Freed memory at the top of the heap is kept up to 1 GiB
+(the trim threshold, 128 KiB by default): at 128 MiB, the 134 MB of a 3D-256 study held in memory went back
+to the kernel at the end of each request and was faulted in again, page by zeroed page, by the next one
+(clear_page: 94 -> 43 ms of the worker's CPU per request, the rest being the model's own mask;
+BENCHMARKS.md). What a burst leaves is given back once the service is idle (below).
 
 What stays in the heap must still go back once a burst is over. glibc gives each thread that contends for
 the heap an arena of its own (up to eight per core: gRPC's threads, the HTTP server's, the model's), and
@@ -28,7 +32,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic threshold
-TRIM_THRESHOLD = 128 << 20
+TRIM_THRESHOLD = 1 << 30  # ReleaseWhenIdle trims whatever a burst left
 ARENA_MAX = 2
 
 

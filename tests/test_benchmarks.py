@@ -1,5 +1,5 @@
-"""`make bench` cannot rot: a tiny run of the comparison (reference, ours, floor) through real processes,
-checking the report it writes. Figures are not judged here (timed tests lie on a shared machine)."""
+"""`make bench` cannot rot: a tiny run of the comparison (reference, ours, floor; both client profiles) through
+real processes, checking the report it writes. Figures are not judged here (timed tests lie on a shared machine)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from tests.services import ROOT
 
 
-def test_a_tiny_comparison_runs_every_system_and_writes_its_report(tmp_path):
+def test_a_tiny_comparison_runs_every_system_with_both_clients_and_writes_its_report(tmp_path):
     report = tmp_path / "BENCHMARKS.md"
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.compare", "--quick", "--rounds", "1", "--only", "bbox-8,3d-64",
@@ -20,11 +20,15 @@ def test_a_tiny_comparison_runs_every_system_and_writes_its_report(tmp_path):
     text = report.read_text()
     for system in ("reference", "ours", "floor"):
         for workload in ("bbox-8", "3d-64"):
-            row = next((line for line in text.splitlines() if line.startswith(f"| {workload} | {system} |")), None)
-            assert row is not None, f"no row for {workload}/{system}"
-            cells = [cell.strip() for cell in row.strip("|").split("|")]
-            assert cells[5] == "0", f"{workload}/{system} had errors: {row}"  # errors column
-    assert "## Legend" in text and "CPU/req" in text and "Machine:" in text
+            for client in ("lean", "toolbelt"):
+                row = next((line for line in text.splitlines()
+                            if line.startswith(f"| {workload} | {system} | {client} |")), None)
+                assert row is not None, f"no row for {workload}/{system}/{client}"
+                cells = [cell.strip() for cell in row.strip("|").split("|")]
+                assert cells[6] == "0", f"{workload}/{system}/{client} had errors: {row}"  # errors column
+    for client in ("lean", "toolbelt"):
+        assert f"] {client}: 3D-64 latency at most 0.8x the reference" in text, f"no 3D-64 target for {client}"
+    assert "## Legend" in text and "CPU/req" in text and "Machine:" in text and "load average" in text
 
 
 def test_a_tiny_batching_run_writes_its_table_and_target(tmp_path):
