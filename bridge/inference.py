@@ -43,9 +43,9 @@ from bridge.translate import (
     plan_answer,
     request_header,
 )
-from bridge.workers import Refused, WorkerPool, metadata_value, retrieve_outcome
+from bridge.workers import Refused, WorkerPool, retrieve_outcome
 from contract import inference_pb2 as pb
-from contract import wire
+from contract import metadata, wire
 from contract.logs import set_tags
 
 log = logging.getLogger("bridge.inference")
@@ -199,7 +199,7 @@ class InferenceRequest:
         traced = self.trace.call(self.pool.target)  # the call's span; its traceparent goes in the metadata
         try:
             call = await self.pool.admit(pb.InferRequest(header=header), self.limits.deadline_seconds,
-                                         (("x-request-id", self.request_id), *traced.metadata))
+                                         ((metadata.REQUEST_ID, self.request_id), *traced.metadata))
         except Refused as refused:
             traced.end(refused.status)
             raise self._worker_error(refused.status, refused.details, refused.error_code) from None
@@ -256,14 +256,14 @@ class InferenceRequest:
 
     async def _call_error(self, call) -> errors.ApiError:
         trailing = await call.trailing_metadata()
-        input_hash = metadata_value(trailing, "input-hash")
+        input_hash = metadata.value(trailing, metadata.INPUT_HASH)
         if input_hash:
             self.outcome.input_hash = input_hash
             set_tags(input_hash=input_hash)
         # The worker that admitted the call names itself (its host name): which one failed is in the log.
-        worker = metadata_value(await call.initial_metadata(), "worker")
+        worker = metadata.value(await call.initial_metadata(), metadata.WORKER)
         return self._worker_error(await call.code(), await call.details() or "",
-                                  metadata_value(trailing, "error-code"), worker)
+                                  metadata.value(trailing, metadata.ERROR_CODE), worker)
 
     def _worker_error(self, status: grpc.StatusCode, details: str, error_code: str,
                       worker: str = "") -> errors.ApiError:

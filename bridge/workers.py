@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridge.readiness import ReadyWorkers
 from contract import inference_pb2 as pb
-from contract import wire
+from contract import metadata, wire
 
 log = logging.getLogger("bridge.workers")
 
@@ -156,13 +156,6 @@ def _finished(coroutine):
     raise RuntimeError("the coroutine did not finish at once")
 
 
-def metadata_value(metadata, key: str) -> str:
-    for name, value in metadata or ():
-        if name == key:
-            return value if isinstance(value, str) else value.decode("latin-1")
-    return ""
-
-
 @dataclass
 class WorkerPool:
     """The channel and readiness of one worker target. Create and use it on the bridge's event loop."""
@@ -252,7 +245,7 @@ class WorkerPool:
             polls += 1
             await asyncio.sleep(self.poll_seconds)
 
-    async def admit(self, header: pb.InferRequest, timeout: float, metadata: tuple) -> grpc.aio.StreamStreamCall:
+    async def admit(self, header: pb.InferRequest, timeout: float, call_metadata: tuple) -> grpc.aio.StreamStreamCall:
         """Opens a call that a worker has admitted (its header sent, nothing else); raises Refused.
 
         A call that ends before its admission has cost nothing, so it is tried again at once, up to
@@ -265,11 +258,11 @@ class WorkerPool:
         while True:
             attempts += 1
             call = FirstStatusCall(self.infer(timeout=max(timeout - (loop.time() - started), 0.001),
-                                              metadata=metadata))
+                                              metadata=call_metadata))
             try:
                 await call.write(header)
                 async with asyncio.timeout(ADMISSION_TIMEOUT):
-                    admitted = metadata_value(await call.initial_metadata(), "admitted") == "1"
+                    admitted = metadata.value(await call.initial_metadata(), metadata.ADMITTED) == metadata.YES
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
                 admitted = False
             except TimeoutError:  # a worker that neither admits nor refuses is hung: try another
@@ -286,7 +279,7 @@ class WorkerPool:
                 return call
             status = await call.code()
             details = await call.details() or ""
-            error_code = metadata_value(await call.trailing_metadata(), "error-code")
+            error_code = metadata.value(await call.trailing_metadata(), metadata.ERROR_CODE)
             full = status == grpc.StatusCode.RESOURCE_EXHAUSTED and error_code in FULL
             if full or (status in RETRYABLE and not (status == grpc.StatusCode.INTERNAL and error_code)):
                 if attempts < FREE_ATTEMPTS:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 log = logging.getLogger("tracing")
 
@@ -132,14 +132,6 @@ def passed_on(traceparent: str, tracestate: str) -> tuple[str, tuple[tuple[str, 
     if tracestate and len(tracestate) <= MAX_TRACESTATE and tracestate.isascii() and tracestate.isprintable():
         metadata += ((TRACESTATE, tracestate),)
     return trace_id, metadata
-
-
-def metadata_value(pairs: Iterable[tuple[str, object]] | None, key: str) -> str:
-    """One value of gRPC metadata or HTTP header pairs (names in lower case), '' when absent."""
-    for name, value in pairs or ():
-        if name == key:
-            return value if isinstance(value, str) else bytes(value).decode("latin-1")
-    return ""
 
 
 class PairsGetter:

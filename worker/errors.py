@@ -1,7 +1,7 @@
 """Every way an Infer call can fail, each with its gRPC status, its stable error code and its metric outcome.
 
 One table, so that the servicer never picks a status inline. The error code travels to the bridge in the
-trailing metadata (`error-code`), where it selects the HTTP answer (bridge/errors.py): the same code
+trailing metadata (contract/metadata.py), where it selects the HTTP answer (bridge/errors.py): the same code
 means the same thing on both sides. Messages go to the caller as they are: they say what the sender
 did wrong, or that the model or worker failed, never file paths or internal names.
 
@@ -12,10 +12,6 @@ worker/api.py; the servicer translates them into these.
 from __future__ import annotations
 
 import grpc
-
-ERROR_CODE_KEY = "error-code"  # trailing metadata: the stable code of a failed call
-INPUT_HASH_KEY = "input-hash"  # trailing metadata: the input hash, once the study has arrived
-WORKER_NAME_KEY = "worker"  # initial metadata, with the admission: the worker's host name
 
 MAX_ECHO = 120  # characters of a sender's value quoted back in a message
 # Bytes of UTF-8 a status message may have. It travels in the trailing metadata (grpc-message, percent-encoded:

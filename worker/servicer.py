@@ -27,6 +27,7 @@ from grpc._cython.cygrpc import ExecuteBatchError
 
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
+from contract import metadata
 from contract import wire as contract_wire
 from contract.logs import clean_request_id, request_tags, set_tags
 from contract.malloc import ReleaseWhenIdle
@@ -117,7 +118,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def Infer(self, request_iterator: AsyncIterator[pb.InferRequest], context) -> None:
         call = _Call(self, context)
-        sent_id = next((value for key, value in context.invocation_metadata() or () if key == "x-request-id"), "")
+        sent_id = metadata.value(context.invocation_metadata(), metadata.REQUEST_ID)
         with request_tags(request_id=clean_request_id(sent_id), trace_id=call.trace.trace_id), call.trace:
             try:
                 await call.run(request_iterator)
@@ -241,7 +242,7 @@ class _Call:
             raise errors.Busy(f"the worker is busy: {self.s.admission.refusal()}; retry later or elsewhere")
         # Admitted: tell the sender now, before it sends any study byte, so that a refusal (above) can be
         # retried elsewhere by a sender that has lost nothing.
-        await self.context.send_initial_metadata((("admitted", "1"), (errors.WORKER_NAME_KEY, WORKER_NAME)))
+        await self.context.send_initial_metadata(((metadata.ADMITTED, metadata.YES), (metadata.WORKER, WORKER_NAME)))
         with self.stage("receive"):
             study = await self._receive(header, messages)
         log.debug("received %d instance(s), %d attachment(s), command %r",
@@ -441,8 +442,8 @@ class _Call:
     # ------------------------------------------------------------------------------------- endings
 
     def trailers(self, error_code: str) -> tuple:
-        out = ((errors.INPUT_HASH_KEY, self.input_hash),) if self.input_hash else ()
-        return out + (((errors.ERROR_CODE_KEY, error_code),) if error_code else ())
+        out = ((metadata.INPUT_HASH, self.input_hash),) if self.input_hash else ()
+        return out + (((metadata.ERROR_CODE, error_code),) if error_code else ())
 
     async def hung_up(self, within: float = 0.2) -> bool:
         """Whether the caller cancelled the call, waiting a moment for the news: when a sender hangs up, the

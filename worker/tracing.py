@@ -16,6 +16,7 @@ import contextvars
 
 import grpc
 
+from contract import metadata as contract_metadata
 from contract import tracing
 from contract.inference_pb2 import DESCRIPTOR
 from worker import errors
@@ -48,7 +49,7 @@ class CallTrace:
     def start(cls, metadata, model_name: str) -> CallTrace:
         tracer = tracing.tracer("worker")
         if tracer is None:
-            trace_id = tracing.trace_id_of(tracing.metadata_value(metadata, tracing.TRACEPARENT))
+            trace_id = tracing.trace_id_of(contract_metadata.value(metadata, tracing.TRACEPARENT))
             return cls(trace_id) if trace_id else NO_TRACE
         from opentelemetry.trace import SpanKind
 
