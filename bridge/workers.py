@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridge.readiness import ReadyWorkers
+from contract import errors as contract_errors
 from contract import inference_pb2 as pb
 from contract import metadata, wire
 
@@ -47,9 +48,6 @@ ADMISSION_TIMEOUT = 5.0  # a worker admits or refuses at once; one that does nei
 # Ended before admission, nothing lost: unreachable, or the transport's own failure (gRPC reports a call ended
 # by the server while the client was still writing its header as INTERNAL, with no error code).
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
-# Refusals of a worker that is full, said by the worker itself (its error code): worth waiting for. Without
-# one, RESOURCE_EXHAUSTED is the channel's own (an answer over a gRPC limit): an error, never retried.
-FULL = ("worker_busy", "spool_full")
 
 
 def channel_options(max_message_bytes: int = MESSAGE_LIMIT) -> list[tuple[str, object]]:
@@ -280,7 +278,9 @@ class WorkerPool:
             status = await call.code()
             details = await call.details() or ""
             error_code = metadata.value(await call.trailing_metadata(), metadata.ERROR_CODE)
-            full = status == grpc.StatusCode.RESOURCE_EXHAUSTED and error_code in FULL
+            # A worker that is full says so itself (its error code): worth waiting for. Without one,
+            # RESOURCE_EXHAUSTED is the channel's own (an answer over a gRPC limit): an error, never retried.
+            full = status == grpc.StatusCode.RESOURCE_EXHAUSTED and error_code in contract_errors.FULL
             if full or (status in RETRYABLE and not (status == grpc.StatusCode.INTERNAL and error_code)):
                 if attempts < FREE_ATTEMPTS:
                     continue

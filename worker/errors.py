@@ -1,9 +1,10 @@
-"""Every way an Infer call can fail, each with its gRPC status, its stable error code and its metric outcome.
+"""Every way an Infer call can fail, each with its stable error code and its metric outcome.
 
-One table, so that the servicer never picks a status inline. The error code travels to the bridge in the
-trailing metadata (contract/metadata.py), where it selects the HTTP answer (bridge/errors.py): the same code
-means the same thing on both sides. Messages go to the caller as they are: they say what the sender
-did wrong, or that the model or worker failed, never file paths or internal names.
+The codes, and the gRPC status each ends a call with, are the contract's table (contract/errors.py): a
+class here names its code, and its status follows from it, so that the servicer never picks a status inline
+and the bridge reads the same code the same way. The code travels to the bridge in the trailing metadata
+(contract/metadata.py). Messages go to the caller as they are: they say what the sender did wrong, or that
+the model or worker failed, never file paths or internal names.
 
 The model author's own exceptions (`worker.InvalidInput`, `worker.UnsupportedStudy`) live in
 worker/api.py; the servicer translates them into these.
@@ -13,37 +14,23 @@ from __future__ import annotations
 
 import grpc
 
-MAX_ECHO = 120  # characters of a sender's value quoted back in a message
-# Bytes of UTF-8 a status message may have. It travels in the trailing metadata (grpc-message, percent-encoded:
-# up to 3 bytes each), which gRPC caps at 8 KiB by default and beyond 16 KiB fails the call (the bridge
-# would see RESOURCE_EXHAUSTED instead of the answer); this keeps every status far below that.
-MAX_STATUS_BYTES = 1024
+from contract.errors import grpc_status
+
 MAX_PROBLEMS = 10  # problems of a broken answer listed in its message; the rest are counted
 MAX_PROBLEM_CHARACTERS = 400  # a shape problem names both layouts and the call that fixes it
 
 
-def short(value) -> str:
-    """A sender's value fit to quote in a message: bounded, printable, no line breaks. Only a prefix is
-    looked at, so a value of a megabyte costs no more than one of a hundred characters."""
-    text = value if isinstance(value, str) else str(value)[: MAX_ECHO * 4]
-    shown = "".join(c if c.isprintable() else "?" for c in text[:MAX_ECHO])
-    return shown if len(text) <= MAX_ECHO else shown + f"... ({len(text):,} characters)"
-
-
-def status_message(message: str) -> str:
-    """`message` cut to MAX_STATUS_BYTES of UTF-8, marked as cut."""
-    encoded = message.encode("utf-8", "replace")
-    if len(encoded) <= MAX_STATUS_BYTES:
-        return message
-    return encoded[: MAX_STATUS_BYTES - 40].decode("utf-8", "ignore") + f"... ({len(encoded):,} bytes, cut)"
-
-
 class WorkerError(Exception):
-    """Ends an Infer call with `status`; `error_code` and `outcome` are fixed per subclass."""
+    """Ends an Infer call with `status`, the contract's status for `error_code`; `error_code` and `outcome` are
+    fixed per subclass."""
 
-    status: grpc.StatusCode = grpc.StatusCode.INTERNAL
     error_code: str = "worker_error"
     outcome: str = "worker_error"
+    status: grpc.StatusCode = grpc_status("worker_error")
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status = grpc_status(cls.error_code)
 
     def __init__(self, message: str, study_data: bool = False) -> None:
         super().__init__(message)
@@ -57,7 +44,7 @@ class BadRequest(WorkerError):
     """The request is wrong: stream order, limits of form, JSON, a part that is not DICOM, inconsistent pixel data,
     an unknown command, or the model rejected the input."""
 
-    status, error_code, outcome = grpc.StatusCode.INVALID_ARGUMENT, "bad_request", "invalid_input"
+    error_code, outcome = "bad_request", "invalid_input"
 
 
 class StreamEnded(BadRequest):
@@ -68,66 +55,66 @@ class StreamEnded(BadRequest):
 class TooLarge(WorkerError):
     """The study exceeds a configured limit (parts, part size, study size, declared image size)."""
 
-    status, error_code, outcome = grpc.StatusCode.INVALID_ARGUMENT, "payload_too_large", "invalid_input"
+    error_code, outcome = "payload_too_large", "invalid_input"
 
 
 class Unprocessable(WorkerError):
-    status, error_code, outcome = grpc.StatusCode.FAILED_PRECONDITION, "unprocessable_study", "unprocessable"
+    error_code, outcome = "unprocessable_study", "unprocessable"
 
 
 class StudyNotFound(WorkerError):
-    status, error_code, outcome = grpc.StatusCode.NOT_FOUND, "study_not_found", "invalid_input"
+    error_code, outcome = "study_not_found", "invalid_input"
 
 
 class StudyPathRefused(WorkerError):
-    status, error_code, outcome = grpc.StatusCode.PERMISSION_DENIED, "study_path_refused", "invalid_input"
+    error_code, outcome = "study_path_refused", "invalid_input"
 
 
 class Busy(WorkerError):
     """Every inference slot and queue place is taken: the sender may retry here later or elsewhere now."""
 
-    status, error_code, outcome = grpc.StatusCode.RESOURCE_EXHAUSTED, "worker_busy", "rejected"
+    error_code, outcome = "worker_busy", "rejected"
 
 
 class NotReady(WorkerError):
-    status, error_code, outcome = grpc.StatusCode.UNAVAILABLE, "worker_unavailable", "unavailable"
+    error_code, outcome = "worker_unavailable", "unavailable"
 
 
 class Idle(WorkerError):
     """The sender stopped sending in the middle of a request stream, or sent too slowly (the same answer as the
     bridge's for an HTTP body too slow: 408)."""
 
-    status, error_code, outcome = grpc.StatusCode.DEADLINE_EXCEEDED, "request_timeout", "idle"
+    error_code, outcome = "request_timeout", "idle"
 
 
 class SpoolFull(WorkerError):
     """The spool (where studies arriving and waiting are kept) is full: retry later or elsewhere."""
 
-    status, error_code, outcome = grpc.StatusCode.RESOURCE_EXHAUSTED, "spool_full", "rejected"
+    error_code, outcome = "spool_full", "rejected"
 
 
 class DataLoss(WorkerError):
-    status, error_code, outcome = grpc.StatusCode.DATA_LOSS, "data_loss", "data_loss"
+    error_code, outcome = "data_loss", "data_loss"
 
 
 class DeadlineExceeded(WorkerError):
-    status, error_code, outcome = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded", "deadline_exceeded"
+    error_code, outcome = "deadline_exceeded", "deadline_exceeded"
 
 
 class Cancelled(WorkerError):
-    status, error_code, outcome = grpc.StatusCode.CANCELLED, "client_closed_request", "cancelled"
+    error_code, outcome = "client_closed_request", "cancelled"
 
 
 class ModelFailed(WorkerError):
     """The model raised: its message goes to the caller, its traceback to the worker's log."""
 
-    status, error_code, outcome = grpc.StatusCode.UNKNOWN, "model_error", "model_error"
+    error_code, outcome = "model_error", "model_error"
 
 
 class InvalidResult(WorkerError):
     """The model's answer breaks the protocol: `problems` lists every violation; never sent as OK."""
 
-    status, error_code, outcome = grpc.StatusCode.INTERNAL, "bad_worker_answer", "invalid_result"
+    error_code, outcome = "bad_worker_answer", "invalid_result"
 
     def __init__(self, problems) -> None:
         self.problems = list(problems)

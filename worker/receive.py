@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract import inference_pb2 as pb
+from contract.errors import short
 from worker.config import StudyLimits
 from worker.errors import (
     BadRequest,
@@ -30,7 +31,6 @@ from worker.errors import (
     StudyNotFound,
     StudyPathRefused,
     TooLarge,
-    short,
 )
 from worker.rate import MinimumRate
 from worker.spool import PartWriter, Spool

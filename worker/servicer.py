@@ -29,6 +29,7 @@ from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
 from contract import metadata
 from contract import wire as contract_wire
+from contract.errors import short, status_message
 from contract.logs import clean_request_id, request_tags, set_tags
 from contract.malloc import ReleaseWhenIdle
 from contract.result_json import to_proto
@@ -146,8 +147,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 call.trace.failed(error)
                 log.exception("inference failed: unexpected error in the worker", extra={"study_data": True})
                 call.finish()
-                context.set_trailing_metadata(call.trailers("worker_error"))
-                await context.abort(grpc.StatusCode.INTERNAL, "the worker failed unexpectedly; see its log")
+                context.set_trailing_metadata(call.trailers(errors.WorkerError.error_code))
+                await context.abort(errors.WorkerError.status, "the worker failed unexpectedly; see its log")
             finally:
                 call.finish()
 
@@ -159,7 +160,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         serious = isinstance(error, (errors.ModelFailed, errors.InvalidResult))
         # Refusals of a busy worker are routine (the bridge tries again): the metrics count them.
         level = logging.ERROR if serious else logging.DEBUG if isinstance(error, errors.Busy) else logging.INFO
-        message = errors.status_message(error.message)  # bounded: it leaves in the trailing metadata
+        message = status_message(error.message)  # bounded: it leaves in the trailing metadata
         log.log(level, "inference failed (%s): %s", error.status.name, message, extra={"study_data": error.study_data})
         call.finish()  # before the status leaves: whoever sees it sees the metrics too
         call.context.set_trailing_metadata(call.trailers(error.error_code))
@@ -286,7 +287,7 @@ class _Call:
                                     f"at most {limits.max_command_length} are accepted")
         self.command = header.inference_command or self.s.default_command
         if self.s.commands and self.command not in self.s.commands:
-            raise errors.BadRequest(f"unknown inference_command {errors.short(self.command)!r}; this model accepts: "
+            raise errors.BadRequest(f"unknown inference_command {short(self.command)!r}; this model accepts: "
                                     f"{', '.join(self.s.commands)}")
         # Read here, before the call is admitted: a refusal after it would race the study's first bytes, which
         # the sender starts streaming on admission (the bridge then sees gRPC's "Internal error", not the 400).
@@ -488,7 +489,7 @@ def _sorted_parts(parts: list) -> tuple[list, list]:
         uid = part.sop_instance_uid
         if uid in seen:
             raise errors.BadRequest(f"{seen[uid].label} and {part.label} are the same instance (SOP Instance UID "
-                                    f"{errors.short(uid)}): send each instance once")
+                                    f"{short(uid)}): send each instance once")
         seen[uid] = part
         instances.append(part)
     return instances, attachments
@@ -506,5 +507,5 @@ def _read_folder(study_path: str, root, limits: StudyLimits) -> tuple[list, list
         seen[instance.sop_instance_uid] = path.name
         instances.append(instance)
     if not instances:
-        raise errors.StudyNotFound(f"studyPath {errors.short(study_path)!r} holds no DICOM file")
+        raise errors.StudyNotFound(f"studyPath {short(study_path)!r} holds no DICOM file")
     return instances, []

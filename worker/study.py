@@ -21,10 +21,11 @@ import pydicom
 
 from arterys_http.json_text import JsonProblem, load_json_object
 from arterys_http.protocol import ImageInfo, StudyIndex
+from contract.errors import short
 from dicom_geometry import slice_order
 from worker.api import InvalidInput
 from worker.config import StudyLimits
-from worker.errors import BadRequest, short
+from worker.errors import BadRequest
 from worker.geometry import check_geometry
 from worker.pixels import read_header
 

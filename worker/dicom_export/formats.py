@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from contract.errors import short
 from worker.api import InvalidInput
-from worker.errors import short
 
 OUTPUT_FORMATS = ("arterys", "dicom")
 DEFAULT_OUTPUT_FORMATS = ("arterys",)
