@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from bridge import security
+from contract import limits
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -33,8 +34,8 @@ class HttpLimits:
     """What a client connection may do (README, "Limits and timeouts"; bridge/front.py, bridge/middleware.py)."""
 
     header_timeout: float = 10.0  # to send a request head, and the longest idle time between two requests
-    body_timeout: float = 20.0
-    min_upload_rate: int = 64 << 10  # bytes per second, over each body_timeout seconds of waiting
+    body_timeout: float = limits.RATE_WINDOW_SECONDS
+    min_upload_rate: int = limits.MIN_UPLOAD_RATE  # bytes per second, over each body_timeout seconds of waiting
     send_timeout: float = 30.0
     max_header_bytes: int = 64 << 10
     max_headers: int = SERVER_MAX_HEADERS
@@ -43,17 +44,17 @@ class HttpLimits:
     max_uploads_per_client: int = 32
     auth_failures_per_minute: int = 20
     trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For names the client (bridge/clients.py)
-    drain_limit: int = 4 << 30  # request body bytes read and dropped after an early answer
+    drain_limit: int = limits.MAX_STUDY_BYTES  # request body bytes read and dropped after an early answer
 
 
 @dataclass(frozen=True)
 class BridgeLimits:
     """What one inference request may be, and how long it may take."""
 
-    max_body_bytes: int = 4 << 30
-    max_parts: int = 20_000
-    max_part_bytes: int = 1 << 30
-    max_json_bytes: int = 1 << 20
+    max_body_bytes: int = limits.MAX_STUDY_BYTES
+    max_parts: int = limits.MAX_PARTS
+    max_part_bytes: int = limits.MAX_PART_BYTES
+    max_json_bytes: int = limits.MAX_JSON_BYTES
     deadline_seconds: float = 600.0
     queue_wait_seconds: float = 10.0
 

@@ -28,12 +28,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bridge.readiness import ReadyWorkers
 from contract import errors as contract_errors
 from contract import inference_pb2 as pb
-from contract import metadata, wire
+from contract import limits, metadata, wire
 
 log = logging.getLogger("bridge.workers")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
-MESSAGE_LIMIT = 16 << 20
 HEALTH_CHECK_SECONDS = 1.0
 PUBLIC_HEALTH_PROBLEMS = {
     grpc.StatusCode.UNAVAILABLE: "no worker can be reached",
@@ -50,18 +49,17 @@ ADMISSION_TIMEOUT = 5.0  # a worker admits or refuses at once; one that does nei
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
 
 
-def channel_options(max_message_bytes: int = MESSAGE_LIMIT) -> list[tuple[str, object]]:
+def channel_options(max_message_bytes: int = limits.MESSAGE_BYTES) -> list[tuple[str, object]]:
     service_config = {
         "loadBalancingConfig": [{"round_robin": {}}],
         "healthCheckConfig": {"serviceName": SERVICE_NAME},
     }
     return [
         ("grpc.service_config", json.dumps(service_config)),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        *limits.stream_options(max_message_bytes),
         # A ping every 5 s, 4 s to answer: a hung worker is known within 10 s, even between calls. (This
         # gRPC's transport times pings out after grpc.http2.ping_timeout_ms, not keepalive_timeout_ms.)
-        ("grpc.keepalive_time_ms", 5_000),
+        ("grpc.keepalive_time_ms", limits.PING_EVERY_MS),
         ("grpc.keepalive_timeout_ms", 4_000),
         ("grpc.http2.ping_timeout_ms", 4_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -72,9 +70,6 @@ def channel_options(max_message_bytes: int = MESSAGE_LIMIT) -> list[tuple[str, o
         ("grpc.max_reconnect_backoff_ms", 1_000),
         # Re-resolve DNS promptly when a connection drops, so new replicas are found.
         ("grpc.dns_min_time_between_resolutions_ms", 5_000),
-        # Large windows and frames: a study streams without waiting for window updates (see BENCHMARKS.md).
-        ("grpc.http2.lookahead_bytes", 8 << 20),
-        ("grpc.http2.max_frame_size", (1 << 24) - 1),
     ]
 
 

@@ -1,19 +1,27 @@
 """What bridge and worker must agree on comes from contract/ alone: these fail when a copy drifts from it.
 
 The error table (contract/errors.py) against the worker's error classes, the bridge's answers and the
-table of docs/protocol.md.
+table of docs/protocol.md; the shared limits (contract/limits.py) against both services' defaults, as their
+command lines give them.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 import grpc
 
 from bridge import errors as bridge_errors
+from bridge.config import parse_config as bridge_config
+from bridge.translate import RequestTranslator
+from bridge.workers import channel_options
 from contract import errors as contract
+from contract import limits
 from tests.services import ROOT
 from worker import errors as worker_errors
+from worker.config import parse_config as worker_config
+from worker.servicer import ServicerConfig
 
 
 def worker_error_classes() -> list[type]:
@@ -70,3 +78,23 @@ def test_a_status_message_stays_within_its_bound_and_says_it_was_cut():
     message = contract.status_message("é" * 5000)
     assert len(message.encode()) <= contract.MAX_STATUS_BYTES and message.endswith("bytes, cut)")
     assert contract.short("x" * 500).endswith("(500 characters)") and contract.short("a\nb") == "a?b"
+
+
+def test_both_services_default_to_the_contracts_limits(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(("BRIDGE_", "WORKER_")):
+            monkeypatch.delenv(name)
+    bridge = bridge_config(["--worker", "127.0.0.1:1"])
+    worker = worker_config(["--model", "mock_model"])
+    shared = {
+        "study bytes": (bridge.limits.max_body_bytes, worker.limits.max_study_bytes, limits.MAX_STUDY_BYTES),
+        "parts": (bridge.limits.max_parts, worker.limits.max_parts, limits.MAX_PARTS),
+        "part bytes": (bridge.limits.max_part_bytes, worker.limits.max_part_bytes, limits.MAX_PART_BYTES),
+        "JSON bytes": (bridge.limits.max_json_bytes, worker.limits.max_json_bytes, limits.MAX_JSON_BYTES),
+        "upload rate": (bridge.http.min_upload_rate, worker.min_receive_rate, limits.MIN_UPLOAD_RATE),
+        "rate window": (bridge.http.body_timeout, worker.receive_window_seconds, limits.RATE_WINDOW_SECONDS),
+        "message bytes": (dict(channel_options())["grpc.max_receive_message_length"],
+                          worker.max_message_bytes, limits.MESSAGE_BYTES),
+        "chunk bytes": (RequestTranslator().chunk_size, ServicerConfig().chunk_size, limits.CHUNK_BYTES),
+    }
+    assert {name: len(set(values)) for name, values in shared.items()} == dict.fromkeys(shared, 1), shared

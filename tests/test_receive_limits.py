@@ -10,7 +10,7 @@ import os
 import pytest
 from prometheus_client import CollectorRegistry
 
-from contract.wire import SENDER_CHUNK_BYTES
+from contract.limits import CHUNK_BYTES
 from worker.admission import RECEIVING_CALL_BYTES, Admission
 from worker.errors import SpoolFull
 from worker.metrics import WorkerMetrics
@@ -19,7 +19,7 @@ from worker.receive import ReceivedPart
 from worker.spool import COALESCE_BYTES, PartWriter, Spool, StoreBudget, spool_limit
 
 RATE, WINDOW = 64 << 10, 20.0
-NEED = RATE * int(WINDOW) - SENDER_CHUNK_BYTES
+NEED = RATE * int(WINDOW) - CHUNK_BYTES
 
 
 # ------------------------------------------------------------------------------------------ minimum rate
@@ -39,8 +39,8 @@ def test_a_client_at_the_bridges_minimum_passes_through_the_bridges_one_chunk_la
     of the worker sees one, at least, and that is enough."""
     rate = MinimumRate(RATE, WINDOW)
     for _ in range(20):  # 320 s
-        rate.waited_for(SENDER_CHUNK_BYTES / RATE)
-        rate.received(SENDER_CHUNK_BYTES)
+        rate.waited_for(CHUNK_BYTES / RATE)
+        rate.received(CHUNK_BYTES)
 
 
 def test_a_fast_start_carries_its_own_window_only():

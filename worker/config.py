@@ -7,6 +7,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from contract import limits as contract_limits
 from dicom_geometry.acceptance import DEFAULT_MAX_IMAGE_BYTES
 from worker import security, stow
 
@@ -21,15 +22,15 @@ MAX_CONNECTION_AGE_SECONDS = 15.0
 class StudyLimits:
     """What one request may hold; the same limits as the bridge's, enforced again for direct gRPC callers."""
 
-    max_study_bytes: int = 4 << 30
-    max_parts: int = 20_000
-    max_part_bytes: int = 1 << 30
-    max_json_bytes: int = 1 << 20
+    max_study_bytes: int = contract_limits.MAX_STUDY_BYTES
+    max_parts: int = contract_limits.MAX_PARTS
+    max_part_bytes: int = contract_limits.MAX_PART_BYTES
+    max_json_bytes: int = contract_limits.MAX_JSON_BYTES
     # Decoded size one instance may declare (rows x columns x frames x samples x bits): checked against the
     # pixel data that came, so that a few bytes cannot make a model allocate gigabytes.
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_result_bytes: int = 4 << 30
-    max_command_length: int = 256
+    max_command_length: int = contract_limits.MAX_COMMAND_LENGTH
 
 
 @dataclass
@@ -49,11 +50,11 @@ class WorkerConfig:
     max_study_memory_bytes: int = 512 * MIB
     max_spool_bytes: int = 0  # 0: 90% of the spool file system's free space at start (worker/spool.py)
     idle_timeout_seconds: float = 30.0
-    min_receive_rate: int = 64 << 10
-    receive_window_seconds: float = 20.0
+    min_receive_rate: int = contract_limits.MIN_UPLOAD_RATE
+    receive_window_seconds: float = contract_limits.RATE_WINDOW_SECONDS
     grace_seconds: float = 30.0
     max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS
-    max_message_bytes: int = 16 * MIB
+    max_message_bytes: int = contract_limits.MESSAGE_BYTES
     limits: StudyLimits = field(default_factory=StudyLimits)
     security: security.WorkerSecurity = field(default_factory=security.WorkerSecurity)
     output_formats: tuple[str, ...] = ("arterys",)  # answer formats when a request names none
@@ -123,11 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
              "file system when the worker starts [WORKER_MAX_SPOOL_BYTES]")
     add("--idle-timeout-seconds", type=float, default=float(_env("WORKER_IDLE_TIMEOUT_SECONDS", 30)),
         help="a request stream that sends nothing for this long is ended [WORKER_IDLE_TIMEOUT_SECONDS]")
-    add("--min-receive-rate", type=int, default=int(_env("WORKER_MIN_RECEIVE_RATE", 64 << 10)),
+    add("--min-receive-rate", type=int, default=int(_env("WORKER_MIN_RECEIVE_RATE", contract_limits.MIN_UPLOAD_RATE)),
         help="bytes per second a request stream must send while its study arrives, over each "
              "--receive-window-seconds of waiting, less one 1 MiB chunk (the bridge's lag); slower streams are "
              "ended. The bridge's --min-upload-rate; 0 disables [WORKER_MIN_RECEIVE_RATE]")
-    add("--receive-window-seconds", type=float, default=float(_env("WORKER_RECEIVE_WINDOW_SECONDS", 20)),
+    add("--receive-window-seconds", type=float,
+        default=float(_env("WORKER_RECEIVE_WINDOW_SECONDS", contract_limits.RATE_WINDOW_SECONDS)),
         help="the window of --min-receive-rate (the bridge's --body-timeout) [WORKER_RECEIVE_WINDOW_SECONDS]")
     add("--grace-seconds", type=float, default=float(_env("WORKER_GRACE_SECONDS", 30)),
         help="on SIGTERM, how long in-flight inferences may take to finish [WORKER_GRACE_SECONDS]")

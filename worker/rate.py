@@ -3,8 +3,8 @@ hold a place by trickling (a byte every 20 s kept a call alive for as long as it
 
 The rule is the bridge's rule for HTTP bodies (`--min-upload-rate` bytes per second over windows of
 `--body-timeout` seconds: 64 KiB/s over 20 s), with one allowance: the bridge forwards a body in chunks of
-up to `contract.wire.SENDER_CHUNK_BYTES`, so a client the bridge accepts reaches the worker up to one chunk
-late. A window must therefore bring `rate x window - SENDER_CHUNK_BYTES` bytes; a window that brings fewer
+up to `contract.limits.CHUNK_BYTES`, so a client the bridge accepts reaches the worker up to one chunk
+late. A window must therefore bring `rate x window - CHUNK_BYTES` bytes; a window that brings fewer
 ends the call. Only time spent waiting for the sender counts, as at the bridge: a worker slow to read is
 not the sender's fault. A fast start can carry the window it happened in, and only that one.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from contract.wire import SENDER_CHUNK_BYTES
+from contract.limits import CHUNK_BYTES
 from worker.errors import Idle
 
 
@@ -28,7 +28,7 @@ class MinimumRate:
     def __init__(self, bytes_per_second: int, window_seconds: float) -> None:
         self.rate = bytes_per_second
         self.window = window_seconds
-        self.need = max(int(bytes_per_second * window_seconds) - SENDER_CHUNK_BYTES, 1)
+        self.need = max(int(bytes_per_second * window_seconds) - CHUNK_BYTES, 1)
         self.waited = 0.0  # waiting seconds in the current window
         self.got = 0  # bytes in the current window
 

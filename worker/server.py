@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from contract import inference_pb2 as pb
-from contract import tracing, wire
+from contract import limits, tracing, wire
 from worker.admission import Admission
 from worker.api import Model
 from worker.batching import batcher_for, model_places
@@ -49,9 +49,7 @@ class PortInUse(OSError):
 
 def server_options(config: WorkerConfig) -> list[tuple[str, int]]:
     return [
-        # Limits set on the server itself: a client's own limits do not lift the server's 4 MiB default.
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
+        *limits.stream_options(config.max_message_bytes),
         # gRPC binds with SO_REUSEPORT by default, so a second worker on a busy port would "start" and share
         # its calls with the first one. Refuse instead.
         ("grpc.so_reuseport", 0),
@@ -59,14 +57,10 @@ def server_options(config: WorkerConfig) -> list[tuple[str, int]]:
         # grace lets a long inference on an aged connection finish.
         ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
         ("grpc.max_connection_age_grace_ms", 3_600_000),
-        # The bridge pings every 5 s to notice a hung worker: accept that, with or without calls.
-        ("grpc.http2.min_ping_interval_without_data_ms", 4_000),
+        # The bridge pings every few seconds to notice a hung worker: accept that, with or without calls.
+        ("grpc.http2.min_ping_interval_without_data_ms", limits.PING_EVERY_MS - 1_000),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),
-        # A large initial window and large frames: a study streams without waiting for window updates
-        # (measured: half the CPU per byte of gRPC's defaults; see BENCHMARKS.md).
-        ("grpc.http2.lookahead_bytes", 8 << 20),
-        ("grpc.http2.max_frame_size", (1 << 24) - 1),
     ]
 
 

@@ -27,6 +27,7 @@ from grpc._cython.cygrpc import ExecuteBatchError
 
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
+from contract import limits as contract_limits
 from contract import metadata
 from contract import wire as contract_wire
 from contract.errors import short, status_message
@@ -53,7 +54,6 @@ log = logging.getLogger("worker.inference")
 # name in Kubernetes, the container's id in compose.
 WORKER_NAME = socket.gethostname()
 
-CHUNK_SIZE = 1 << 20  # 1 MiB answer chunks: large enough to amortise gRPC's per-message cost
 # Answers up to this size are checked on the loop; bigger ones (label masks are scanned) on an I/O thread.
 CHECK_INLINE_BYTES = 4 << 20
 # A call queued for the model ends this much before its deadline, so that its own message gets through.
@@ -70,10 +70,10 @@ class ServicerConfig:
     spool_root: Path | None = None
     spool_memory_bytes: int = 16 << 20
     idle_timeout_seconds: float = 30.0
-    min_receive_rate: int = 64 << 10  # bytes/s over windows of receive_window_seconds (worker/rate.py)
-    receive_window_seconds: float = 20.0
+    min_receive_rate: int = contract_limits.MIN_UPLOAD_RATE  # bytes/s over each window (worker/rate.py)
+    receive_window_seconds: float = contract_limits.RATE_WINDOW_SECONDS
     limits: StudyLimits = field(default_factory=StudyLimits)
-    chunk_size: int = CHUNK_SIZE
+    chunk_size: int = contract_limits.CHUNK_BYTES
     output_formats: tuple[str, ...] = ("arterys",)  # a request without "output_formats" gets these
     stow: object | None = None  # worker.stow.StowSender: the answer's DICOM objects also go to a PACS
 
