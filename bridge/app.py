@@ -24,8 +24,8 @@ from bridge.inference import InferenceRequest
 from bridge.metrics import BridgeMetrics
 from bridge.tracing import NO_TRACE, RequestTrace
 from bridge.workers import WorkerPool
-from contract.logs import clean_request_id, request_tags
-from contract.malloc import ReleaseWhenIdle
+from service_runtime.logs import clean_request_id, request_tags
+from service_runtime.malloc import ReleaseWhenIdle
 
 log = logging.getLogger("bridge.http")
 

@@ -46,7 +46,7 @@ from bridge.translate import (
 from bridge.workers import Refused, WorkerPool, retrieve_outcome
 from contract import inference_pb2 as pb
 from contract import metadata, wire
-from contract.logs import set_tags
+from service_runtime.logs import set_tags
 
 log = logging.getLogger("bridge.inference")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from bridge.auth import Authenticator, TokenStore, parse_tokens
-from contract import tls
+from service_runtime import tls
 
 
 @dataclass(frozen=True)

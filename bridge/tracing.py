@@ -5,7 +5,7 @@ starts a new one, and ends with the answer: when its last byte has been written,
 away (bridge/app.py `_finish`). The call's span is its child; its context travels to the worker in the
 call's metadata, and it ends when the gRPC call does (its done callback), whatever ended it.
 
-With tracing off (contract/tracing.py), a request costs one header look-up: a valid W3C traceparent gives
+With tracing off (service_runtime/tracing.py), a request costs one header look-up: a valid W3C traceparent gives
 its log lines the client's trace id and is passed on to the worker unchanged.
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import grpc
 
 from bridge.workers import _finished
-from contract import tracing
 from contract.inference_pb2 import DESCRIPTOR
+from service_runtime import tracing
 
 RPC_SERVICE = DESCRIPTOR.services_by_name["Inference"].full_name
 RPC_NAME = f"{RPC_SERVICE}/Infer"

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import settings
 
 from contract import inference_pb2_grpc as pb_grpc
-from contract.logs import configure_logging
+from service_runtime.logs import configure_logging
 from tests import system_tools
 from tests.dicom_factory import StudyRecord, write_standard_study
 from tests.services import Service, free_port, spawn_process, wait_for

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 import grpc
 import pytest
 
-from contract.logs import RequestTagFilter
+from service_runtime.logs import RequestTagFilter
 from tests.conftest import serving
 from tests.dicom_factory import SeriesSpec, write_study
 from tests.otlp_collector import Collector

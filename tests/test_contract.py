@@ -65,7 +65,7 @@ def test_a_failure_of_the_channel_itself_maps_to_a_code_of_the_contract():
 
 
 def test_the_documented_error_table_is_the_contracts():
-    text = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs/protocol.md").read_text(encoding="utf-8")
     section = text[text.index("## Errors"):text.index("### Requests the HTTP server refuses")]
     documented = set()
     for status, codes in re.findall(r"^\| (\d{3}) \| (.*?) \|", section, flags=re.MULTILINE):

@@ -3,9 +3,9 @@
 import os
 import sys
 
-from contract.logs import configure_logging
-from contract.malloc import keep_large_buffers_in_the_heap
-from contract.native_log import add_watch
+from service_runtime.logs import configure_logging
+from service_runtime.malloc import keep_large_buffers_in_the_heap
+from service_runtime.native_log import add_watch
 from worker.handshakes import HandshakeWatch, enable_trace, uses_tls
 
 

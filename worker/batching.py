@@ -39,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from contract.logs import current_tags, set_tags
+from service_runtime.logs import current_tags, set_tags
 from worker.api import Model
 from worker.metrics import WorkerMetrics
 from worker.study import Study

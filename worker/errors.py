@@ -36,7 +36,7 @@ class WorkerError(Exception):
         super().__init__(message)
         self.message = message
         # The message carries text of the model's or a DICOM library's, which may quote the study's values:
-        # the caller gets it whole, the log with quoted values hidden (contract.logs.StudyDataFilter).
+        # the caller gets it whole, the log with quoted values hidden (service_runtime.logs.StudyDataFilter).
         self.study_data = study_data
 
 

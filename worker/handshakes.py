@@ -5,7 +5,7 @@ says it once per attempt: a flood of bad handshakes wrote thousands of lines tha
 `handshaker` trace, which the worker turns on before gRPC starts (`enable_trace`), carries both the error
 and the peer's address in one line per failed handshake (`CallNextHandshakerLocked: error=... args={...
 grpc.internal.endpoint_peer_address=ipv4:10.0.0.7:53412 ...}`). `HandshakeWatch` reads those lines from
-the native log (contract/native_log.py), logs `LINES_PER_WINDOW` failures a window with their peer, then
+the native log (service_runtime/native_log.py), logs `LINES_PER_WINDOW` failures a window with their peer, then
 one line per window counting the others by address, and drops the trace's other lines and gRPC's own
 peerless line.
 """
@@ -18,7 +18,7 @@ import os
 import re
 import time
 
-from contract.native_log import NativeRecord, RateLimit
+from service_runtime.native_log import NativeRecord, RateLimit
 
 log = logging.getLogger("worker.handshake")
 

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterator
 
 log = logging.getLogger("worker")
-OWN_LOGGERS = ("worker", "contract", "grpc")
+OWN_LOGGERS = ("worker", "grpc")
 
 
 def _state(logger: logging.Logger) -> tuple:

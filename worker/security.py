@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from contract import tls
+from service_runtime import tls
 
 FALSE = ("0", "false", "no", "off")
 

@@ -23,7 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from contract import inference_pb2 as pb
-from contract import limits, tracing, wire
+from contract import limits, wire
+from service_runtime import tracing
 from worker.admission import Admission
 from worker.api import Model
 from worker.batching import batcher_for, model_places

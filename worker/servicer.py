@@ -31,9 +31,9 @@ from contract import limits as contract_limits
 from contract import metadata
 from contract import wire as contract_wire
 from contract.errors import short, status_message
-from contract.logs import clean_request_id, request_tags, set_tags
-from contract.malloc import ReleaseWhenIdle
 from contract.result_json import to_proto
+from service_runtime.logs import clean_request_id, request_tags, set_tags
+from service_runtime.malloc import ReleaseWhenIdle
 from worker import errors
 from worker.admission import Admission, Ticket
 from worker.api import InvalidInput, Model, Result, UnsupportedStudy
@@ -59,7 +59,7 @@ CHECK_INLINE_BYTES = 4 << 20
 # A call queued for the model ends this much before its deadline, so that its own message gets through.
 DEADLINE_MARGIN = 0.25
 MAX_OPEN_COMMAND_LABELS = 20  # label values for a model without a command list; others become "other"
-# Once no call has been admitted for this long, free heap memory goes back to the kernel (contract/malloc.py).
+# Once no call has been admitted for this long, free heap memory goes back to the kernel (service_runtime/malloc.py).
 IDLE_TRIM_SECONDS = 1.0
 
 

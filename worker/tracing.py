@@ -5,7 +5,7 @@ The call's span continues the context the bridge put in the call's metadata (its
 span while it runs, so the model's own spans (through the OpenTelemetry API) nest under `infer`: the servicer
 copies the context to the model's thread.
 
-With tracing off (contract/tracing.py), the call only reads a W3C traceparent from its metadata for the
+With tracing off (service_runtime/tracing.py), the call only reads a W3C traceparent from its metadata for the
 `trace_id` of its log lines; stages cost nothing.
 """
 
@@ -17,8 +17,8 @@ import contextvars
 import grpc
 
 from contract import metadata as contract_metadata
-from contract import tracing
 from contract.inference_pb2 import DESCRIPTOR
+from service_runtime import tracing
 from worker import errors
 
 RPC_SERVICE = DESCRIPTOR.services_by_name["Inference"].full_name

@@ -2,7 +2,7 @@
 
 `configure_logging()` loads logging.yaml (dictConfig) before anything else logs. Tags live in a context
 variable, so every line logged while a request is handled carries its `input_hash`, `request_id` and
-`trace_id` (its W3C trace id, see contract/tracing.py), including lines a model logs through its own
+`trace_id` (its W3C trace id, see service_runtime/tracing.py), including lines a model logs through its own
 loggers; `RequestTagFilter` (named in logging.yaml) puts them on each record. Each request runs in an
 asyncio task of its own (and the model on a thread that gets a copy of that task's context), and every task
 has its own context, so tags never leak between concurrent requests.
@@ -11,7 +11,7 @@ Every line goes through `OneLineFormatter`: control characters are escaped, so o
 value a request carries (a patient name with a line break) can start a line that looks like another
 record. Python `warnings` (pydicom's, highdicom's) and uncaught exceptions of any thread become records
 too, and the services route what native code writes to stderr (gRPC's C core) through the same handler
-(contract/native_log.py). `StudyDataFilter` keeps study values out of the DICOM libraries' records.
+(service_runtime/native_log.py). `StudyDataFilter` keeps study values out of the DICOM libraries' records.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def configure_logging(path: str | os.PathLike | None = None, level: str | None =
     Python warnings and uncaught exceptions become log records. With `native_output` (the services, not
     tests or libraries) what native code writes to file descriptor 2 is read back and logged as well."""
     if native_output:
-        from contract.native_log import route_native_stderr
+        from service_runtime.native_log import route_native_stderr
 
         route_native_stderr()  # first: the handler below must write to the real stderr, not to the pipe
     config_path = Path(path or os.environ.get("LOGGING_CONFIG") or DEFAULT_CONFIG)
