@@ -43,16 +43,15 @@ from bridge.translate import (
     plan_answer,
     request_header,
 )
-from bridge.workers import Refused, WorkerPool, retrieve_outcome
+from bridge.workers import Refused, WorkerPool
 from contract import inference_pb2 as pb
 from contract import metadata, wire
+from service_runtime.grpc_aio import CALL_ENDED, retrieve_outcome
 from service_runtime.logs import set_tags
 
 log = logging.getLogger("bridge.inference")
 
 ACCEPTED_TYPES = (media.MULTIPART_RELATED, media.MULTIPART_FORM_DATA, media.JSON)
-# What writing to a call that has already ended raises: the call's own status says what happened.
-CALL_ENDED = (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError)
 
 
 def client_error(failure: BaseException) -> errors.ApiError:

@@ -29,6 +29,7 @@ from bridge.readiness import ReadyWorkers
 from contract import errors as contract_errors
 from contract import inference_pb2 as pb
 from contract import limits, metadata, wire
+from service_runtime.grpc_aio import CALL_ENDED, StreamCall
 
 log = logging.getLogger("bridge.workers")
 
@@ -79,74 +80,6 @@ class Refused(Exception):
     def __init__(self, status: grpc.StatusCode, details: str, error_code: str) -> None:
         super().__init__(details)
         self.status, self.details, self.error_code = status, details, error_code
-
-
-class FirstStatusCall:
-    """A worker call, with two grpc.aio bugs worked around.
-
-    1. Cancelling the task that awaits a read leaks what the read holds, the message being received included
-    (grpc/grpc#43360): measured, every client that hung up while its answer streamed left about 15 KB in the
-    bridge for good (tests/test_bad_input.py, 1,000 aborts). So each read runs in a task of its own,
-    shielded from the caller's cancellation: a cancelled caller leaves it to complete, which it does at
-    once, since every path that abandons a call cancels the call. Writes are not shielded: one blocked by
-    flow control when its call is cancelled never completes, and its task would be destroyed pending.
-
-    2. The status the worker sent is reported even when grpc.aio replaced it afterwards (grpc/grpc#36066;
-    fix proposed in grpc/grpc#43486): when the worker ends a call while a write of the bridge is in flight
-    (it refuses a damaged study at its first part while the rest still streams), the failed write sets
-    INTERNAL "Internal error from Core" with no metadata over the status that had arrived, and the client's
-    400 became a 502 (one request in six in tests/test_fuzz_regressions.py). Every status change calls the
-    done callbacks, the first one with the worker's status: it is kept here.
-
-    Everything else is the call's own.
-    """
-
-    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
-        self._call = call
-        self._first: tuple | None = None
-        call.add_done_callback(self._remember)
-
-    def __getattr__(self, name: str):
-        return getattr(self._call, name)
-
-    async def read(self):
-        read = asyncio.ensure_future(self._call.read())
-        read.add_done_callback(retrieve_outcome)  # a read left behind by a cancelled caller ends unheard
-        return await asyncio.shield(read)
-
-    def _remember(self, call) -> None:
-        if self._first is None:
-            try:  # the status is set when callbacks run, so these coroutines finish without waiting
-                self._first = (_finished(call.code()), _finished(call.details()),
-                               _finished(call.trailing_metadata()))
-            except Exception:  # never break gRPC's own callback; the call's status is used then
-                self._first = None
-
-    async def code(self) -> grpc.StatusCode:
-        return self._first[0] if self._first else await self._call.code()
-
-    async def details(self) -> str:
-        return self._first[1] if self._first else await self._call.details()
-
-    async def trailing_metadata(self):
-        return self._first[2] if self._first else await self._call.trailing_metadata()
-
-
-def retrieve_outcome(task: asyncio.Future) -> None:
-    """Marks a task's exception as seen: for tasks whose end nobody may await (asyncio would log "Task exception
-    was never retrieved" for a read that failed after its call was abandoned)."""
-    if not task.cancelled():
-        task.exception()
-
-
-def _finished(coroutine):
-    """The value of a coroutine that completes without suspending (else RuntimeError)."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value
-    coroutine.close()
-    raise RuntimeError("the coroutine did not finish at once")
 
 
 @dataclass
@@ -238,7 +171,7 @@ class WorkerPool:
             polls += 1
             await asyncio.sleep(self.poll_seconds)
 
-    async def admit(self, header: pb.InferRequest, timeout: float, call_metadata: tuple) -> grpc.aio.StreamStreamCall:
+    async def admit(self, header: pb.InferRequest, timeout: float, call_metadata: tuple) -> StreamCall:
         """Opens a call that a worker has admitted (its header sent, nothing else); raises Refused.
 
         A call that ends before its admission has cost nothing, so it is tried again at once, up to
@@ -250,13 +183,13 @@ class WorkerPool:
         attempts = 0
         while True:
             attempts += 1
-            call = FirstStatusCall(self.infer(timeout=max(timeout - (loop.time() - started), 0.001),
+            call = StreamCall(self.infer(timeout=max(timeout - (loop.time() - started), 0.001),
                                               metadata=call_metadata))
             try:
                 await call.write(header)
                 async with asyncio.timeout(ADMISSION_TIMEOUT):
                     admitted = metadata.value(await call.initial_metadata(), metadata.ADMITTED) == metadata.YES
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            except CALL_ENDED:
                 admitted = False
             except TimeoutError:  # a worker that neither admits nor refuses is hung: try another
                 call.cancel()

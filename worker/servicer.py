@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc._cython.cygrpc import ExecuteBatchError
 
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
@@ -32,6 +31,7 @@ from contract import metadata
 from contract import wire as contract_wire
 from contract.errors import short, status_message
 from contract.result_json import to_proto
+from service_runtime.grpc_aio import STREAM_BROKE
 from service_runtime.logs import clean_request_id, request_tags, set_tags
 from service_runtime.malloc import ReleaseWhenIdle
 from worker import errors
@@ -136,10 +136,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 call.outcome = call.gone_outcome()
                 log.info("the caller is gone (%s) %s", call.outcome, call.stage_name)
                 raise
-            except ExecuteBatchError:
+            except STREAM_BROKE:
                 # A read or write failed in the transport: the caller hung up (or its connection broke) while
-                # the operation was under way, which grpc.aio reports this way rather than as a cancellation.
-                # Nothing can be sent on the call any more.
+                # the operation was under way (service_runtime/grpc_aio.py). Nothing can be sent on it any more.
                 call.outcome = call.gone_outcome()
                 log.info("the caller is gone (%s, the stream broke) %s", call.outcome, call.stage_name)
             except Exception as error:
