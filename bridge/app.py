@@ -13,17 +13,19 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import errors
 from bridge.auth import Authenticator
+from bridge.channel import WorkerChannel
 from bridge.config import BridgeConfig
 from bridge.http import ClientGone, Message, Receive, Request, Response, Scope, Send, SendTimeout
 from bridge.inference import InferenceRequest
 from bridge.metrics import BridgeMetrics
+from bridge.readiness import Readiness
 from bridge.tracing import NO_TRACE, RequestTrace
-from bridge.workers import WorkerPool
 from service_runtime.logs import clean_request_id, request_tags
 from service_runtime.malloc import ReleaseWhenIdle
 
@@ -42,12 +44,24 @@ def json_response(error: errors.ApiError, request_id: str) -> Response:
     return Response(error.status, headers, error.json_bytes(request_id))
 
 
+@dataclass(frozen=True)
+class WorkerRoute:
+    """What the bridge holds for one inference route: the channel to its worker target, and its readiness."""
+
+    channel: WorkerChannel
+    readiness: Readiness
+
+    async def close(self) -> None:
+        await self.readiness.close()
+        await self.channel.close()
+
+
 class BridgeApp:
-    def __init__(self, config: BridgeConfig, metrics: BridgeMetrics, pools: dict[str, WorkerPool],
+    def __init__(self, config: BridgeConfig, metrics: BridgeMetrics, routes: dict[str, WorkerRoute],
                  auth: Authenticator | None = None) -> None:
         self.config = config
         self.metrics = metrics
-        self.pools = pools
+        self.routes = routes
         self.auth = auth  # None: no token configured, every route open
         self.in_progress = 0  # requests being handled now
         # What a burst (or an attack) made the bridge allocate goes back to the kernel once nothing is in progress.
@@ -55,16 +69,17 @@ class BridgeApp:
 
     async def close(self) -> None:
         self.release.cancel()
-        for pool in self.pools.values():
-            await pool.close()
+        for route in self.routes.values():
+            await route.close()
 
     def not_ready_reasons(self) -> list[str]:
         reasons = []
-        for route, pool in self.pools.items():
-            self.metrics.worker_ready.labels(route).set(1 if pool.ready else 0)
-            self.metrics.ready_workers.labels(route).set(pool.ready_workers)
-            if not pool.ready:
-                reasons.append(f"route {route}: {pool.last_problem}")
+        for path, route in self.routes.items():
+            readiness = route.readiness
+            self.metrics.worker_ready.labels(path).set(1 if readiness.ready else 0)
+            self.metrics.ready_workers.labels(path).set(readiness.ready_workers)
+            if not readiness.ready:
+                reasons.append(f"route {path}: {readiness.last_problem}")
         return reasons
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,21 +108,21 @@ class BridgeApp:
 
     async def handle(self, request: Request) -> Response:
         started = time.monotonic()
-        route = request.path if request.path in self.pools or request.path in SERVICE_ROUTES else "other"
+        route = request.path if request.path in self.routes or request.path in SERVICE_ROUTES else "other"
         request_id = clean_request_id(request.header("x-request-id"))
         # Inference requests only: probes every few seconds would drown the traces.
-        trace = RequestTrace.start(request, route, request_id) if request.path in self.pools else NO_TRACE
+        trace = RequestTrace.start(request, route, request_id) if request.path in self.routes else NO_TRACE
         with request_tags(request_id=request_id, trace_id=trace.trace_id):
             inference = None
             try:
                 if self.auth is not None:
                     self.auth.check(request)  # before routing: no route, not even a 404, without a token
-                if request.path in self.pools:
+                if request.path in self.routes:
                     if request.method != "POST":
                         raise errors.MethodNotAllowed(request.path, ("POST",))
                     self.metrics.inflight.inc()
-                    inference = InferenceRequest(request, request.path, self.pools[request.path], self.config.limits,
-                                                 request_id, self.metrics.request_bytes.inc, trace)
+                    inference = InferenceRequest(request, request.path, self.routes[request.path].channel,
+                                                 self.config.limits, request_id, self.metrics.request_bytes.inc, trace)
                     try:
                         response = await inference.run()
                     except BaseException:
@@ -119,7 +134,7 @@ class BridgeApp:
                 if request.path in ("/healthcheck", "/readyz"):
                     # A bridge that has just started answers with its workers' first health check (at most
                     # its 1 s timeout away), never "not checked yet": a probe right after start got that.
-                    await asyncio.gather(*(pool.first_check() for pool in self.pools.values()))
+                    await asyncio.gather(*(route.readiness.first_check() for route in self.routes.values()))
                 response = self._service(request)
             except errors.ApiError as error:
                 response = json_response(error, request_id)
@@ -138,7 +153,7 @@ class BridgeApp:
         path = request.path
         methods = SERVICE_METHODS.get(path, READ_ONLY_METHODS)
         if path not in SERVICE_ROUTES:
-            raise errors.error("not_found", f"no route {path[:200]}; inference routes: {', '.join(self.pools)}")
+            raise errors.error("not_found", f"no route {path[:200]}; inference routes: {', '.join(self.routes)}")
         if request.method not in methods:
             raise errors.MethodNotAllowed(path, methods)
         if path == "/healthcheck":
@@ -187,18 +202,16 @@ class BridgeApp:
                      f" from {request.client}" if code in NAMES_THE_CLIENT else "")
 
 
-def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None,
-               pools: dict[str, WorkerPool] | None = None) -> BridgeApp:
+def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None) -> BridgeApp:
     """Builds the app on the running event loop (its worker channels belong to that loop)."""
     metrics = metrics or BridgeMetrics()
     metrics.start_routes(config.routes, errors.response_codes())
     security = config.security
-    pools = pools or {
-        route: WorkerPool(target, config.health_poll_seconds, config.limits.queue_wait_seconds,
-                          security.worker_credentials(), security.worker_channel_options()).start()
-        for route, target in config.routes.items()
-    }
-    return BridgeApp(config, metrics, pools, security.authenticator())
+    routes = {}
+    for path, target in config.routes.items():
+        channel = WorkerChannel(target, security.worker_credentials(), security.worker_channel_options())
+        routes[path] = WorkerRoute(channel, Readiness(channel, config.health_poll_seconds).start())
+    return BridgeApp(config, metrics, routes, security.authenticator())
 
 
 class DisconnectWatcher:

@@ -2,7 +2,7 @@
 streams back.
 
 The JSON part is read first and becomes the call's header; once a worker has admitted the call (see
-bridge/workers.py), a task forwards the rest of the body part by part while this one waits for the
+bridge/admission.py), a task forwards the rest of the body part by part while this one waits for the
 worker's result. Whichever side fails first decides the answer: a body that is malformed, too large, too
 slow or abandoned is the client's doing; a call that ends early is the worker's. The answer's
 Content-Length is exact before any mask byte arrives. Memory stays at about one chunk each way; nothing
@@ -31,6 +31,8 @@ from arterys_http.multipart import (
     parse_content_type,
 )
 from bridge import errors
+from bridge.admission import Refused, admit
+from bridge.channel import WorkerChannel
 from bridge.config import BridgeLimits
 from bridge.http import BodyTimeout, ClientGone, Request, Response
 from bridge.tracing import NO_TRACE, RequestTrace
@@ -43,7 +45,6 @@ from bridge.translate import (
     plan_answer,
     request_header,
 )
-from bridge.workers import Refused, WorkerPool
 from contract import inference_pb2 as pb
 from contract import metadata, wire
 from service_runtime.grpc_aio import CALL_ENDED, retrieve_outcome
@@ -79,13 +80,13 @@ class Outcome:
 
 
 class InferenceRequest:
-    """Runs one request against a worker pool: `await run()` returns the answer or raises errors.ApiError."""
+    """Runs one request against a route's workers: `await run()` returns the answer or raises errors.ApiError."""
 
-    def __init__(self, request: Request, route: str, pool: WorkerPool, limits: BridgeLimits, request_id: str,
+    def __init__(self, request: Request, route: str, channel: WorkerChannel, limits: BridgeLimits, request_id: str,
                  on_request_bytes, trace: RequestTrace = NO_TRACE) -> None:
         self.request = request
         self.route = route
-        self.pool = pool
+        self.channel = channel
         self.limits = limits
         self.request_id = request_id
         self.on_request_bytes = on_request_bytes
@@ -195,10 +196,11 @@ class InferenceRequest:
     # ------------------------------------------------------------------------------------ the call
 
     async def _admit(self, header: pb.RequestHeader):
-        traced = self.trace.call(self.pool.target)  # the call's span; its traceparent goes in the metadata
+        traced = self.trace.call(self.channel.target)  # the call's span; its traceparent goes in the metadata
         try:
-            call = await self.pool.admit(pb.InferRequest(header=header), self.limits.deadline_seconds,
-                                         ((metadata.REQUEST_ID, self.request_id), *traced.metadata))
+            call = await admit(self.channel, pb.InferRequest(header=header), self.limits.deadline_seconds,
+                               ((metadata.REQUEST_ID, self.request_id), *traced.metadata),
+                               self.limits.queue_wait_seconds)
         except Refused as refused:
             traced.end(refused.status)
             raise self._worker_error(refused.status, refused.details, refused.error_code) from None
@@ -270,7 +272,7 @@ class InferenceRequest:
         if error_code or status not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             log.info("the worker%s ended the call: %s %s", on, status.name, details)
         else:
-            log.warning("worker target %s%s: %s %s", self.pool.target, on, status.name, details)
+            log.warning("worker target %s%s: %s %s", self.channel.target, on, status.name, details)
         return errors.from_worker(status, details, error_code)
 
 

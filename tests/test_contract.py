@@ -13,9 +13,9 @@ import re
 import grpc
 
 from bridge import errors as bridge_errors
+from bridge.channel import channel_options
 from bridge.config import parse_config as bridge_config
 from bridge.translate import RequestTranslator
-from bridge.workers import channel_options
 from contract import errors as contract
 from contract import limits
 from tests.services import ROOT
