@@ -16,6 +16,7 @@ import random
 import grpc
 
 from bridge.channel import WorkerChannel
+from bridge.errors import WorkerFailed
 from contract import errors as contract_errors
 from contract import inference_pb2 as pb
 from contract import metadata
@@ -30,14 +31,6 @@ ADMISSION_TIMEOUT = 5.0  # a worker admits or refuses at once; one that does nei
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
 
 
-class Refused(Exception):
-    """No worker admitted the call: `status`, the worker's `details` and its `error_code` (may be empty)."""
-
-    def __init__(self, status: grpc.StatusCode, details: str, error_code: str) -> None:
-        super().__init__(details)
-        self.status, self.details, self.error_code = status, details, error_code
-
-
 def worth_retrying(status: grpc.StatusCode, error_code: str) -> tuple[bool, bool]:
     """(free, full) for a call ended before admission: tried again at once because it cost nothing; a worker
     that is full, worth waiting for. Pure."""
@@ -50,7 +43,8 @@ def worth_retrying(status: grpc.StatusCode, error_code: str) -> tuple[bool, bool
 
 async def admit(channel: WorkerChannel, header: pb.InferRequest, timeout: float, call_metadata: tuple,
                 queue_wait: float) -> StreamCall:
-    """Opens a call that a worker has admitted (its header sent, nothing else); raises Refused.
+    """Opens a call that a worker has admitted (its header sent, nothing else); raises WorkerFailed (no worker
+    admitted it).
 
     A call that ends before its admission has cost nothing, so it is tried again at once, up to
     FREE_ATTEMPTS times (round_robin gives each new call the next worker); after that, a refusal by full
@@ -74,7 +68,7 @@ async def admit(channel: WorkerChannel, header: pb.InferRequest, timeout: float,
                         ADMISSION_TIMEOUT)
             if attempts < FREE_ATTEMPTS:
                 continue
-            raise Refused(grpc.StatusCode.UNAVAILABLE, "no worker answered", "") from None
+            raise WorkerFailed(grpc.StatusCode.UNAVAILABLE, "no worker answered") from None
         except BaseException:
             call.cancel()
             raise
@@ -90,4 +84,4 @@ async def admit(channel: WorkerChannel, header: pb.InferRequest, timeout: float,
             if full and loop.time() - started < queue_wait:
                 await asyncio.sleep(min(0.005 * 2 ** (attempts - FREE_ATTEMPTS), 0.2) * random.uniform(0.5, 1))
                 continue
-        raise Refused(status, details, error_code)
+        raise WorkerFailed(status, details, error_code)

@@ -1,5 +1,9 @@
 """The one place where failures become HTTP answers: one stable error code per meaning, one status per code.
 
+Whatever ends a request early reaches `for_failure`, once, in the app: an answer decided on the spot (an
+ApiError), a malformed or too large body, a body too slow or a client gone, a worker call that ended
+without an answer (WorkerFailed), an answer that breaks the protocol, or a bug of the bridge (500).
+
 Every error body is JSON, {"error": {"code": ..., "message": ..., "request_id": ...}}, with a message that
 says what the client did wrong or that the service failed; details (addresses, exception names, files)
 stay in the logs. Retryable failures carry Retry-After. A worker's failure arrives as a gRPC status with
@@ -10,11 +14,17 @@ the worker's own error code in the trailing metadata: both services take their c
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 import grpc
 
+from arterys_http.multipart import LimitExceeded, MultipartError
+from bridge.http import BodyTimeout, ClientGone
+from bridge.translate import BadWorkerAnswer, InvalidRequest
 from contract import errors as contract_errors
+
+log = logging.getLogger("bridge.http")
 
 RETRY_AFTER_SECONDS = 5
 
@@ -121,6 +131,41 @@ _CHANNEL_MESSAGES = {
     "client_closed_request": "the call was cancelled",
     "bad_worker_answer": "the worker's answer could not be read; the bridge's log has the details",
 }
+
+
+class WorkerFailed(Exception):
+    """A worker call that ended without an answer, refused before its admission or ended after it: its gRPC
+    `status` and `details`, the worker's `error_code` and the `input_hash` it reported (either may be empty),
+    and the `worker` that had admitted it (its host name; empty before admission)."""
+
+    def __init__(self, status: grpc.StatusCode, details: str, error_code: str = "", input_hash: str = "",
+                 worker: str = "") -> None:
+        super().__init__(f"{status.name} {details}")
+        self.status, self.details, self.error_code = status, details, error_code
+        self.input_hash, self.worker = input_hash, worker
+
+
+def for_failure(failure: BaseException) -> ApiError:
+    """The answer for whatever ended a request early; `bridge_error` for a failure nobody expected (a bug),
+    which is logged here with its traceback."""
+    if isinstance(failure, ApiError):
+        return failure
+    if isinstance(failure, WorkerFailed):
+        return from_worker(failure.status, failure.details, failure.error_code)
+    if isinstance(failure, LimitExceeded):
+        return too_large(str(failure))
+    if isinstance(failure, MultipartError):
+        return bad_request(f"malformed multipart body: {failure}")
+    if isinstance(failure, InvalidRequest):
+        return bad_request(str(failure))
+    if isinstance(failure, BadWorkerAnswer):
+        return bad_worker_answer(failure.problems)
+    if isinstance(failure, BodyTimeout):
+        return error("request_timeout", str(failure))
+    if isinstance(failure, ClientGone):
+        return error("client_closed_request", "the client closed the connection")
+    log.error("unexpected error in the bridge", exc_info=failure)
+    return error("bridge_error", "the bridge failed unexpectedly; see its log")
 
 
 def from_worker(status: grpc.StatusCode, details: str, worker_code: str = "") -> ApiError:
