@@ -15,13 +15,11 @@ import grpc
 from bridge import errors as bridge_errors
 from bridge.channel import channel_options
 from bridge.config import parse_config as bridge_config
-from bridge.translate import RequestTranslator
 from contract import errors as contract
 from contract import limits
 from tests.services import ROOT
 from worker import errors as worker_errors
 from worker.config import parse_config as worker_config
-from worker.servicer import ServicerConfig
 
 
 def worker_error_classes() -> list[type]:
@@ -95,6 +93,5 @@ def test_both_services_default_to_the_contracts_limits(monkeypatch):
         "rate window": (bridge.http.body_timeout, worker.receive_window_seconds, limits.RATE_WINDOW_SECONDS),
         "message bytes": (dict(channel_options())["grpc.max_receive_message_length"],
                           worker.max_message_bytes, limits.MESSAGE_BYTES),
-        "chunk bytes": (RequestTranslator().chunk_size, ServicerConfig().chunk_size, limits.CHUNK_BYTES),
     }
     assert {name: len(set(values)) for name, values in shared.items()} == dict.fromkeys(shared, 1), shared

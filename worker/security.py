@@ -15,24 +15,29 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 from dataclasses import dataclass
 
 import grpc
 
 from service_runtime import tls
-
-FALSE = ("0", "false", "no", "off")
+from service_runtime.settings import setting
 
 
 @dataclass(frozen=True)
 class WorkerSecurity:
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    reflection: bool = True
-    metrics_tls: bool = False
-    allow_plaintext: bool = False  # a plaintext port on a non-loopback address is intended: no warning
+    GROUP = "security (docs/security.md)"
+
+    tls_cert: str = setting("", "PEM certificate chain: the gRPC port speaks TLS only (with --tls-key)")
+    tls_key: str = setting("", "PEM private key of --tls-cert")
+    tls_client_ca: str = setting("", "PEM CA certificate(s): mutual TLS, every client must present a certificate "
+                                     "signed by one")
+    reflection: bool = setting(True, "do not offer gRPC server reflection (WORKER_REFLECTION=0 does the same)",
+                               flag="--no-reflection", env="WORKER_REFLECTION", switch="off")
+    # A plaintext port on a non-loopback address is intended: no warning.
+    allow_plaintext: bool = setting(False, "a plaintext gRPC port on a non-loopback address is intended (a private "
+                                           "network): no warning at start", switch="on")
+    metrics_tls: bool = setting(False, "serve /metrics over HTTPS with --tls-cert/--tls-key, requiring a client "
+                                       "certificate when --tls-client-ca is set", switch="on")
 
     def plaintext_warning(self, listen: str) -> str | None:
         """What to warn about at start when `listen` is reachable from other hosts without TLS, else None."""
@@ -58,37 +63,12 @@ class WorkerSecurity:
                 "client_auth_required": bool(self.tls_client_ca)}
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    group = parser.add_argument_group("security (docs/security.md)")
-    add = group.add_argument
-    add("--tls-cert", default=env("WORKER_TLS_CERT", ""),
-        help="PEM certificate chain: the gRPC port speaks TLS only (with --tls-key) [WORKER_TLS_CERT]")
-    add("--tls-key", default=env("WORKER_TLS_KEY", ""), help="PEM private key of --tls-cert [WORKER_TLS_KEY]")
-    add("--tls-client-ca", default=env("WORKER_TLS_CLIENT_CA", ""),
-        help="PEM CA certificate(s): mutual TLS, every client must present a certificate signed by one "
-             "[WORKER_TLS_CLIENT_CA]")
-    add("--no-reflection", dest="reflection", action="store_false",
-        default=env("WORKER_REFLECTION", "1").lower() not in FALSE,
-        help="do not offer gRPC server reflection (WORKER_REFLECTION=0 does the same) [WORKER_REFLECTION]")
-    add("--allow-plaintext", action="store_true",
-        default=env("WORKER_ALLOW_PLAINTEXT", "0").lower() not in FALSE,
-        help="a plaintext gRPC port on a non-loopback address is intended (a private network): no warning at "
-             "start [WORKER_ALLOW_PLAINTEXT]")
-    add("--metrics-tls", action="store_true", default=env("WORKER_METRICS_TLS", "0").lower() not in FALSE,
-        help="serve /metrics over HTTPS with --tls-cert/--tls-key, requiring a client certificate when "
-             "--tls-client-ca is set [WORKER_METRICS_TLS]")
-
-
-def from_args(parser: argparse.ArgumentParser, args: dict) -> WorkerSecurity:
-    """Takes the security entries out of the parsed flags; a file that cannot be used is a usage error."""
-    security = WorkerSecurity(**{name: args.pop(name) for name in (
-        "tls_cert", "tls_key", "tls_client_ca", "reflection", "metrics_tls", "allow_plaintext")})
+def check(parser: argparse.ArgumentParser, security: WorkerSecurity) -> None:
+    """A certificate or key that cannot be used is a usage error at start."""
     try:
         security.server_credentials()
     except tls.TlsConfigError as error:
         parser.error(str(error))
-    return security
 
 
 def is_loopback(listen: str) -> bool:

@@ -32,7 +32,7 @@ from worker.config import WorkerConfig
 from worker.loading import TRACEBACK_HINT, failure_text
 from worker.metrics import WorkerMetrics
 from worker.model_logging import worker_logging_kept
-from worker.servicer import InferenceServicer, ServicerConfig
+from worker.servicer import InferenceServicer
 from worker.spool import SpoolRoot, StoreBudget, spool_limit
 from worker.stow import StowSender
 
@@ -107,8 +107,8 @@ class WorkerServer:
             self.thread.join(30)
             for executor in self.executors:
                 executor.shutdown(wait=False, cancel_futures=True)
-            if self.servicer.config.stow is not None:
-                self.servicer.config.stow.close()
+            if self.servicer.stow is not None:
+                self.servicer.stow.close()
             self.spool.close()
 
     async def _stop(self, grace: float) -> None:
@@ -157,14 +157,7 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
     spool = SpoolRoot(config.spool_dir or None)
     model_threads = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="model")
     io_threads = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="io")
-    servicer_config = ServicerConfig(
-        default_command=config.default_command, study_root=config.study_root or None, spool_root=spool.path,
-        spool_memory_bytes=config.spool_memory_bytes, idle_timeout_seconds=config.idle_timeout_seconds,
-        min_receive_rate=config.min_receive_rate, receive_window_seconds=config.receive_window_seconds,
-        limits=config.limits,
-        output_formats=config.output_formats,
-        stow=StowSender(config.stow, metrics) if config.stow.url else None,
-    )
+    stow = StowSender(config.stow, metrics) if config.stow.url else None
     store = StoreBudget(config.max_study_memory_bytes, spool_limit(config.max_spool_bytes, spool.path))
     metrics.study_memory.set_function(lambda: store.memory)
     metrics.spool_bytes.set_function(lambda: store.spool)
@@ -173,7 +166,8 @@ def create_server(model: Model, config: WorkerConfig, metrics: WorkerMetrics | N
     async def build():
         admission = Admission(places, config.queue_size, metrics, config.max_receiving, store)
         batcher = batcher_for(model, config.concurrency, model_threads, metrics)  # None: no infer_batch
-        servicer = InferenceServicer(model, admission, metrics, servicer_config, model_threads, io_threads, batcher)
+        servicer = InferenceServicer(model, admission, metrics, config, model_threads, io_threads, batcher, spool.path,
+                                     stow)
         server = grpc.aio.server(options=server_options(config))
         health_servicer = health.aio.HealthServicer()
         for name in ("", SERVICE_NAME):

@@ -19,17 +19,16 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
-from contract import limits as contract_limits
 from contract import metadata
 from contract import wire as contract_wire
 from contract.errors import short, status_message
+from contract.limits import CHUNK_BYTES
 from contract.result_json import to_proto
 from service_runtime.grpc_aio import STREAM_BROKE
 from service_runtime.logs import clean_request_id, request_tags, set_tags
@@ -38,7 +37,7 @@ from worker import errors
 from worker.admission import Admission, Ticket
 from worker.api import InvalidInput, Model, Result, UnsupportedStudy
 from worker.batching import Batcher
-from worker.config import StudyLimits
+from worker.config import StudyLimits, WorkerConfig
 from worker.dicom_export import UnknownOutputFormat, output_formats
 from worker.metrics import STAGES, WorkerMetrics
 from worker.pixels import NotDicom
@@ -46,6 +45,7 @@ from worker.rate import MinimumRate
 from worker.receive import Ingest, ReceivedPart, find_study_path, receive_parts
 from worker.results import WireResult, answer_bytes, checked, from_legacy, from_result
 from worker.spool import Spool, StoreBudget
+from worker.stow import StowSender
 from worker.study import Attachment, Instance, Study, monotonic_deadline, parse_request_json
 from worker.tracing import CallTrace
 
@@ -63,25 +63,10 @@ MAX_OPEN_COMMAND_LABELS = 20  # label values for a model without a command list;
 IDLE_TRIM_SECONDS = 1.0
 
 
-@dataclass
-class ServicerConfig:
-    default_command: str = ""
-    study_root: str | None = None
-    spool_root: Path | None = None
-    spool_memory_bytes: int = 16 << 20
-    idle_timeout_seconds: float = 30.0
-    min_receive_rate: int = contract_limits.MIN_UPLOAD_RATE  # bytes/s over each window (worker/rate.py)
-    receive_window_seconds: float = contract_limits.RATE_WINDOW_SECONDS
-    limits: StudyLimits = field(default_factory=StudyLimits)
-    chunk_size: int = contract_limits.CHUNK_BYTES
-    output_formats: tuple[str, ...] = ("arterys",)  # a request without "output_formats" gets these
-    stow: object | None = None  # worker.stow.StowSender: the answer's DICOM objects also go to a PACS
-
-
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, model: Model, admission: Admission, metrics: WorkerMetrics, config: ServicerConfig,
-                 model_threads: ThreadPoolExecutor, io_threads: ThreadPoolExecutor,
-                 batcher: Batcher | None = None) -> None:
+    def __init__(self, model: Model, admission: Admission, metrics: WorkerMetrics, config: WorkerConfig,
+                 model_threads: ThreadPoolExecutor, io_threads: ThreadPoolExecutor, batcher: Batcher | None = None,
+                 spool_root: Path | None = None, stow: StowSender | None = None) -> None:
         self.model = model
         self.store: StoreBudget = admission.store
         self.model_name = model.describe_name()
@@ -91,6 +76,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.model_threads = model_threads
         self.io_threads = io_threads
         self.batcher = batcher  # a model with infer_batch gets its studies through it (worker/batching.py)
+        self.spool_root = spool_root  # this process's folder of the spool directory (worker/spool.py)
+        self.stow = stow  # the answers' DICOM objects also go to a PACS (worker/stow.py)
         self.loaded = False
         self.commands = tuple(model.commands)
         self.default_command = config.default_command or model.default_command
@@ -258,10 +245,10 @@ class _Call:
                 wire = await self._export(wire, study)
         with self.stage("send"):
             await self._send(wire)
-        if self.s.config.stow is not None:  # after the answer, never delaying it (worker/stow.py)
+        if self.s.stow is not None:  # after the answer, never delaying it (worker/stow.py)
             from worker.stow import dicom_objects
 
-            self.s.config.stow.submit(dicom_objects(wire.json, wire.binaries))
+            self.s.stow.submit(dicom_objects(wire.json, wire.binaries))
 
     async def _header(self, messages) -> pb.RequestHeader:
         idle = self.s.config.idle_timeout_seconds
@@ -300,7 +287,7 @@ class _Call:
     async def _receive(self, header: pb.RequestHeader, messages) -> Study:
         config = self.s.config
         request = self.request
-        self.spool = Spool(config.spool_root, self.s.memory_budget, self.s.store)
+        self.spool = Spool(self.s.spool_root, self.s.memory_budget, self.s.store)
         spool, limits = self.spool, config.limits
 
         def parsed(part: ReceivedPart):  # each part as it completes, while the next ones arrive
@@ -431,7 +418,7 @@ class _Call:
         result = to_proto(wire.json, sizes)
         result.input_hash = self.input_hash
         await self.context.write(pb.InferResponse(result=result))
-        step = self.s.config.chunk_size
+        step = CHUNK_BYTES
         for index, view in enumerate(wire.binaries):
             for start in range(0, len(view), step):
                 piece = view[start : start + step]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arterys_http.protocol import DICOM_TYPES
+from service_runtime.settings import setting
 
 log = logging.getLogger("worker.stow")
 
@@ -40,12 +41,19 @@ FIRST_BACKOFF = 1.0
 
 @dataclass(frozen=True)
 class StowConfig:
-    url: str = ""  # DICOMweb base URL, e.g. https://pacs.example/dicom-web; empty: off
-    token_file: str = ""
-    basic_auth_file: str = ""
-    ca_file: str = ""
-    retries: int = 3
-    timeout_seconds: float = 30.0
+    """A branch of the worker's settings tree (worker/config.py): the flags --stow-*."""
+
+    GROUP = "storing the DICOM outputs to a PACS (STOW-RS, docs/dicom-outputs.md)"
+    FLAG_PREFIX = "stow-"
+
+    url: str = setting("", "DICOMweb base URL: every answer's DICOM objects are also POSTed to <url>/studies after "
+                           "the viewer has its answer; empty: off")  # e.g. https://pacs.example/dicom-web
+    token_file: str = setting("", "file holding a bearer token for --stow-url")
+    basic_auth_file: str = setting("", "file holding user:password for HTTP basic authentication to --stow-url")
+    ca_file: str = setting("", "PEM CA certificate(s) that --stow-url's TLS certificate must chain to (default: "
+                               "the system's)")
+    retries: int = setting(3, "further attempts after a failed store (connection error, timeout, 5xx, 408, 429)")
+    timeout_seconds: float = setting(30.0, "time allowed for one store request")
 
     def headers(self) -> dict[str, str]:
         if self.token_file:
@@ -59,32 +67,8 @@ class StowConfig:
         return user, password
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    group = parser.add_argument_group("storing the DICOM outputs to a PACS (STOW-RS, docs/dicom-outputs.md)")
-    add = group.add_argument
-    add("--stow-url", default=env("WORKER_STOW_URL", ""),
-        help="DICOMweb base URL: every answer's DICOM objects are also POSTed to <url>/studies after the viewer "
-             "has its answer; empty: off [WORKER_STOW_URL]")
-    add("--stow-token-file", default=env("WORKER_STOW_TOKEN_FILE", ""),
-        help="file holding a bearer token for --stow-url [WORKER_STOW_TOKEN_FILE]")
-    add("--stow-basic-auth-file", default=env("WORKER_STOW_BASIC_AUTH_FILE", ""),
-        help="file holding user:password for HTTP basic authentication to --stow-url [WORKER_STOW_BASIC_AUTH_FILE]")
-    add("--stow-ca-file", default=env("WORKER_STOW_CA_FILE", ""),
-        help="PEM CA certificate(s) that --stow-url's TLS certificate must chain to (default: the system's) "
-             "[WORKER_STOW_CA_FILE]")
-    add("--stow-retries", type=int, default=int(env("WORKER_STOW_RETRIES", 3)),
-        help="further attempts after a failed store (connection error, timeout, 5xx, 408, 429) "
-             "[WORKER_STOW_RETRIES]")
-    add("--stow-timeout-seconds", type=float, default=float(env("WORKER_STOW_TIMEOUT_SECONDS", 30)),
-        help="time allowed for one store request [WORKER_STOW_TIMEOUT_SECONDS]")
-
-
-def from_args(parser: argparse.ArgumentParser, args: dict) -> StowConfig:
-    """Takes the STOW entries out of the parsed flags; an unreadable file is a usage error at start."""
-    config = StowConfig(**{name.removeprefix("stow_"): args.pop(name) for name in (
-        "stow_url", "stow_token_file", "stow_basic_auth_file", "stow_ca_file", "stow_retries",
-        "stow_timeout_seconds")})
+def check(parser: argparse.ArgumentParser, config: StowConfig) -> None:
+    """An unreadable file, or one given without --stow-url, is a usage error at start."""
     if config.token_file and config.basic_auth_file:
         parser.error("--stow-token-file and --stow-basic-auth-file: give one")
     for flag, path in (("--stow-token-file", config.token_file), ("--stow-basic-auth-file", config.basic_auth_file),
@@ -95,7 +79,6 @@ def from_args(parser: argparse.ArgumentParser, args: dict) -> StowConfig:
             parser.error(f"{flag} needs --stow-url")
     if config.url and not config.url.startswith(("http://", "https://")):
         parser.error(f"--stow-url must be an http:// or https:// URL, got {config.url[:60]!r}")
-    return config
 
 
 def dicom_objects(result_json: dict, binaries: Sequence) -> list:
