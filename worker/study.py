@@ -22,7 +22,7 @@ import pydicom
 from arterys_http.json_text import JsonProblem, load_json_object
 from arterys_http.protocol import ImageInfo, StudyIndex
 from contract.errors import short
-from dicom_geometry import slice_order
+from dicom_geometry import plane_normal, slice_order
 from worker.api import InvalidInput
 from worker.config import StudyLimits
 from worker.errors import BadRequest
@@ -139,10 +139,8 @@ class Instance(Attachment):
 
     @property
     def normal(self) -> np.ndarray | None:
-        value = self.header.get("ImageOrientationPatient")
-        if not value or len(value) != 6:
-            return None
-        return np.cross([float(v) for v in value[:3]], [float(v) for v in value[3:]])
+        """The unit normal of the image plane (ImageOrientationPatient's row x column direction), or None."""
+        return plane_normal(self.header.get("ImageOrientationPatient"))
 
     def info(self) -> ImageInfo:
         return ImageInfo(self.sop_instance_uid, self.series_instance_uid, self.rows, self.columns, self.frames)

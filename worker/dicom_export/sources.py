@@ -17,6 +17,7 @@ from highdicom._standard_utils import is_attribute_in_iod  # private, but the ru
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
 
+from dicom_geometry.frames import frame_attribute
 from worker.api import UnsupportedStudy
 from worker.dicom_export import vr
 from worker.study import Instance, Series
@@ -158,23 +159,16 @@ def _raw_value(instance: Instance, tag) -> bytes | None:
 
 
 def frame_position(dataset: Dataset, frame: int) -> list[float]:
-    """ImagePositionPatient of a frame (1-based) of an enhanced multi-frame image, from its functional groups."""
-    for groups in (_item(dataset, "PerFrameFunctionalGroupsSequence", frame - 1),
-                   _item(dataset, "SharedFunctionalGroupsSequence", 0)):
-        position = _item(groups, "PlanePositionSequence", 0)
-        if position is not None and "ImagePositionPatient" in position:
-            return [float(v) for v in position.ImagePositionPatient]
+    """ImagePositionPatient of a frame (1-based) of an enhanced multi-frame image, from its functional groups
+    only: a position for the whole instance is no frame's."""
+    position = frame_attribute(dataset, frame - 1, "PlanePositionSequence", "ImagePositionPatient", top_level=False)
+    if position is not None:
+        return [float(v) for v in position]
     raise DicomExportError(
         f"multi-frame instance {dataset.SOPInstanceUID} gives no position for frame {frame} "
         "(PerFrameFunctionalGroupsSequence > PlanePositionSequence): a Segmentation needs the plane "
         "position of every frame"
     )
-
-
-def _item(dataset: Dataset | None, keyword: str, index: int) -> Dataset | None:
-    if dataset is None or keyword not in dataset or len(dataset[keyword].value) <= index:
-        return None
-    return dataset[keyword].value[index]
 
 
 def plane_positions(dataset: Dataset, planes: list[Plane]) -> list[hd.PlanePositionSequence]:

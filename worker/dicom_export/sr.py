@@ -27,9 +27,9 @@ import numpy as np
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import generate_uid
 
+from dicom_geometry import frame_geometry
 from worker.dicom_export import codes, naming
 from worker.dicom_export.device import MANUFACTURER, Device
-from worker.dicom_export.geometry import frame_plane, lift_to_plane, pixel_spacing
 from worker.dicom_export.seg import Absence, SegOutput
 from worker.dicom_export.sources import is_multiframe, source_dataset
 from worker.study import Instance, Study
@@ -148,12 +148,11 @@ class _Regions(_Builder):
         coordinates on a plane that contains the z axis)."""
         uid, frame = item["SOPInstanceUID"], item.get("frame_number")
         instance = self.by_uid[uid]
-        plane_frame = (frame or 1) if is_multiframe(instance) else None
+        geometry = frame_geometry(instance.header, (frame or 1) - 1 if is_multiframe(instance) else 0)
         start, end = [float(v) for v in item["start"]], [float(v) for v in item["end"]]
         coordinates, unit = None, codes.MILLIMETRE
         if item["coordinates_type"] == "world":
-            plane = frame_plane(instance, plane_frame)
-            points = [lift_to_plane(*p, plane) for p in (start, end)] if plane else [None]
+            points = [geometry.point_at_xy(*point) for point in (start, end)]
             if all(p is not None for p in points):
                 length = float(np.linalg.norm(points[1] - points[0]))
                 coordinates = hd.sr.CoordinatesForMeasurement3D(
@@ -163,7 +162,7 @@ class _Regions(_Builder):
             else:  # world x, y in mm, but no 3D point: the length is still right, without a region
                 length = math.dist(start, end)
         else:
-            spacing = pixel_spacing(instance, plane_frame)
+            spacing = geometry.pixel_spacing
             rows, columns = end[1] - start[1], end[0] - start[0]
             if spacing is None:
                 length, unit = math.hypot(rows, columns), codes.PIXELS
