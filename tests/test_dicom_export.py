@@ -25,8 +25,8 @@ from mock_model.model import MockModel
 from tests import dicom_factory as factory
 from tests import system_tools
 from tests.test_dicom_export_studies import as_study, write_export_study
-from worker.api import UnsupportedStudy
 from worker.dicom_export import DicomExportError, export_dicom
+from worker.refusals import UnsupportedStudy
 from worker.results import checked, from_legacy, from_result
 from worker.study import Study
 

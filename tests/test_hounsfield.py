@@ -37,9 +37,9 @@ from tests.test_dicom_export import assert_valid
 from tests.test_dicom_export_studies import as_study
 from tests.test_hounsfield_components import flood_fill_components, touches_border
 from tests.worker_client import dicom_parts, infer
-from worker.api import InvalidInput, UnsupportedStudy
 from worker.dicom_export import export_dicom
 from worker.loading import load_model_object
+from worker.refusals import InvalidInput, UnsupportedStudy
 from worker.results import checked, from_result
 from worker.study import Study
 

@@ -12,19 +12,9 @@ A model author needs only what this package exports:
 and runs it with `python -m worker --model my_package:MyModel --listen 0.0.0.0:50051`.
 """
 
-from worker.api import (
-    BoundingBox,
-    ConformanceCheck,
-    DicomOutput,
-    InvalidInput,
-    LinearMeasurement,
-    Mask,
-    Model,
-    Palette,
-    Result,
-    UnsupportedStudy,
-)
+from worker.api import BoundingBox, ConformanceCheck, DicomOutput, LinearMeasurement, Mask, Model, Palette, Result
 from worker.legacy import LegacyHandlerModel
+from worker.refusals import InvalidInput, UnsupportedStudy
 from worker.study import Attachment, Instance, Series, Study
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""What a model author writes against: `Model`, the `Study` it receives, the typed results it returns.
+"""What a model author writes against: `Model` and the typed results it returns (the `Study` it receives is in
+worker/study.py, the exceptions it raises to refuse one in worker/refusals.py).
 
 A model is loaded once (`load`) and then called once per request (`infer`) with a `Study`; it returns a
 `Result`. Everything else (the Arterys protocol, streaming, limits, health, metrics) is the worker's job.
@@ -18,14 +19,6 @@ if TYPE_CHECKING:  # pragma: no cover - import for type hints only
     import pydicom
 
     from worker.study import Study
-
-
-class InvalidInput(Exception):
-    """Raise from `infer` when the request is wrong (bad option, missing series): gRPC INVALID_ARGUMENT, HTTP 400."""
-
-
-class UnsupportedStudy(Exception):
-    """Raise from `infer` when the study is valid but not for this model (modality, slice count): HTTP 422."""
 
 
 class Model:

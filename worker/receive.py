@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arterys_http.json_text import JsonProblem, load_json_object
 from contract import inference_pb2 as pb
 from contract.errors import short
 from worker.config import StudyLimits
@@ -174,6 +175,14 @@ def _check_end(end: pb.RequestEnd, part_count: int, digest: str) -> None:
         raise DataLoss(
             f"the parts received hash to {digest} but the sender computed {short(end.input_hash)}: bytes were lost"
         )
+
+
+def parse_request_json(raw: bytes) -> dict:
+    """The request's JSON part (in the call's header) as a dict; an absent part is `{}`."""
+    try:
+        return load_json_object(raw, "the request's JSON part")
+    except JsonProblem as problem:
+        raise BadRequest(str(problem)) from None
 
 
 def find_study_path(study_path: str, root: str | os.PathLike | None) -> list[Path]:

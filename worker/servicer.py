@@ -16,7 +16,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,18 +35,19 @@ from service_runtime.logs import clean_request_id, request_tags, set_tags
 from service_runtime.malloc import ReleaseWhenIdle
 from worker import errors
 from worker.admission import Admission, Ticket
-from worker.api import InvalidInput, Model, Result, UnsupportedStudy
+from worker.api import Model, Result
 from worker.batching import Batcher
 from worker.config import StudyLimits, WorkerConfig
 from worker.dicom_export import UnknownOutputFormat, output_formats
+from worker.instances import NotDicom, parse_instance
 from worker.metrics import STAGES, WorkerMetrics
-from worker.pixels import NotDicom
 from worker.rate import MinimumRate
-from worker.receive import Ingest, ReceivedPart, find_study_path, receive_parts
+from worker.receive import Ingest, ReceivedPart, find_study_path, parse_request_json, receive_parts
+from worker.refusals import InvalidInput, UnsupportedStudy
 from worker.results import WireResult, answer_bytes, checked, from_legacy, from_result
 from worker.spool import Spool, StoreBudget
 from worker.stow import StowSender
-from worker.study import Attachment, Instance, Study, monotonic_deadline, parse_request_json
+from worker.study import Attachment, Instance, Study
 from worker.tracing import CallTrace
 
 log = logging.getLogger("worker.inference")
@@ -294,7 +295,7 @@ class _Call:
             meta = dict(content_type=part.content_type, filename=part.filename, name=part.name, data=part.data,
                         spool=spool)
             if part.kind == pb.PART_KIND_DICOM:
-                return Instance.parse(part.index, part.path, limits=limits, **meta)
+                return parse_instance(part.index, part.path, limits=limits, **meta)
             return Attachment(part.index, part.path, **meta)
 
         ingest = Ingest(bytes(header.request_json), spool, parsed)
@@ -313,14 +314,14 @@ class _Call:
         return Study(
             request=request, command=self.command, input_hash=received.input_hash, instances=instances,
             attachments=attachments, route=header.route or "/", _cancelled=self.gone,
-            _deadline=monotonic_deadline(self.context.time_remaining),
+            _deadline=self.time_remaining,
         )
 
     async def _wait_for_the_model(self) -> None:
         """Queues for a model slot. Ends the call a moment before its deadline, with a message that says why it
         waited (gRPC's own deadline error cannot): behind other calls, or behind a model still running for a
         caller that has already given up."""
-        remaining = self.context.time_remaining()
+        remaining = self.time_remaining()
         if remaining is None:
             await self.ticket.slot()
             return
@@ -443,6 +444,10 @@ class _Call:
             await asyncio.sleep(0.01)
         return True
 
+    def time_remaining(self) -> float | None:
+        """Seconds before the caller's deadline (None: it set none), from the deadline read once at the start."""
+        return None if self.deadline_at is None else self.deadline_at - time.monotonic()
+
     def gone_outcome(self) -> str:
         # The deadline as it was at the start: gRPC may cancel a hair before time_remaining() reaches 0.
         if self.deadline_at is not None and time.monotonic() >= self.deadline_at - 0.1:
@@ -466,32 +471,30 @@ class _Call:
 
 
 def _sorted_parts(parts: list) -> tuple[list, list]:
-    """Instances and attachments, each in request order; the same instance twice is the sender's mistake."""
-    instances, attachments, seen = [], [], {}
-    for part in parts:
-        if not isinstance(part, Instance):
-            attachments.append(part)
-            continue
-        uid = part.sop_instance_uid
-        if uid in seen:
-            raise errors.BadRequest(f"{seen[uid].label} and {part.label} are the same instance (SOP Instance UID "
-                                    f"{short(uid)}): send each instance once")
-        seen[uid] = part
-        instances.append(part)
-    return instances, attachments
+    """Instances and attachments, each in request order."""
+    instances = [part for part in parts if isinstance(part, Instance)]
+    _refuse_repeats(instances, lambda instance: instance.label)
+    return instances, [part for part in parts if not isinstance(part, Instance)]
 
 
 def _read_folder(study_path: str, root, limits: StudyLimits) -> tuple[list, list]:
-    instances, seen = [], {}
+    instances = []
     for path in find_study_path(study_path, root):
         try:
-            instance = Instance.parse(len(instances), path, "application/dicom", path.name, limits=limits)
+            instances.append(parse_instance(len(instances), path, "application/dicom", path.name, limits=limits))
         except NotDicom:
             continue  # a DICOMDIR, a README: a study's folder may hold other files
-        if instance.sop_instance_uid in seen:
-            raise errors.BadRequest(f"{path.name} and {seen[instance.sop_instance_uid]} are the same instance")
-        seen[instance.sop_instance_uid] = path.name
-        instances.append(instance)
     if not instances:
         raise errors.StudyNotFound(f"studyPath {short(study_path)!r} holds no DICOM file")
+    _refuse_repeats(instances, lambda instance: instance.filename)
     return instances, []
+
+
+def _refuse_repeats(instances: list[Instance], name: Callable[[Instance], str]) -> None:
+    """The same instance twice (one SOP Instance UID) is the sender's mistake."""
+    seen: dict[str, Instance] = {}
+    for instance in instances:
+        first = seen.setdefault(instance.sop_instance_uid, instance)
+        if first is not instance:
+            raise errors.BadRequest(f"{name(first)} and {name(instance)} are the same instance (SOP Instance UID "
+                                    f"{short(instance.sop_instance_uid)}): send each instance once")

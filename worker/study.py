@@ -1,7 +1,8 @@
 """The study a model receives: instances with parsed headers, attachments, series in anatomical order.
 
 Instance bytes stay in files (the worker spools each part to disk as it arrives), so a 1 GiB study does
-not need 1 GiB of memory; headers are parsed once, without pixel data.
+not need 1 GiB of memory; headers are parsed once, without pixel data, by the worker as each part arrives
+(worker/instances.py), before the model sees them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -19,15 +19,10 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 
-from arterys_http.json_text import JsonProblem, load_json_object
 from arterys_http.protocol import ImageInfo, StudyIndex
 from contract.errors import short
 from dicom_geometry import plane_normal, slice_order
-from worker.api import InvalidInput
-from worker.config import StudyLimits
-from worker.errors import BadRequest
-from worker.geometry import check_geometry
-from worker.pixels import read_header
+from worker.refusals import InvalidInput
 
 log = logging.getLogger("worker.study")
 
@@ -84,23 +79,6 @@ class Instance(Attachment):
                  spool=None) -> None:
         super().__init__(index, path, content_type, filename, name, data=data, spool=spool)
         self.header = header
-
-    @classmethod
-    def parse(cls, index: int, path: Path | None = None, content_type: str = "", filename: str = "",
-              name: str = "", *, data: bytes | None = None, spool=None,
-              limits: StudyLimits | None = None) -> Instance:
-        """Reads the header (no pixel data) and checks the pixel data against what the header declares.
-
-        Raises `NotDicom` for bytes that are not DICOM at all, `BadRequest` or `TooLarge` for an instance
-        whose pixel data does not match its header or whose geometry is not finite, each message naming the
-        instance.
-        """
-        instance = cls(index, path, content_type, filename, name, data=data, spool=spool)
-        label = instance.label
-        with instance.open() as handle:
-            instance.header = read_header(handle, instance.size, limits or StudyLimits(), label)
-        check_geometry(instance.header, label)
-        return instance
 
     @property
     def label(self) -> str:
@@ -242,20 +220,3 @@ class Study:
     def time_remaining(self) -> float | None:
         """Seconds left before the caller's deadline (None: no deadline)."""
         return self._deadline()
-
-
-def parse_request_json(raw: bytes) -> dict:
-    """The request's JSON part as a dict; an absent part is `{}`."""
-    try:
-        return load_json_object(raw, "the request's JSON part")
-    except JsonProblem as problem:
-        raise BadRequest(str(problem)) from None
-
-
-def monotonic_deadline(seconds_remaining: Callable[[], float | None]) -> Callable[[], float | None]:
-    """Adapts gRPC's time_remaining() (None without deadline) for Study."""
-    started = time.monotonic()
-    initial = seconds_remaining()
-    if initial is None:
-        return lambda: None
-    return lambda: initial - (time.monotonic() - started)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from contract.errors import short
-from worker.api import InvalidInput
+from worker.refusals import InvalidInput
 
 OUTPUT_FORMATS = ("arterys", "dicom")
 DEFAULT_OUTPUT_FORMATS = ("arterys",)

@@ -18,8 +18,8 @@ from pydicom import Dataset
 from pydicom.dataelem import DataElement
 
 from dicom_geometry.frames import frame_attribute
-from worker.api import UnsupportedStudy
 from worker.dicom_export import vr
+from worker.refusals import UnsupportedStudy
 from worker.study import Instance, Series
 
 # Type 2 attributes of the Patient and General Study modules that highdicom copies from the source and
