@@ -1,7 +1,7 @@
 """Getting a call admitted by some worker of a target: when a refused call is tried again, and for how long.
 
 A call is *admitted* when the worker sends its initial metadata, before any study byte leaves the bridge
-(worker/admission.py). A call refused before that (RESOURCE_EXHAUSTED: every place taken; UNAVAILABLE: no
+(worker/serving/admission.py). A call refused before that (RESOURCE_EXHAUSTED: every place taken; UNAVAILABLE: no
 ready worker or a broken connection) has cost nothing, so it is tried again: round_robin gives each new
 call the next worker. A full worker is retried, with a short growing pause, for up to `queue_wait`
 seconds; 503 comes only when every worker stayed full that long.

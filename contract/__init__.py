@@ -5,7 +5,7 @@
   carry bulk bytes (study chunks, answer binaries), byte for byte what the generated classes write.
 - `metadata`: the keys of the call's metadata (request id, admission, worker name, input hash, error code).
 - `errors`: the error table, one row per stable code (HTTP status, gRPC status, retryable, meaning), from
-  which worker/errors.py and bridge/errors.py are derived, and the bounds of a message crossing gRPC.
+  which worker/serving/errors.py and bridge/errors.py are derived, and the bounds of a message crossing gRPC.
 - `limits`: the sizes both enforce (a study's form, the minimum upload rate, the chunk and message sizes).
 - `result_json`: the result JSON of docs/protocol.md <-> the typed `InferResult`.
 

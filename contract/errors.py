@@ -3,7 +3,7 @@
 A row says what the code means, the HTTP status the bridge answers with (docs/protocol.md, "Errors"),
 whether a client may retry (Retry-After), and, for the failures a worker reports, the gRPC status it ends
 its call with; the code itself travels beside that status in the trailing metadata (contract/metadata.py),
-so the same code means the same thing on both sides. worker/errors.py and bridge/errors.py are derived
+so the same code means the same thing on both sides. worker/serving/errors.py and bridge/errors.py are derived
 from this table, and tests/test_contract.py fails when either, or the documentation's table, drifts from it.
 
 Messages: a worker's message goes to the client as it is (it says what the sender did wrong), except for

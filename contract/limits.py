@@ -4,7 +4,7 @@
   worker enforces the same again for whoever calls it directly; both flags default to these values.
 - The minimum upload rate: the bridge's for HTTP bodies (`--min-upload-rate` over `--body-timeout`) is the
   worker's for request streams (`--min-receive-rate` over `--receive-window-seconds`), less one chunk:
-  a direct caller cannot do what the bridge forbids (worker/rate.py).
+  a direct caller cannot do what the bridge forbids (worker/serving/rate.py).
 - The gRPC stream: study and answer bytes cross in chunk messages of about `CHUNK_BYTES`; a message may
   have at most `MESSAGE_BYTES`; both ends use large windows and frames (`stream_options`); the bridge pings
   every `PING_EVERY_MS` to notice a hung worker, and the worker accepts pings that often.

@@ -74,8 +74,8 @@ def standard_parts(standard_sent) -> list:
 
 def start_worker(model_object, load: bool = True, **config):
     """create_server + start (+ load_model) for an in-process model; the caller stops it."""
-    from worker.config import WorkerConfig
-    from worker.server import create_server
+    from worker.serving.config import WorkerConfig
+    from worker.serving.server import create_server
 
     config.setdefault("listen", "127.0.0.1:0")
     config.setdefault("model", type(model_object).__name__)

@@ -16,9 +16,9 @@ from mock_model import MockModel
 from tests import http_helpers as http
 from tests.dicom_factory import write_big_study, write_standard_study
 from tests.services import mock_stack
-from worker.instances import parse_instance
-from worker.results import from_result
-from worker.study import Study
+from worker.sdk.study import Study
+from worker.serving.instances import parse_instance
+from worker.serving.results import from_result
 
 LICENCE = ("licence.txt", b"licence: test-only\n")
 

@@ -18,8 +18,8 @@ from bridge.config import parse_config as bridge_config
 from contract import errors as contract
 from contract import limits
 from tests.services import ROOT
-from worker import errors as worker_errors
-from worker.config import parse_config as worker_config
+from worker.serving import errors as worker_errors
+from worker.serving.config import parse_config as worker_config
 
 
 def worker_error_classes() -> list[type]:

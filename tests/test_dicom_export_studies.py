@@ -17,8 +17,8 @@ import pydicom
 from pydicom.uid import RLELossless, generate_uid
 
 from tests import dicom_factory as factory
-from worker.instances import parse_instance
-from worker.study import Study
+from worker.sdk.study import Study
+from worker.serving.instances import parse_instance
 
 
 def _tilted(about_y: float = 15.0, about_x: float = 20.0) -> tuple:

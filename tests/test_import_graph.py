@@ -94,7 +94,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_check_finds_a_circle_and_reads_every_form_of_import():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     graph = import_graph()
-    assert len(graph) > 100 and "bridge.app" in graph and "worker.servicer" in graph
+    assert len(graph) > 100 and "bridge.app" in graph and "worker.serving.servicer" in graph
     assert "contract.errors" in graph["bridge.errors"]  # `from contract import errors as contract_errors`
 
 

@@ -17,7 +17,7 @@ from service_runtime.logs import (
     set_tags,
 )
 from service_runtime.native_log import NativeLogReader, RateLimit
-from worker.handshakes import HandshakeWatch
+from worker.serving.handshakes import HandshakeWatch
 
 
 def capture() -> io.StringIO:

@@ -1,6 +1,6 @@
-"""What a call receiving its study may hold and how slowly it may send: worker/rate.py, worker/spool.py's budget
-and part writer, and admission by bytes (worker/admission.py). The processes' side is in
-tests/test_hostile_worker.py."""
+"""What a call receiving its study may hold and how slowly it may send: worker/serving/rate.py,
+worker/serving/spool.py's budget and part writer, and admission by bytes (worker/serving/admission.py). The
+processes' side is in tests/test_hostile_worker.py."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from contract.limits import CHUNK_BYTES
-from worker.admission import RECEIVING_CALL_BYTES, Admission
-from worker.errors import SpoolFull
-from worker.metrics import WorkerMetrics
-from worker.rate import MinimumRate, TooSlow
-from worker.receive import ReceivedPart
-from worker.spool import COALESCE_BYTES, PartWriter, Spool, StoreBudget, spool_limit
+from worker.serving.admission import RECEIVING_CALL_BYTES, Admission
+from worker.serving.errors import SpoolFull
+from worker.serving.metrics import WorkerMetrics
+from worker.serving.rate import MinimumRate, TooSlow
+from worker.serving.receive import ReceivedPart
+from worker.serving.spool import COALESCE_BYTES, PartWriter, Spool, StoreBudget, spool_limit
 
 RATE, WINDOW = 64 << 10, 20.0
 NEED = RATE * int(WINDOW) - CHUNK_BYTES

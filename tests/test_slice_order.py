@@ -24,8 +24,8 @@ from tests.dicom_factory import (
     write_repeated_positions,
 )
 from testtool.loading import load_study
-from worker.instances import parse_instance
-from worker.study import Series
+from worker.sdk.study import Series
+from worker.serving.instances import parse_instance
 
 CASES = {
     "4d, instance numbers out of time order, TriggerTime": lambda f: write_4d_series(f),

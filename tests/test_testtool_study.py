@@ -20,8 +20,8 @@ from tests.dicom_factory import SAGITTAL, SeriesSpec, _pixels, make_dataset, wri
 from testtool.conversion import SECONDARY_CAPTURE_STORAGE
 from testtool.display import frame_pixels, to_display, window_linear
 from testtool.loading import load_study
-from worker.errors import BadRequest
-from worker.instances import parse_instance
+from worker.serving.errors import BadRequest
+from worker.serving.instances import parse_instance
 
 
 def _paths(images) -> list[Path]:

@@ -25,11 +25,11 @@ from tests.conftest import NOT_SERVING, SERVING, health_status, serving
 from tests.services import free_port, wait_for
 from tests.worker_client import collect, infer, request_messages
 from worker import Model, Result
-from worker.admission import Admission
-from worker.config import WorkerConfig
-from worker.errors import OUTCOMES
-from worker.metrics import WorkerMetrics
-from worker.servicer import MAX_OPEN_COMMAND_LABELS, InferenceServicer
+from worker.serving.admission import Admission
+from worker.serving.config import WorkerConfig
+from worker.serving.errors import OUTCOMES
+from worker.serving.metrics import WorkerMetrics
+from worker.serving.servicer import MAX_OPEN_COMMAND_LABELS, InferenceServicer
 
 SERVICE = "arterys.inference.v1.Inference"
 

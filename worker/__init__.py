@@ -12,10 +12,10 @@ A model author needs only what this package exports:
 and runs it with `python -m worker --model my_package:MyModel --listen 0.0.0.0:50051`.
 """
 
-from worker.api import BoundingBox, ConformanceCheck, DicomOutput, LinearMeasurement, Mask, Model, Palette, Result
-from worker.legacy import LegacyHandlerModel
-from worker.refusals import InvalidInput, UnsupportedStudy
-from worker.study import Attachment, Instance, Series, Study
+from worker.sdk.legacy import LegacyHandlerModel
+from worker.sdk.model import BoundingBox, ConformanceCheck, DicomOutput, LinearMeasurement, Mask, Model, Palette, Result
+from worker.sdk.refusals import InvalidInput, UnsupportedStudy
+from worker.sdk.study import Attachment, Instance, Series, Study
 
 __all__ = [
     "Attachment", "BoundingBox", "ConformanceCheck", "DicomOutput", "Instance", "InvalidInput",
