@@ -27,8 +27,8 @@ from worker.sdk.refusals import InvalidInput
 log = logging.getLogger("worker.study")
 
 
-class Attachment:
-    """A non-DICOM part of the request (a licence, a configuration), in request order.
+class Part:
+    """One part of the request after its JSON part, in request order: an Instance or an Attachment.
 
     Its bytes are in memory or in a spool file, as the worker received them; `read_bytes()` and `open()`
     work the same either way, and `path` writes a file first when the part was kept in memory.
@@ -37,7 +37,7 @@ class Attachment:
     def __init__(self, index: int, path: Path | None = None, content_type: str = "", filename: str = "",
                  name: str = "", *, data: bytes | None = None, spool=None) -> None:
         if (path is None) == (data is None):
-            raise ValueError("an Attachment has either a path or data")
+            raise ValueError("a part has either a path or data")
         self.index = index  # position among all parts after the JSON part
         self.content_type = content_type
         self.filename = filename
@@ -71,7 +71,11 @@ class Attachment:
         return io.BytesIO(self._data) if self._data is not None else open(self._path, "rb")
 
 
-class Instance(Attachment):
+class Attachment(Part):
+    """A non-DICOM part of the request (a licence, a configuration)."""
+
+
+class Instance(Part):
     """One DICOM file of the study. `header` is parsed without pixel data; `dataset()` reads it all."""
 
     def __init__(self, index: int, path: Path | None = None, content_type: str = "", filename: str = "",
@@ -208,7 +212,11 @@ class Study:
         return [Series.ordered(uid, members) for uid, members in groups.items()]
 
     def series_by_uid(self, uid: str) -> Series:
-        return next(s for s in self.series if s.uid == uid)
+        """The series with this Series Instance UID; KeyError naming it when the study has none."""
+        for series in self.series:
+            if series.uid == uid:
+                return series
+        raise KeyError(f"the study has no series {short(uid)}")
 
     def index(self) -> StudyIndex:
         return StudyIndex.of(i.info() for i in self.instances)
