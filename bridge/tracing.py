@@ -3,10 +3,11 @@
 The request's span continues the client's trace (its `traceparent`, through the configured propagators) or
 starts a new one, and ends with the answer: when its last byte has been written, or when the client went
 away (bridge/app.py `_finish`). The call's span is its child; its context travels to the worker in the
-call's metadata, and it ends when the gRPC call does (its done callback), whatever ended it.
+call's metadata, and it ends when the gRPC call does (`StreamCall.on_end`, with the worker's own status),
+whatever ended it.
 
-With tracing off (service_runtime/tracing.py), a request costs one header look-up: a valid W3C traceparent gives
-its log lines the client's trace id and is passed on to the worker unchanged.
+With tracing off (service_runtime/tracing.py), a request costs one header look-up: a valid W3C traceparent
+gives its log lines the client's trace id and is passed on to the worker unchanged.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The model worker: host one model behind gRPC with health, limits and metrics.
 
-A model author needs only what this package exports:
+Two jobs, two folders: worker/sdk/ is what a model author writes against, re-exported here; worker/serving/
+is what serves the model (`python -m worker`, worker/__main__.py). A model author needs only what this
+package exports:
 
     from worker import Model, Result, Mask, BoundingBox
 
