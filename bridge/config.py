@@ -113,15 +113,9 @@ def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.upper().replace("-", "_")
 
 
-def _program_name() -> str:
-    """As the user typed it: `arterys-bridge` (the installed console script) or `python -m bridge`."""
-    invoked = os.path.basename(sys.argv[0] if sys.argv else "")
-    return invoked if invoked == "arterys-bridge" else "python -m bridge"
-
-
 def build_parser() -> argparse.ArgumentParser:
     return settings.build_parser(
-        BridgeConfig, ENV_PREFIX, prog=_program_name(),
+        BridgeConfig, ENV_PREFIX, prog=settings.program_name("arterys-bridge", "bridge"),
         description="Speaks the Arterys inference protocol over HTTP and streams each request to gRPC model "
                     "workers. Every flag can also be set by the environment variable named in brackets.")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any
@@ -68,6 +69,12 @@ def _flag(field: dataclasses.Field, spec: Setting, flag_prefix: str) -> str:
 
 def _variable(flag: str, spec: Setting, env_prefix: str) -> str:
     return spec.env or env_prefix + flag.removeprefix("--").upper().replace("-", "_")
+
+
+def program_name(command: str, module: str) -> str:
+    """How the user called the program: `command` (the installed console script) or `python -m module`."""
+    invoked = os.path.basename(sys.argv[0] if sys.argv else "")
+    return invoked if invoked == command else f"python -m {module}"
 
 
 def build_parser(tree: type, env_prefix: str, **parser_options) -> argparse.ArgumentParser:

@@ -4,8 +4,6 @@ its `--help` come (service_runtime/settings.py); each flag's help names its vari
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from dataclasses import dataclass, field
 
 from contract import limits as contract_limits
@@ -110,15 +108,9 @@ class WorkerConfig:
     stow: stow.StowConfig = field(default_factory=stow.StowConfig)  # the PACS the DICOM outputs go to
 
 
-def _program_name() -> str:
-    """As the user typed it: `arterys-worker` (the installed console script) or `python -m worker`."""
-    invoked = os.path.basename(sys.argv[0] if sys.argv else "")
-    return invoked if invoked == "arterys-worker" else "python -m worker"
-
-
 def build_parser() -> argparse.ArgumentParser:
     return settings.build_parser(
-        WorkerConfig, ENV_PREFIX, prog=_program_name(),
+        WorkerConfig, ENV_PREFIX, prog=settings.program_name("arterys-worker", "worker"),
         description="Hosts one model behind the Inference gRPC service, with health, reflection and metrics. "
                     "Every flag can also be set by the environment variable named in brackets.")
 
