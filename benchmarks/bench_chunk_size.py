@@ -16,8 +16,8 @@ import time
 from benchmarks.models import SizeModel
 from contract import inference_pb2 as pb
 from tests.worker_client import request_messages, stub_for
-from worker.config import WorkerConfig
-from worker.server import create_server
+from worker.serving.config import WorkerConfig
+from worker.serving.server import create_server
 
 SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20]
 

@@ -1,4 +1,4 @@
-"""Throughput of the bridge's streaming multipart parser (bridge/multipart.py), in process.
+"""Throughput of the bridge's streaming multipart parser (arterys_http/multipart.py), in process.
 
     .venv/bin/python -m benchmarks.bench_multipart [--mib 1024]
 """

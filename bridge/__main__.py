@@ -2,8 +2,8 @@
 
 import sys
 
-from contract.logs import configure_logging
-from contract.malloc import keep_large_buffers_in_the_heap
+from service_runtime.logs import configure_logging
+from service_runtime.malloc import keep_large_buffers_in_the_heap
 
 
 def main(argv=None) -> int:

@@ -12,20 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import errors
 from bridge.auth import Authenticator
+from bridge.channel import WorkerChannel
 from bridge.config import BridgeConfig
 from bridge.http import ClientGone, Message, Receive, Request, Response, Scope, Send, SendTimeout
 from bridge.inference import InferenceRequest
 from bridge.metrics import BridgeMetrics
+from bridge.readiness import Readiness
 from bridge.tracing import NO_TRACE, RequestTrace
-from bridge.workers import WorkerPool
-from contract.logs import clean_request_id, request_tags
-from contract.malloc import ReleaseWhenIdle
+from service_runtime.logs import clean_request_id, request_tags
+from service_runtime.malloc import ReleaseWhenIdle
 
 log = logging.getLogger("bridge.http")
 
@@ -42,12 +43,24 @@ def json_response(error: errors.ApiError, request_id: str) -> Response:
     return Response(error.status, headers, error.json_bytes(request_id))
 
 
+@dataclass(frozen=True)
+class WorkerRoute:
+    """What the bridge holds for one inference route: the channel to its worker target, and its readiness."""
+
+    channel: WorkerChannel
+    readiness: Readiness
+
+    async def close(self) -> None:
+        await self.readiness.close()
+        await self.channel.close()
+
+
 class BridgeApp:
-    def __init__(self, config: BridgeConfig, metrics: BridgeMetrics, pools: dict[str, WorkerPool],
+    def __init__(self, config: BridgeConfig, metrics: BridgeMetrics, routes: dict[str, WorkerRoute],
                  auth: Authenticator | None = None) -> None:
         self.config = config
         self.metrics = metrics
-        self.pools = pools
+        self.routes = routes
         self.auth = auth  # None: no token configured, every route open
         self.in_progress = 0  # requests being handled now
         # What a burst (or an attack) made the bridge allocate goes back to the kernel once nothing is in progress.
@@ -55,16 +68,17 @@ class BridgeApp:
 
     async def close(self) -> None:
         self.release.cancel()
-        for pool in self.pools.values():
-            await pool.close()
+        for route in self.routes.values():
+            await route.close()
 
     def not_ready_reasons(self) -> list[str]:
         reasons = []
-        for route, pool in self.pools.items():
-            self.metrics.worker_ready.labels(route).set(1 if pool.ready else 0)
-            self.metrics.ready_workers.labels(route).set(pool.ready_workers)
-            if not pool.ready:
-                reasons.append(f"route {route}: {pool.last_problem}")
+        for path, route in self.routes.items():
+            readiness = route.readiness
+            self.metrics.worker_ready.labels(path).set(1 if readiness.ready else 0)
+            self.metrics.ready_workers.labels(path).set(readiness.ready_workers)
+            if not readiness.ready:
+                reasons.append(f"route {path}: {readiness.last_problem}")
         return reasons
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -92,53 +106,57 @@ class BridgeApp:
             self.release.ended()
 
     async def handle(self, request: Request) -> Response:
-        started = time.monotonic()
-        route = request.path if request.path in self.pools or request.path in SERVICE_ROUTES else "other"
+        route = request.path if request.path in self.routes or request.path in SERVICE_ROUTES else "other"
         request_id = clean_request_id(request.header("x-request-id"))
         # Inference requests only: probes every few seconds would drown the traces.
-        trace = RequestTrace.start(request, route, request_id) if request.path in self.pools else NO_TRACE
+        trace = RequestTrace.start(request, route, request_id) if request.path in self.routes else NO_TRACE
+        record = RequestRecord(request, route, request_id, trace)
         with request_tags(request_id=request_id, trace_id=trace.trace_id):
-            inference = None
+            input_hash = ""
             try:
                 if self.auth is not None:
                     self.auth.check(request)  # before routing: no route, not even a 404, without a token
-                if request.path in self.pools:
-                    if request.method != "POST":
-                        raise errors.MethodNotAllowed(request.path, ("POST",))
-                    self.metrics.inflight.inc()
-                    inference = InferenceRequest(request, request.path, self.pools[request.path], self.config.limits,
-                                                 request_id, self.metrics.request_bytes.inc, trace)
-                    try:
-                        response = await inference.run()
-                    except BaseException:
-                        self.metrics.inflight.dec()
-                        raise
-                    response.body = self._counted(response.body, request, route, started, inference, request_id,
-                                                  trace)
-                    return response
+                if request.path in self.routes:
+                    return await self._infer(record)
                 if request.path in ("/healthcheck", "/readyz"):
                     # A bridge that has just started answers with its workers' first health check (at most
                     # its 1 s timeout away), never "not checked yet": a probe right after start got that.
-                    await asyncio.gather(*(pool.first_check() for pool in self.pools.values()))
+                    await asyncio.gather(*(route.readiness.first_check() for route in self.routes.values()))
                 response = self._service(request)
-            except errors.ApiError as error:
-                response = json_response(error, request_id)
             except asyncio.CancelledError:
-                self._finish(request, route, "499", started, 0, inference, request_id, complete=False, trace=trace)
+                self._finish(record, "499", 0, complete=False)
                 raise
-            except Exception:
-                log.exception("unexpected error in the bridge")
-                response = json_response(errors.error("bridge_error", "the bridge failed unexpectedly; see its log"),
-                                         request_id)
-            self._finish(request, route, str(response.status), started, len(response.body), inference, request_id,
-                         trace=trace)
+            except Exception as failure:
+                response = json_response(errors.for_failure(failure), request_id)
+                input_hash = failure.input_hash if isinstance(failure, errors.WorkerFailed) else ""
+            self._finish(record, str(response.status), len(response.body), input_hash)
             return response
+
+    async def _infer(self, record: RequestRecord) -> Response:
+        """An inference request: its answer's body reports the request's end when it has streamed."""
+        request = record.request
+        if request.method != "POST":
+            raise errors.MethodNotAllowed(request.path, ("POST",))
+
+        def ended(sent: int, complete: bool, input_hash: str) -> None:
+            self.metrics.inflight.dec()
+            # Cut off: the client's doing (it stopped reading: 408; it left: 499), or the answer broke (502).
+            code = "200" if complete else "408" if request.stopped_reading else "499" if request.gone else "502"
+            self._finish(record, code, sent, input_hash, complete)
+
+        self.metrics.inflight.inc()
+        try:
+            return await InferenceRequest(request, request.path, self.routes[request.path].channel, self.config.limits,
+                                          record.request_id, self.metrics, ended, record.trace).run()
+        except BaseException:
+            self.metrics.inflight.dec()
+            raise
 
     def _service(self, request: Request) -> Response:
         path = request.path
         methods = SERVICE_METHODS.get(path, READ_ONLY_METHODS)
         if path not in SERVICE_ROUTES:
-            raise errors.error("not_found", f"no route {path[:200]}; inference routes: {', '.join(self.pools)}")
+            raise errors.error("not_found", f"no route {path[:200]}; inference routes: {', '.join(self.routes)}")
         if request.method not in methods:
             raise errors.MethodNotAllowed(path, methods)
         if path == "/healthcheck":
@@ -157,48 +175,44 @@ class BridgeApp:
         self.not_ready_reasons()  # refresh bridge_worker_ready
         return Response(200, [("Content-Type", CONTENT_TYPE_LATEST)], generate_latest(self.metrics.registry))
 
-    def _counted(self, body: AsyncIterator[bytes], request: Request, route: str, started: float,
-                 inference: InferenceRequest, request_id: str, trace: RequestTrace) -> CountedBody:
-        """The answer's body, counted; the request's log line and metrics once it has ended."""
-
-        def ended(sent: int, complete: bool) -> None:
-            self.metrics.inflight.dec()
-            # Cut off: the client's doing (it stopped reading: 408; it left: 499), or the answer broke (502).
-            code = "200" if complete else "408" if request.stopped_reading else "499" if request.gone else "502"
-            self._finish(request, route, code, started, sent, inference, request_id, complete, trace)
-
-        return CountedBody(body, self.metrics.response_bytes.inc, ended)
-
-    def _finish(self, request: Request, route: str, code: str, started: float, sent: int,
-                inference: InferenceRequest | None, request_id: str, complete: bool = True,
-                trace: RequestTrace = NO_TRACE) -> None:
-        elapsed = time.monotonic() - started
+    def _finish(self, record: RequestRecord, code: str, sent: int, input_hash: str = "",
+                complete: bool = True) -> None:
+        """The request's metrics, span and log line, once it has ended."""
+        request, route = record.request, record.route
+        elapsed = time.monotonic() - request.started
         self.metrics.requests.labels(route, code).inc()
         self.metrics.duration.labels(route).observe(elapsed)
         if route in SERVICE_ROUTES and code == "200":
             return  # probes every few seconds would drown the log
-        input_hash = inference.outcome.input_hash if inference is not None else ""
-        trace.finish(code, request.received, sent, input_hash, complete)
-        # Tagged here, not by the caller's context: a streamed answer ends in the connection's task.
-        with request_tags(input_hash=input_hash, request_id=request_id, trace_id=trace.trace_id):
+        record.trace.finish(code, request.received, sent, input_hash, complete)
+        # Tagged here: an answer that streamed ends after handle() has left its tags' block.
+        with request_tags(input_hash=input_hash, request_id=record.request_id, trace_id=record.trace.trace_id):
             log.info("%s %s -> %s in %.3f s, %d bytes in, %d bytes out%s%s", request.method, request.path[:200], code,
                      elapsed, request.received, sent, "" if complete else
                      " (broken off: the client stopped reading)" if request.stopped_reading else " (broken off)",
                      f" from {request.client}" if code in NAMES_THE_CLIENT else "")
 
 
-def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None,
-               pools: dict[str, WorkerPool] | None = None) -> BridgeApp:
+@dataclass(frozen=True)
+class RequestRecord:
+    """What a request's log line, metrics and span say besides its outcome, known once it has started."""
+
+    request: Request
+    route: str  # the matched route (metric label), "other" for none
+    request_id: str
+    trace: RequestTrace
+
+
+def create_app(config: BridgeConfig, metrics: BridgeMetrics | None = None) -> BridgeApp:
     """Builds the app on the running event loop (its worker channels belong to that loop)."""
     metrics = metrics or BridgeMetrics()
     metrics.start_routes(config.routes, errors.response_codes())
     security = config.security
-    pools = pools or {
-        route: WorkerPool(target, config.health_poll_seconds, config.limits.queue_wait_seconds,
-                          security.worker_credentials(), security.worker_channel_options()).start()
-        for route, target in config.routes.items()
-    }
-    return BridgeApp(config, metrics, pools, security.authenticator())
+    routes = {}
+    for path, target in config.routes.items():
+        channel = WorkerChannel(target, security.worker_credentials(), security.worker_channel_options())
+        routes[path] = WorkerRoute(channel, Readiness(channel, config.health_poll_seconds).start())
+    return BridgeApp(config, metrics, routes, security.authenticator())
 
 
 class DisconnectWatcher:
@@ -265,44 +279,3 @@ async def send_response(request: Request, response: Response, send: Send, watche
     finally:
         if hasattr(body, "aclose"):
             await body.aclose()  # at once, not when collected: it may hold a worker call open
-
-
-class CountedBody:
-    """An answer's body that counts what passes and reports its end exactly once: after the last chunk, when
-    the writer closes it early, or when it is closed before it ever started (a client gone before the
-    status line), which an async generator's `finally` would miss."""
-
-    def __init__(self, body: AsyncIterator[bytes], on_bytes, on_end) -> None:
-        self._body = body
-        self._on_bytes = on_bytes
-        self._on_end = on_end
-        self._sent = 0
-        self._ended = False
-
-    def __aiter__(self) -> CountedBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            chunk = await anext(self._body)
-        except StopAsyncIteration:
-            self._end(complete=True)
-            raise
-        except BaseException:
-            await self.aclose()
-            raise
-        self._sent += len(chunk)
-        self._on_bytes(len(chunk))
-        return chunk
-
-    async def aclose(self) -> None:
-        try:
-            if hasattr(self._body, "aclose"):
-                await self._body.aclose()
-        finally:
-            self._end(complete=False)
-
-    def _end(self, complete: bool) -> None:
-        if not self._ended:
-            self._ended = True
-            self._on_end(self._sent, complete)

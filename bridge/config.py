@@ -1,14 +1,19 @@
-"""Command-line flags of `python -m bridge`, each also readable from a BRIDGE_* environment variable."""
+"""The bridge's settings: one typed tree, from which `python -m bridge`'s flags, its BRIDGE_* variables and
+its `--help` come (service_runtime/settings.py); each flag's help names its variable in brackets."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from bridge import security
+from contract import limits
+from service_runtime import settings
+from service_runtime.settings import setting
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -32,44 +37,60 @@ SERVER_MAX_HEADERS = 100
 class HttpLimits:
     """What a client connection may do (README, "Limits and timeouts"; bridge/front.py, bridge/middleware.py)."""
 
-    header_timeout: float = 10.0  # to send a request head, and the longest idle time between two requests
-    body_timeout: float = 20.0
-    min_upload_rate: int = 64 << 10  # bytes per second, over each body_timeout seconds of waiting
-    send_timeout: float = 30.0
-    max_header_bytes: int = 64 << 10
-    max_headers: int = SERVER_MAX_HEADERS
+    # To send a request head, and the longest idle time between two requests.
+    header_timeout: float = setting(10.0, "seconds a client has to send its request headers; also the longest an "
+                                          "idle keep-alive connection stays open")
+    body_timeout: float = setting(limits.RATE_WINDOW_SECONDS, "a client must send --min-upload-rate x this many "
+                                  "body bytes in every this many seconds of waiting")
+    min_upload_rate: int = setting(limits.MIN_UPLOAD_RATE, "bytes per second a client must send its body at (408 "
+                                   "below)")
+    send_timeout: float = setting(30.0, "seconds a client may leave the answer unread before it is cut off")
+    max_header_bytes: int = setting(64 << 10, "largest request line + headers (431 beyond)")
+    max_headers: int = setting(SERVER_MAX_HEADERS, f"most header fields in a request (431 beyond; at most "
+                                                   f"{SERVER_MAX_HEADERS})")
+    max_connections: int = setting(4096, "most client connections served at once; more wait in the listen queue "
+                                         "until one closes")
+    max_uploads_per_client: int = setting(32, "most request bodies one client address may be sending at once (429 "
+                                              "beyond)")
+    auth_failures_per_minute: int = setting(20, "refused bearer tokens one client address may send a minute before "
+                                                "it gets 429")
+    # Addresses/networks whose X-Forwarded-For names the client (bridge/clients.py).
+    trusted_proxies: str = setting("", "reverse proxies (addresses or networks, comma separated) whose "
+                                       "X-Forwarded-For names the client; none by default")
     max_url_bytes: int = 8 << 10
-    max_connections: int = 4096
-    max_uploads_per_client: int = 32
-    auth_failures_per_minute: int = 20
-    trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For names the client (bridge/clients.py)
-    drain_limit: int = 4 << 30  # request body bytes read and dropped after an early answer
+    drain_limit: int = limits.MAX_STUDY_BYTES  # request body bytes read and dropped after an early answer
 
 
 @dataclass(frozen=True)
 class BridgeLimits:
     """What one inference request may be, and how long it may take."""
 
-    max_body_bytes: int = 4 << 30
-    max_parts: int = 20_000
-    max_part_bytes: int = 1 << 30
-    max_json_bytes: int = 1 << 20
-    deadline_seconds: float = 600.0
-    queue_wait_seconds: float = 10.0
+    max_body_bytes: int = setting(limits.MAX_STUDY_BYTES, "largest request body (413 beyond)")
+    max_parts: int = setting(limits.MAX_PARTS, "most parts in one request (413 beyond)")
+    max_part_bytes: int = setting(limits.MAX_PART_BYTES, "largest single part (413 beyond)")
+    max_json_bytes: int = limits.MAX_JSON_BYTES
+    deadline_seconds: float = setting(600.0, "deadline of every worker call, upload and model included (504 "
+                                             "beyond)")
+    queue_wait_seconds: float = setting(10.0, "how long a request may wait for a worker with a free place before "
+                                              "503")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BridgeConfig:
-    routes: dict[str, str]  # HTTP route -> gRPC worker target
-    listen: str = "127.0.0.1:8900"
+    routes: dict[str, str] = field(default_factory=dict)  # HTTP route -> gRPC worker target: --worker and --route
+    worker: str | None = setting(None, "gRPC target serving the / route: host:port, ipv4:a:p1,b:p2 or "
+                                       "dns:///worker:50051 (round_robin over every address)")
+    route: tuple[str, ...] = setting((), "extra route PATH=TARGET, repeatable", env="BRIDGE_ROUTES", append=True,
+                                     env_note="[BRIDGE_ROUTES, space separated]")
+    listen: str = setting("127.0.0.1:8900", "HTTP HOST:PORT (port 0 picks a free one)")
+    grace_seconds: float = setting(30.0, "on SIGTERM, how long in-flight requests may take to finish")
     health_poll_seconds: float = 0.5
-    grace_seconds: float = 30.0
     limits: BridgeLimits = field(default_factory=BridgeLimits)
     http: HttpLimits = field(default_factory=HttpLimits)
     security: security.BridgeSecurity = field(default_factory=security.BridgeSecurity)
 
 
-def parse_routes(values: list[str]) -> dict[str, str]:
+def parse_routes(values) -> dict[str, str]:
     routes = {}
     for value in values:
         path, sep, target = value.partition("=")
@@ -81,37 +102,7 @@ def parse_routes(values: list[str]) -> dict[str, str]:
     return routes
 
 
-# flag name -> (dataclass field, type, help). Each is --NAME and BRIDGE_NAME (upper case, '-' -> '_').
-_LIMIT_FLAGS = [
-    ("max-body-bytes", "max_body_bytes", int, "largest request body (413 beyond)"),
-    ("max-parts", "max_parts", int, "most parts in one request (413 beyond)"),
-    ("max-part-bytes", "max_part_bytes", int, "largest single part (413 beyond)"),
-    ("deadline-seconds", "deadline_seconds", float,
-     "deadline of every worker call, upload and model included (504 beyond)"),
-    ("queue-wait-seconds", "queue_wait_seconds", float,
-     "how long a request may wait for a worker with a free place before 503"),
-]
-_HTTP_FLAGS = [
-    ("header-timeout", "header_timeout", float,
-     "seconds a client has to send its request headers; also the longest an idle keep-alive connection stays open"),
-    ("body-timeout", "body_timeout", float,
-     "a client must send --min-upload-rate x this many body bytes in every this many seconds of waiting"),
-    ("min-upload-rate", "min_upload_rate", int, "bytes per second a client must send its body at (408 below)"),
-    ("send-timeout", "send_timeout", float, "seconds a client may leave the answer unread before it is cut off"),
-    ("max-header-bytes", "max_header_bytes", int, "largest request line + headers (431 beyond)"),
-    ("max-headers", "max_headers", int, f"most header fields in a request (431 beyond; at most {SERVER_MAX_HEADERS})"),
-    ("max-connections", "max_connections", int,
-     "most client connections served at once; more wait in the listen queue until one closes"),
-    ("max-uploads-per-client", "max_uploads_per_client", int,
-     "most request bodies one client address may be sending at once (429 beyond)"),
-    ("auth-failures-per-minute", "auth_failures_per_minute", int,
-     "refused bearer tokens one client address may send a minute before it gets 429"),
-    ("trusted-proxies", "trusted_proxies", str,
-     "reverse proxies (addresses or networks, comma separated) whose X-Forwarded-For names the client; "
-     "none by default"),
-]
-
-
+ENV_PREFIX = "BRIDGE_"
 # Flags of the bridge's former HTTP server that no longer mean anything: each fails with its replacement named.
 REMOVED_FLAGS = {
     "keepalive-timeout": "idle keep-alive connections now close after --header-timeout (BRIDGE_HEADER_TIMEOUT)",
@@ -119,39 +110,14 @@ REMOVED_FLAGS = {
 
 
 def _env_name(flag: str) -> str:
-    return "BRIDGE_" + flag.upper().replace("-", "_")
-
-
-def _program_name() -> str:
-    """As the user typed it: `arterys-bridge` (the installed console script) or `python -m bridge`."""
-    invoked = os.path.basename(sys.argv[0] if sys.argv else "")
-    return invoked if invoked == "arterys-bridge" else "python -m bridge"
+    return ENV_PREFIX + flag.upper().replace("-", "_")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(
-        prog=_program_name(),
+    return settings.build_parser(
+        BridgeConfig, ENV_PREFIX, prog=settings.program_name("arterys-bridge", "bridge"),
         description="Speaks the Arterys inference protocol over HTTP and streams each request to gRPC model "
-                    "workers. Every flag can also be set by the environment variable named in brackets.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--worker", default=env("BRIDGE_WORKER"),
-                        help="gRPC target serving the / route: host:port, ipv4:a:p1,b:p2 or dns:///worker:50051 "
-                             "(round_robin over every address) [BRIDGE_WORKER]")
-    parser.add_argument("--route", action="append", default=(env("BRIDGE_ROUTES") or "").split(),
-                        help="extra route PATH=TARGET, repeatable [BRIDGE_ROUTES, space separated]")
-    parser.add_argument("--listen", default=env("BRIDGE_LISTEN", "127.0.0.1:8900"),
-                        help="HTTP HOST:PORT (port 0 picks a free one) [BRIDGE_LISTEN]")
-    parser.add_argument("--grace-seconds", type=float, default=float(env("BRIDGE_GRACE_SECONDS", "30")),
-                        help="on SIGTERM, how long in-flight requests may take to finish [BRIDGE_GRACE_SECONDS]")
-    for defaults, flags in ((BridgeLimits(), _LIMIT_FLAGS), (HttpLimits(), _HTTP_FLAGS)):
-        for flag, name, kind, text in flags:
-            default = kind(env(_env_name(flag), getattr(defaults, name)))
-            parser.add_argument(f"--{flag}", dest=name, type=kind, default=default,
-                                help=f"{text} [{_env_name(flag)}]")
-    security.add_flags(parser)
-    return parser
+                    "workers. Every flag can also be set by the environment variable named in brackets.")
 
 
 def _refuse_removed_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -165,24 +131,20 @@ def _refuse_removed_flags(parser: argparse.ArgumentParser, argv: list[str]) -> N
 def parse_config(argv: list[str] | None = None) -> BridgeConfig:
     parser = build_parser()
     _refuse_removed_flags(parser, sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    if not 1 <= args.max_headers <= SERVER_MAX_HEADERS:
+    config = settings.read(BridgeConfig, parser, argv)
+    if not 1 <= config.http.max_headers <= SERVER_MAX_HEADERS:
         parser.error(f"--max-headers must be between 1 and {SERVER_MAX_HEADERS} (the HTTP server's own limit)")
     try:
-        parse_networks(args.trusted_proxies)
+        parse_networks(config.http.trusted_proxies)
     except ValueError as error:
         parser.error(f"--trusted-proxies: {error}")
     try:
-        routes = parse_routes(args.route)
+        routes = parse_routes(config.route)
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
-    if args.worker:
-        routes.setdefault("/", args.worker)
+    if config.worker:
+        routes.setdefault("/", config.worker)
     if not routes:
         parser.error("name the worker: --worker TARGET (or BRIDGE_WORKER)")
-    values = vars(args)
-    limits = BridgeLimits(**{f.name: values[f.name] for f in fields(BridgeLimits) if f.name in values})
-    http = HttpLimits(**{f.name: values[f.name] for f in fields(HttpLimits) if f.name in values},
-                      drain_limit=limits.max_body_bytes)
-    return BridgeConfig(routes=routes, listen=args.listen, grace_seconds=args.grace_seconds, limits=limits, http=http,
-                        security=security.from_args(parser, args))
+    return dataclasses.replace(config, routes=routes, http=dataclasses.replace(
+        config.http, drain_limit=config.limits.max_body_bytes), security=security.checked(parser, config.security))

@@ -1,49 +1,37 @@
 """The one place where failures become HTTP answers: one stable error code per meaning, one status per code.
 
+Whatever ends a request early reaches `for_failure`, once, in the app: an answer decided on the spot (an
+ApiError), a malformed or too large body, a body too slow or a client gone, a worker call that ended
+without an answer (WorkerFailed), an answer that breaks the protocol, or a bug of the bridge (500).
+
 Every error body is JSON, {"error": {"code": ..., "message": ..., "request_id": ...}}, with a message that
 says what the client did wrong or that the service failed; details (addresses, exception names, files)
 stay in the logs. Retryable failures carry Retry-After. A worker's failure arrives as a gRPC status with
-the worker's own error code in the trailing metadata (worker/errors.py): the same code means the same
-thing here, so the worker's message is passed on as it is.
+the worker's own error code in the trailing metadata: both services take their codes from one table
+(contract/errors.py), so the worker's message is passed on as it is.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 import grpc
 
+from arterys_http.multipart import LimitExceeded, MultipartError
+from bridge.http import BodyTimeout, ClientGone
+from bridge.translate import BadWorkerAnswer, InvalidRequest
+from contract import errors as contract_errors
+
+log = logging.getLogger("bridge.http")
+
 RETRY_AFTER_SECONDS = 5
 
-# code -> (HTTP status, retryable, what it means). The README's error table is this one.
+# code -> (HTTP status, retryable, what it means): the contract's table (contract/errors.py), which the
+# worker's error codes come from too. The README's and docs/protocol.md's error tables are this one.
 ERRORS: dict[str, tuple[int, bool, str]] = {
-    "bad_request": (400, False, "the request is malformed or its study is not valid input (the message says which)"),
-    "unauthorized": (401, False, "no valid bearer token"),
-    "study_path_refused": (403, False, "studyPath lies outside the worker's study root, or studyPath is disabled"),
-    "not_found": (404, False, "no such route"),
-    "study_not_found": (404, False, "studyPath names no folder of DICOM files"),
-    "method_not_allowed": (405, False, "the route does not take this method"),
-    "request_timeout": (408, False, "the client sent its headers or body too slowly"),
-    "payload_too_large": (413, False, "the body, a part, the number of parts or an image exceeds a limit"),
-    "uri_too_long": (414, False, "the request target is too long"),
-    "unsupported_media_type": (415, False, "neither multipart/related nor application/json"),
-    "unprocessable_study": (422, False, "the model cannot process this (valid) study"),
-    "too_many_requests": (429, True, "one client address sends too many bodies at once or had too many tokens "
-                                     "refused in the last minute"),
-    "request_header_fields_too_large": (431, False, "too many or too large header fields"),
-    "client_closed_request": (499, False, "the client went away before the answer (logged, never sent)"),
-    "not_implemented": (501, False, "a Transfer-Encoding other than chunked"),
-    "model_error": (500, False, "the model raised an exception (the worker keeps serving)"),
-    "bridge_error": (500, False, "the bridge failed unexpectedly"),
-    "worker_error": (500, False, "the worker failed unexpectedly"),
-    "bad_worker_answer": (502, False, "the model's answer breaks the Arterys protocol"),
-    "data_loss": (502, False, "bytes were lost between bridge and worker"),
-    "worker_mismatch": (502, False, "the worker does not speak this bridge's contract"),
-    "worker_unavailable": (503, True, "no worker is reachable or has its model loaded"),
-    "worker_busy": (503, True, "every worker's queue is full"),
-    "spool_full": (503, True, "the worker's spool, where studies are kept while they arrive, is full"),
-    "deadline_exceeded": (504, False, "the inference did not finish within the deadline"),
+    kind.code: (kind.http_status, kind.retryable, kind.meaning) for kind in contract_errors.TABLE
 }
 
 # gRPC status -> code, for failures that carry no error code of the worker's (the channel's own errors).
@@ -145,18 +133,45 @@ _CHANNEL_MESSAGES = {
 }
 
 
-# Failures of the service whose details (exception names and messages) belong in the logs, not in answers.
-_LOGGED_ONLY = {
-    "model_error": "the model failed on this study; the worker's log has the details",
-    "worker_error": "the worker failed unexpectedly; its log has the details",
-}
+class WorkerFailed(Exception):
+    """A worker call that ended without an answer, refused before its admission or ended after it: its gRPC
+    `status` and `details`, the worker's `error_code` and the `input_hash` it reported (either may be empty),
+    and the `worker` that had admitted it (its host name; empty before admission)."""
+
+    def __init__(self, status: grpc.StatusCode, details: str, error_code: str = "", input_hash: str = "",
+                 worker: str = "") -> None:
+        super().__init__(f"{status.name} {details}")
+        self.status, self.details, self.error_code = status, details, error_code
+        self.input_hash, self.worker = input_hash, worker
+
+
+def for_failure(failure: BaseException) -> ApiError:
+    """The answer for whatever ended a request early; `bridge_error` for a failure nobody expected (a bug),
+    which is logged here with its traceback."""
+    if isinstance(failure, ApiError):
+        return failure
+    if isinstance(failure, WorkerFailed):
+        return from_worker(failure.status, failure.details, failure.error_code)
+    if isinstance(failure, LimitExceeded):
+        return too_large(str(failure))
+    if isinstance(failure, MultipartError):
+        return bad_request(f"malformed multipart body: {failure}")
+    if isinstance(failure, InvalidRequest):
+        return bad_request(str(failure))
+    if isinstance(failure, BadWorkerAnswer):
+        return bad_worker_answer(failure.problems)
+    if isinstance(failure, BodyTimeout):
+        return error("request_timeout", str(failure))
+    if isinstance(failure, ClientGone):
+        return error("client_closed_request", "the client closed the connection")
+    log.error("unexpected error in the bridge", exc_info=failure)
+    return error("bridge_error", "the bridge failed unexpectedly; see its log")
 
 
 def from_worker(status: grpc.StatusCode, details: str, worker_code: str = "") -> ApiError:
     """The answer for a worker call that failed with `status`; `worker_code` from its trailing metadata."""
-    if worker_code in _LOGGED_ONLY:
-        return error(worker_code, _LOGGED_ONLY[worker_code])
-    if worker_code in ERRORS:
-        return error(worker_code, details or worker_code)
+    kind = contract_errors.BY_CODE.get(worker_code)
+    if kind is not None:  # the worker's own code: its message, unless its details belong in its log only
+        return error(worker_code, kind.public_message or details or worker_code)
     code = _BY_GRPC_STATUS.get(status, "worker_error")
     return error(code, _CHANNEL_MESSAGES.get(code) or "the worker failed; see the bridge's log")

@@ -22,7 +22,7 @@ from bridge.front import HttpFront, PortInUse
 from bridge.http import ASGIApp
 from bridge.metrics import BridgeMetrics
 from bridge.middleware import Conformance, EarlyAnswer, LastResort, OnReject, SendDeadline, UploadRate
-from contract import tracing
+from service_runtime import tracing
 
 log = logging.getLogger("bridge")
 

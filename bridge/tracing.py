@@ -3,19 +3,20 @@
 The request's span continues the client's trace (its `traceparent`, through the configured propagators) or
 starts a new one, and ends with the answer: when its last byte has been written, or when the client went
 away (bridge/app.py `_finish`). The call's span is its child; its context travels to the worker in the
-call's metadata, and it ends when the gRPC call does (its done callback), whatever ended it.
+call's metadata, and it ends when the gRPC call does (`StreamCall.on_end`, with the worker's own status),
+whatever ended it.
 
-With tracing off (contract/tracing.py), a request costs one header look-up: a valid W3C traceparent gives
-its log lines the client's trace id and is passed on to the worker unchanged.
+With tracing off (service_runtime/tracing.py), a request costs one header look-up: a valid W3C traceparent
+gives its log lines the client's trace id and is passed on to the worker unchanged.
 """
 
 from __future__ import annotations
 
 import grpc
 
-from bridge.workers import _finished
-from contract import tracing
 from contract.inference_pb2 import DESCRIPTOR
+from service_runtime import tracing
+from service_runtime.grpc_aio import StreamCall
 
 RPC_SERVICE = DESCRIPTOR.services_by_name["Inference"].full_name
 RPC_NAME = f"{RPC_SERVICE}/Infer"
@@ -35,20 +36,13 @@ class CallTrace:
         self.span = span
         self.metadata = metadata
 
-    def follow(self, call) -> None:
+    def follow(self, call: StreamCall) -> None:
         """Ends the span when the admitted call ends, with the call's status."""
         if self.span is not None:
-            call.add_done_callback(self._call_done)
-
-    def _call_done(self, call) -> None:
-        try:
-            code = _finished(call.code())  # the status is set when done callbacks run
-        except Exception:  # never break gRPC's own callback
-            code = None
-        self.end(code)
+            call.on_end(self.end)
 
     def end(self, code: grpc.StatusCode | None) -> None:
-        """Ends the span once (gRPC may call done callbacks again when a call's status changes)."""
+        """Ends the span, once."""
         span, self.span = self.span, None
         if span is None:
             return

@@ -19,11 +19,9 @@ from arterys_http.multipart import Epilogue, MultipartError, PartData, PartEnd, 
 from arterys_http.protocol import check_result, hashes_line
 from arterys_http.writer import AnswerLayout, new_boundary
 from contract import inference_pb2 as pb
-from contract import wire
+from contract import limits, wire
 from contract.result_json import binary_type_name, encode_result, from_proto
 
-CHUNK_SIZE = wire.SENDER_CHUNK_BYTES
-MAX_COMMAND_LENGTH = 256
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -56,9 +54,9 @@ def request_header(json_part: bytes, route: str, request_id: str, study_path: st
     command = value.get("inference_command", "")
     if not isinstance(command, str):
         raise InvalidRequest(f"inference_command must be a string, got {type(command).__name__}")
-    if len(command) > MAX_COMMAND_LENGTH:
-        raise InvalidRequest(f"inference_command is {len(command)} characters long; at most {MAX_COMMAND_LENGTH} "
-                             "are accepted")
+    if len(command) > limits.MAX_COMMAND_LENGTH:
+        raise InvalidRequest(f"inference_command is {len(command)} characters long; at most "
+                             f"{limits.MAX_COMMAND_LENGTH} are accepted")
     return pb.RequestHeader(
         request_json=json_part, inference_command=command, study_path=study_path, request_id=request_id, route=route
     )
@@ -77,7 +75,7 @@ class RequestTranslator:
     into chunk messages of about `chunk_size` bytes, already serialised (contract.wire).
     """
 
-    chunk_size: int = CHUNK_SIZE
+    chunk_size: int = limits.CHUNK_BYTES
     part_count: int = 0
     finished: bool = False
     _pending: list = field(default_factory=list, repr=False)

@@ -25,9 +25,6 @@ BINARY_PART_INDEX = 0x08  # BinaryChunk.part_index = 1
 BINARY_DATA = 0x12  # BinaryChunk.data = 2
 
 INFER_METHOD = "/" + pb.DESCRIPTOR.services_by_name["Inference"].full_name + "/Infer"
-# What a sender puts in one chunk message at most (the bridge coalesces a body's pieces up to it): about
-# 1 MiB keeps gRPC's per-message cost low (BENCHMARKS.md). A receiver allows for this much lag.
-SENDER_CHUNK_BYTES = 1 << 20
 
 
 def varint(value: int) -> bytes:

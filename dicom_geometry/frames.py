@@ -1,9 +1,11 @@
-"""Where one frame of a DICOM image lies in the patient: position, orientation and pixel spacing.
+"""Where one frame of a DICOM image lies in the patient: position, orientation, pixel spacing, the plane's
+normal, and the plane's points.
 
 Why a module of its own: classic images carry their geometry at the top level, enhanced multi-frame
-images (Enhanced CT/MR, ...) carry it per frame in functional groups, and every consumer (slice order,
-drawing world coordinates) must read both the same way. Lookup order for each attribute: the frame's
-own item of PerFrameFunctionalGroupsSequence, then SharedFunctionalGroupsSequence, then the top level.
+images (Enhanced CT/MR, ...) carry it per frame in functional groups, and every consumer (slice order, the
+worker's study and DICOM outputs, the mock model's checks, the test tool's drawings) must read both the
+same way and compute the same normal. Lookup order for each attribute: the frame's own item of
+PerFrameFunctionalGroupsSequence, then SharedFunctionalGroupsSequence, then the top level.
 
 Conventions (DICOM PS3.3 C.7.6.2.1.1): ImagePositionPatient is the centre of the first transmitted
 pixel, in mm; ImageOrientationPatient is the direction of increasing column (along a row) followed by
@@ -14,14 +16,33 @@ the direction of increasing row (down a column); PixelSpacing is (row spacing, c
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
 
-# Below this |normal . z| an image plane contains the z axis (sagittal, coronal): patient x and y alone
-# cannot name one of its points.
-_PARALLEL_TO_Z = 1e-6
+# Below this |unit normal . z| an image plane contains the z axis (sagittal, coronal): patient x and y alone
+# cannot name one of its points (and near it, an error in x or y would move z a thousand times as far).
+PARALLEL_TO_Z = 1e-3
+# (functional group, attribute) of each piece of a frame's geometry, where frame_attribute finds it.
+GEOMETRY = (
+    ("PlanePositionSequence", "ImagePositionPatient"),
+    ("PlaneOrientationSequence", "ImageOrientationPatient"),
+    ("PixelMeasuresSequence", "PixelSpacing"),
+)
+FUNCTIONAL_GROUPS = ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence")
+
+
+def plane_normal(orientation) -> np.ndarray | None:
+    """The unit normal of the image plane that ImageOrientationPatient's six cosines describe (the row
+    direction x the column direction), or None without six numbers or with parallel directions."""
+    cosines = _floats(orientation, 6)
+    if cosines is None:
+        return None
+    normal = np.cross(cosines[:3], cosines[3:])
+    length = float(np.linalg.norm(normal))
+    return normal / length if length > 0 else None
 
 
 @dataclass(frozen=True)
@@ -33,11 +54,7 @@ class FrameGeometry:
     @property
     def normal(self) -> np.ndarray | None:
         """Unit normal of the image plane (row direction x column direction), or None without orientation."""
-        if self.orientation is None:
-            return None
-        normal = np.cross(self.orientation[:3], self.orientation[3:])
-        length = float(np.linalg.norm(normal))
-        return normal / length if length > 0 else None
+        return plane_normal(self.orientation)
 
     def along_normal(self, normal) -> float | None:
         """The frame's position projected on `normal` (mm), the coordinate slices are ordered by."""
@@ -52,22 +69,21 @@ class FrameGeometry:
         row_spacing, col_spacing = self.pixel_spacing
         return float(offset @ row_dir) / col_spacing, float(offset @ col_dir) / row_spacing
 
-    def pixel_of_xy(self, x: float, y: float) -> tuple[float, float] | None:
-        """(column, row) of the point of this frame's plane whose patient x and y are given.
+    def point_at_xy(self, x: float, y: float) -> np.ndarray | None:
+        """The point [x, y, z] (mm) of this frame's plane whose patient x and y are given.
 
         None when the plane contains the z axis (sagittal, coronal): x and y then name no single point.
         """
-        if self.position is None or self.orientation is None or self.pixel_spacing is None:
+        normal = self.normal
+        if normal is None or self.position is None or abs(normal[2]) < PARALLEL_TO_Z:
             return None
-        row_dir, col_dir = self.orientation[:3], self.orientation[3:]
-        if abs(row_dir[0] * col_dir[1] - row_dir[1] * col_dir[0]) < _PARALLEL_TO_Z:  # the normal's z part
-            return None
-        row_spacing, col_spacing = self.pixel_spacing
-        # x = px + col * cs * row_dir.x + row * rs * col_dir.x, and the same for y: a 2 x 2 system.
-        matrix = np.array([[col_spacing * row_dir[0], row_spacing * col_dir[0]],
-                           [col_spacing * row_dir[1], row_spacing * col_dir[1]]])
-        col, row = np.linalg.solve(matrix, [x - self.position[0], y - self.position[1]])
-        return float(col), float(row)
+        px, py, pz = self.position
+        return np.array([x, y, pz - (normal[0] * (x - px) + normal[1] * (y - py)) / normal[2]])
+
+    def pixel_of_xy(self, x: float, y: float) -> tuple[float, float] | None:
+        """(column, row) of the point of this frame's plane whose patient x and y are given (point_at_xy)."""
+        point = self.point_at_xy(x, y)
+        return None if point is None else self.pixel_of(point)
 
     def distance_from_plane(self, point) -> float | None:
         """Signed distance (mm) of a patient point from this frame's plane."""
@@ -87,18 +103,19 @@ def frame_count(ds: Dataset) -> int:
 
 def frame_geometry(ds: Dataset, frame: int = 0) -> FrameGeometry:
     """Geometry of the 0-based `frame` of an instance (header without pixels is enough)."""
-    position = _floats(frame_attribute(ds, frame, "PlanePositionSequence", "ImagePositionPatient"), 3)
-    orientation = _floats(frame_attribute(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
-    spacing = _floats(frame_attribute(ds, frame, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    (position_at, position), (orientation_at, orientation), (spacing_at, spacing) = GEOMETRY
+    position = _floats(frame_attribute(ds, frame, position_at, position), 3)
+    orientation = _floats(frame_attribute(ds, frame, orientation_at, orientation), 6)
+    spacing = _floats(frame_attribute(ds, frame, spacing_at, spacing), 2)
     if spacing is not None and not all(value > 0 for value in spacing):
         spacing = None
     return FrameGeometry(position, orientation, spacing)  # type: ignore[arg-type]
 
 
-def frame_attribute(ds: Dataset, frame: int, group: str, keyword: str):
-    """An attribute of one frame: per-frame functional group, shared functional group, then top level."""
-    places = (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0))
-    for sequence, index in places:
+def frame_attribute(ds: Dataset, frame: int, group: str, keyword: str, top_level: bool = True):
+    """An attribute of one frame: per-frame functional group, shared functional group, then (unless
+    `top_level` is False: a value for the whole instance would not be this frame's) the top level."""
+    for sequence, index in zip(FUNCTIONAL_GROUPS, (frame, 0), strict=True):
         items = ds.get(sequence)
         if not items or not 0 <= index < len(items):
             continue
@@ -107,7 +124,21 @@ def frame_attribute(ds: Dataset, frame: int, group: str, keyword: str):
             value = group_items[0].get(keyword)
             if value is not None:
                 return value
-    return ds.get(keyword)
+    return ds.get(keyword) if top_level else None
+
+
+def geometry_values(ds: Dataset) -> Iterator[tuple[str, int | None, object]]:
+    """Every geometry value of an instance, wherever frame_attribute may read one: (keyword, the 0-based frame
+    of a per-frame group's value or None, value)."""
+    for group, keyword in GEOMETRY:
+        if ds.get(keyword) is not None:
+            yield keyword, None, ds.get(keyword)
+        for sequence in reversed(FUNCTIONAL_GROUPS):  # shared first
+            per_frame = sequence == "PerFrameFunctionalGroupsSequence"
+            for frame, item in enumerate(ds.get(sequence) or ()):
+                for group_item in item.get(group) or ():
+                    if group_item.get(keyword) is not None:
+                        yield keyword, frame if per_frame else None, group_item.get(keyword)
 
 
 def _floats(value, count: int) -> tuple[float, ...] | None:

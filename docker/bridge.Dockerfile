@@ -22,6 +22,7 @@ WORKDIR /app
 COPY logging.yaml ./
 COPY arterys_http/ arterys_http/
 COPY contract/ contract/
+COPY service_runtime/ service_runtime/
 COPY bridge/ bridge/
 
 # A numeric user (not a name), so Kubernetes' runAsNonRoot can check it; the bridge writes no files.

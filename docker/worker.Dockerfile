@@ -26,6 +26,7 @@ WORKDIR /app
 COPY logging.yaml ./
 COPY arterys_http/ arterys_http/
 COPY contract/ contract/
+COPY service_runtime/ service_runtime/
 COPY dicom_geometry/ dicom_geometry/
 COPY worker/ worker/
 COPY mock_model/ mock_model/

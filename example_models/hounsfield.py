@@ -23,6 +23,7 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.pixels import iter_pixels
 
+from dicom_geometry import frame_attribute
 from example_models.components import Component, keep_components
 from worker import BoundingBox, InvalidInput, Mask, Model, Result, Series, Study, UnsupportedStudy
 
@@ -53,16 +54,6 @@ class Options:
         return options
 
 
-def _functional(header: Dataset, frame: int, sequence: str, keyword: str):
-    """An attribute of one frame (0-based) of an enhanced image: per-frame, else shared, else top level."""
-    for groups in (header.get("PerFrameFunctionalGroupsSequence"), header.get("SharedFunctionalGroupsSequence")):
-        if groups:
-            item = groups[frame if len(groups) > frame else 0].get(sequence)
-            if item and keyword in item[0]:
-                return item[0][keyword].value
-    return header.get(keyword)
-
-
 def is_ct(series: Series) -> bool:
     """Hounsfield units need CT (or a rescale that says HU) and one sample per pixel."""
     header = series.instances[0].header
@@ -71,29 +62,29 @@ def is_ct(series: Series) -> bool:
 
 
 def hounsfield(frame: np.ndarray, header: Dataset, index: int) -> np.ndarray:
-    slope = _functional(header, index, "PixelValueTransformationSequence", "RescaleSlope")
-    intercept = _functional(header, index, "PixelValueTransformationSequence", "RescaleIntercept")
+    slope = frame_attribute(header, index, "PixelValueTransformationSequence", "RescaleSlope")
+    intercept = frame_attribute(header, index, "PixelValueTransformationSequence", "RescaleIntercept")
     return frame.astype(np.float32) * np.float32(1.0 if slope is None else slope) + np.float32(intercept or 0.0)
 
 
 def voxel_ml(series: Series) -> float | None:
     """The volume of one voxel in mL: pixel spacing times the distance between slice positions."""
     first = series.instances[0].header
-    spacing = _functional(first, 0, "PixelMeasuresSequence", "PixelSpacing")
+    spacing = frame_attribute(first, 0, "PixelMeasuresSequence", "PixelSpacing")
     if not spacing or len(spacing) != 2:
         return None
     positions = []
     for instance in series.instances[: series.depth]:
         for index in range(instance.frames):
-            position = _functional(instance.header, index, "PlanePositionSequence", "ImagePositionPatient")
+            position = frame_attribute(instance.header, index, "PlanePositionSequence", "ImagePositionPatient")
             if position and len(position) == 3:
                 positions.append([float(v) for v in position])
     if len(positions) >= 2 and len(positions) == series.depth:
         steps = np.linalg.norm(np.diff(np.array(positions), axis=0), axis=1)
         thickness = float(np.median(steps))
     else:  # one slice (or positions missing): the slice's own thickness
-        thickness = _functional(first, 0, "PixelMeasuresSequence", "SpacingBetweenSlices") or \
-            _functional(first, 0, "PixelMeasuresSequence", "SliceThickness")
+        thickness = frame_attribute(first, 0, "PixelMeasuresSequence", "SpacingBetweenSlices") or \
+            frame_attribute(first, 0, "PixelMeasuresSequence", "SliceThickness")
         if not thickness:
             return None
     return float(spacing[0]) * float(spacing[1]) * float(thickness) / 1000.0

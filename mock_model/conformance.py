@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from dicom_geometry import plane_normal
+
 
 def conformance_checks(headers: list) -> list[dict]:
     """Enough images, evenly spaced slices, pixel spacing present."""
     frames = sum(int(h.get("NumberOfFrames", 1) or 1) for h in headers)
     even = True
-    orientation = headers[0].get("ImageOrientationPatient")
+    normal = plane_normal(headers[0].get("ImageOrientationPatient"))
     positions = [h.get("ImagePositionPatient") for h in headers]
-    if orientation and all(positions) and len(headers) > 2:
-        normal = np.cross([float(v) for v in orientation[:3]], [float(v) for v in orientation[3:]])
+    if normal is not None and all(positions) and len(headers) > 2:
         steps = np.diff([float(np.dot(normal, [float(v) for v in p])) for p in positions])
         even = bool(np.allclose(steps, steps[0], atol=1e-3))
     return [

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import settings
 
 from contract import inference_pb2_grpc as pb_grpc
-from contract.logs import configure_logging
+from service_runtime.logs import configure_logging
 from tests import system_tools
 from tests.dicom_factory import StudyRecord, write_standard_study
 from tests.services import Service, free_port, spawn_process, wait_for
@@ -74,8 +74,8 @@ def standard_parts(standard_sent) -> list:
 
 def start_worker(model_object, load: bool = True, **config):
     """create_server + start (+ load_model) for an in-process model; the caller stops it."""
-    from worker.config import WorkerConfig
-    from worker.server import create_server
+    from worker.serving.config import WorkerConfig
+    from worker.serving.server import create_server
 
     config.setdefault("listen", "127.0.0.1:0")
     config.setdefault("model", type(model_object).__name__)

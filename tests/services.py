@@ -166,5 +166,5 @@ def mock_stack(tmp: Path, study_root: Path) -> Iterator[dict]:
 
 def environment_variables(service: str) -> set[str]:
     """The environment variables `python -m SERVICE` reads: each flag's help names its own in brackets."""
-    module = importlib.import_module(f"{service}.config")
+    module = importlib.import_module({"bridge": "bridge.config", "worker": "worker.serving.config"}[service])
     return set(re.findall(r"\[([A-Z][A-Z0-9_]+)", module.build_parser().format_help()))

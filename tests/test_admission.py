@@ -1,4 +1,4 @@
-"""worker.admission: calls receiving their study and calls waiting for the model are bounded apart."""
+"""worker.serving.admission: calls receiving their study and calls waiting for the model are bounded apart."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 
 from prometheus_client import CollectorRegistry
 
-from worker.admission import Admission
-from worker.metrics import WorkerMetrics
+from worker.serving.admission import Admission
+from worker.serving.metrics import WorkerMetrics
 
 
 def gauges(metrics: WorkerMetrics) -> tuple[float, float, float]:

@@ -1,4 +1,4 @@
-"""Dynamic batching (worker/batching.py) through real in-process gRPC workers.
+"""Dynamic batching (worker/serving/batching.py) through real in-process gRPC workers.
 
 Batches are made deterministic without timing: a long `max_batch_delay` makes a batch start only when it is
 full, and models that wait on an event hold the model thread while the test arranges what waits behind it.
@@ -15,15 +15,15 @@ from contextlib import ExitStack
 import grpc
 import pytest
 
-from contract.logs import RequestTagFilter
+from service_runtime.logs import RequestTagFilter
 from tests.conftest import serving
 from tests.dicom_factory import SeriesSpec, write_study
 from tests.otlp_collector import Collector
 from tests.services import start_worker, wait_for
 from tests.worker_client import collect, dicom_parts, request_messages, stub_for
 from worker import BoundingBox, InvalidInput, Model, Result, UnsupportedStudy
-from worker.config import WorkerConfig
-from worker.server import create_server
+from worker.serving.config import WorkerConfig
+from worker.serving.server import create_server
 
 LONG = 60.0  # a delay no test waits for: such a batch starts only when full
 

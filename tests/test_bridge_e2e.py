@@ -16,8 +16,9 @@ from mock_model import MockModel
 from tests import http_helpers as http
 from tests.dicom_factory import write_big_study, write_standard_study
 from tests.services import mock_stack
-from worker.results import from_result
-from worker.study import Instance, Study
+from worker.sdk.study import Study
+from worker.serving.instances import parse_instance
+from worker.serving.results import from_result
 
 LICENCE = ("licence.txt", b"licence: test-only\n")
 
@@ -48,7 +49,7 @@ def stack(tmp_path_factory, study_root):
 
 def model_answer(paths: list[Path], command: str) -> tuple[dict, list[bytes]]:
     """What MockModel produces for these files, computed in this process (the bytes the viewer must get)."""
-    instances = [Instance.parse(i, Path(p), "application/dicom", Path(p).name) for i, p in enumerate(paths)]
+    instances = [parse_instance(i, Path(p), "application/dicom", Path(p).name) for i, p in enumerate(paths)]
     study = Study(request={"inference_command": command}, command=command, input_hash="", instances=instances)
     result_json, binaries = from_result(MockModel().infer(study))
     return json.loads(json.dumps(result_json)), [bytes(b) for b in binaries]

@@ -16,8 +16,8 @@ from mock_model.faults import SlowModel
 from tests import http_helpers as http
 from tests.dicom_factory import write_standard_study
 from tests.services import free_port, health_status, start_bridge, start_worker
-from worker.config import WorkerConfig
-from worker.server import create_server
+from worker.serving.config import WorkerConfig
+from worker.serving.server import create_server
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from tests.services import ROOT, environment_variables, free_port, spawn, wait_f
 
 # What each image runs: its entry points and the modules they load (the worker's mock model too).
 IMAGE_MODULES = {"bridge": "bridge.__main__,bridge.server,bridge.app",
-                 "worker": "worker.__main__,worker.server,worker.probe,mock_model,mock_model.faults"}
+                 "worker": "worker.__main__,worker.serving.server,worker.probe,mock_model,mock_model.faults"}
 
 
 @pytest.fixture(scope="module")

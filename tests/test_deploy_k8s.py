@@ -202,7 +202,7 @@ def test_example_overlay_adds_gpu_autoscaling_and_pod_monitors(example, base):
     (rule,) = adapter["rules"]["custom"]
     assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
     assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
-    exported = {"worker_queue_depth", "worker_inflight_inferences"}  # worker/metrics.py
+    exported = {"worker_queue_depth", "worker_inflight_inferences"}  # worker/serving/metrics.py
     assert set(re.findall(r"(worker_\w+)\{<<\.LabelMatchers>>\}", rule["metricsQuery"])) == exported
     # The autoscaler owns the count: a fixed one would be re-applied over it at every `kubectl apply`.
     assert "replicas" not in example["Deployment", "worker"]["spec"]

@@ -25,10 +25,10 @@ from mock_model.model import MockModel
 from tests import dicom_factory as factory
 from tests import system_tools
 from tests.test_dicom_export_studies import as_study, write_export_study
-from worker.api import UnsupportedStudy
-from worker.dicom_export import DicomExportError, export_dicom
-from worker.results import checked, from_legacy, from_result
-from worker.study import Study
+from worker.sdk.refusals import UnsupportedStudy
+from worker.sdk.study import Study
+from worker.serving.dicom_export import DicomExportError, export_dicom
+from worker.serving.results import checked, from_legacy, from_result
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

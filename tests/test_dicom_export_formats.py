@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.api import InvalidInput
-from worker.dicom_export import UnknownOutputFormat, output_formats, parse_output_formats_flag
+from worker.sdk.refusals import InvalidInput
+from worker.serving.dicom_export import UnknownOutputFormat, output_formats, parse_output_formats_flag
 
 
 def test_the_default_is_the_workers_default():

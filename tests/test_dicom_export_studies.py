@@ -17,7 +17,8 @@ import pydicom
 from pydicom.uid import RLELossless, generate_uid
 
 from tests import dicom_factory as factory
-from worker.study import Instance, Study
+from worker.sdk.study import Study
+from worker.serving.instances import parse_instance
 
 
 def _tilted(about_y: float = 15.0, about_x: float = 20.0) -> tuple:
@@ -33,7 +34,7 @@ TILTED = _tilted()
 
 
 def as_study(paths: list[Path], request: dict | None = None) -> Study:
-    instances = [Instance.parse(index, Path(path)) for index, path in enumerate(paths)]
+    instances = [parse_instance(index, Path(path)) for index, path in enumerate(paths)]
     return Study(request=request or {}, command="test", input_hash="0" * 64, instances=instances)
 
 

@@ -10,7 +10,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicom_geometry import FrameGeometry, frame_geometry
+from dicom_geometry import FrameGeometry, frame_attribute, frame_geometry, plane_normal
+from dicom_geometry.frames import geometry_values
 from tests.dicom_factory import SAGITTAL, TILTED, _unit_normal, write_enhanced_series
 from tests.imports import absolute_imports
 
@@ -90,3 +91,35 @@ def test_dicom_geometry_depends_on_numpy_and_pydicom_only():
     for path in sorted((ROOT / "dicom_geometry").glob("*.py")):
         for line, name in absolute_imports(path.read_text(), str(path)):
             assert name.split(".")[0] in allowed, f"{path.name}:{line} imports {name}"
+
+
+def test_the_plane_normal_is_computed_in_dicom_geometry_only():
+    """One home for the normal: every other shipped module asks dicom_geometry (plane_normal, frame_geometry)."""
+    packages = ("arterys_http", "bridge", "contract", "example_models", "mock_model", "service_runtime", "testtool",
+                "worker")
+    computing = [str(path.relative_to(ROOT)) for package in packages for path in sorted((ROOT / package).rglob("*.py"))
+                 if "np.cross(" in path.read_text(encoding="utf-8")]
+    assert computing == []
+
+
+def test_the_unit_normal_and_the_point_of_a_plane_with_given_x_and_y():
+    assert plane_normal([0, 1, 0, 0, 0, -2]) == pytest.approx([-1, 0, 0])  # scaled cosines: still a unit normal
+    assert plane_normal([1, 0, 0, 1, 0, 0]) is None and plane_normal([1, 0]) is None and plane_normal(None) is None
+    geometry = FrameGeometry((12.5, -30.0, 7.25), TILTED, (0.8, 0.7))
+    point = in_plane(geometry, 3.0, 4.0)
+    np.testing.assert_allclose(geometry.point_at_xy(point[0], point[1]), point, atol=1e-6)
+    assert FrameGeometry((0.0, 0.0, 0.0), SAGITTAL, (1.0, 1.0)).point_at_xy(0.0, 5.0) is None
+
+
+def test_a_frames_own_attribute_can_be_asked_without_the_instances():
+    ds = Dataset()
+    ds.ImagePositionPatient = [9, 9, 9]
+    item = Dataset()
+    item.PlanePositionSequence = [Dataset()]
+    item.PlanePositionSequence[0].ImagePositionPatient = [1, 2, 3]
+    ds.PerFrameFunctionalGroupsSequence = [item, Dataset()]
+    assert frame_attribute(ds, 0, "PlanePositionSequence", "ImagePositionPatient", top_level=False) == [1, 2, 3]
+    assert frame_attribute(ds, 1, "PlanePositionSequence", "ImagePositionPatient") == [9, 9, 9]
+    assert frame_attribute(ds, 1, "PlanePositionSequence", "ImagePositionPatient", top_level=False) is None
+    assert [(keyword, frame) for keyword, frame, _ in geometry_values(ds)] == [
+        ("ImagePositionPatient", None), ("ImagePositionPatient", 0)]

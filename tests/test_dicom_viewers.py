@@ -33,8 +33,8 @@ from tests.test_dicom_export import expected_by_frame, masks_of
 from tests.test_dicom_export_studies import write_export_study
 from tests.test_hounsfield import answer, write_phantom
 from tests.viewers import ARTIFACTS, chromium, ohif_dist, orthanc, viewer
-from worker.dicom_export import export_dicom
-from worker.results import checked, from_result
+from worker.serving.dicom_export import export_dicom
+from worker.serving.results import checked, from_result
 
 DCMQI_BIN = Path(sys.executable).parent
 

@@ -31,9 +31,9 @@ def test_an_instance_whose_damaged_header_hides_its_image_is_a_bad_request(worke
 
 def test_a_study_refused_at_its_first_part_is_a_400_however_the_race_goes(tmp_path):
     """The worker refuses a study whose first instance is cut short while the bridge still streams the other
-    parts. grpc.aio used to replace the worker's INVALID_ARGUMENT by INTERNAL "Internal error from Core" when
-    the bridge's next write failed after the status had arrived (grpc/grpc#36066): 502 instead of 400 for
-    about one such request in six. bridge.workers.FirstStatusCall keeps the status the worker sent."""
+    parts. grpc.aio replaces the worker's INVALID_ARGUMENT by INTERNAL "Internal error from Core" when the
+    bridge's next write fails after the status has arrived (grpc/grpc#36066): 502 instead of 400 for about one
+    such request in six, unless service_runtime.grpc_aio.StreamCall keeps the status the worker sent."""
     study = write_study(tmp_path / "study", [SeriesSpec("ct", rows=16, cols=16, count=2)])
     dicoms = [i.path.read_bytes() for i in study.instances]
     body = http.hand_built_body([("application/json", b'{"inference_command": "get-bounding-box-2d"}'),

@@ -16,7 +16,7 @@ import pytest
 
 from tests.services import ROOT
 
-PROGRAMS = {"worker": "worker.config", "bridge": "bridge.config", "testtool": "testtool.cli",
+PROGRAMS = {"worker": "worker.serving.config", "bridge": "bridge.config", "testtool": "testtool.cli",
             "tools.run_local": "tools.run_local"}
 
 

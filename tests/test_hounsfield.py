@@ -37,11 +37,11 @@ from tests.test_dicom_export import assert_valid
 from tests.test_dicom_export_studies import as_study
 from tests.test_hounsfield_components import flood_fill_components, touches_border
 from tests.worker_client import dicom_parts, infer
-from worker.api import InvalidInput, UnsupportedStudy
-from worker.dicom_export import export_dicom
-from worker.loading import load_model_object
-from worker.results import checked, from_result
-from worker.study import Study
+from worker.sdk.refusals import InvalidInput, UnsupportedStudy
+from worker.sdk.study import Study
+from worker.serving.dicom_export import export_dicom
+from worker.serving.loading import load_model_object
+from worker.serving.results import checked, from_result
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # bundled: nothing is downloaded
 DEPTH, ROWS, COLS = 6, 40, 48

@@ -85,7 +85,7 @@ def head_of(answer: bytes) -> str:
 
 def test_a_pipelined_flood_never_read_leaves_the_bridge_as_it_was(stack):
     """4 MB of pipelined GET /healthz whose answers are never read: requests are parsed one at a time, as
-    their answers leave, so nothing queues (the former server queued 77,864 of them: +139 MB)."""
+    their answers leave, so nothing queues (a server that queues them holds all 77,864: +139 MB)."""
     bridge = stack["bridge"]
     exchange(stack["port"], b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     before = rss_kb(bridge)
@@ -101,7 +101,8 @@ def test_a_pipelined_flood_never_read_leaves_the_bridge_as_it_was(stack):
 
 def test_aborted_uploads_do_not_raise_the_bridges_memory(stack):
     """Headers announcing 30 MB, about 1.7 MB sent, then the client leaves, 2,000 times: the bridge stays
-    under 100 MB, and the second thousand adds at most 5 MB (the former server: 48 -> 163 MB over 480)."""
+    under 100 MB, and the second thousand adds at most 5 MB (what an abandoned body leaks would show here:
+    48 -> 163 MB over 480 with an HTTP server that kept them, docs/decisions.md)."""
     bridge = stack["bridge"]
 
     def settled() -> bool:
@@ -138,7 +139,7 @@ def test_a_trailer_never_reaches_the_application_as_a_header(tmp_path):
 
 def test_an_upgrade_request_is_answered_and_the_connection_then_closes(stack):
     """h2c is not offered: the request is answered in HTTP/1.1 with Connection: close, and the connection
-    closes at once instead of hanging (the former server kept it open, unread, until its idle timeout)."""
+    closes at once instead of hanging, unread, until an idle timeout."""
     started = time.monotonic()
     answer = exchange(stack["port"], b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
                                      b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
@@ -156,8 +157,8 @@ def test_a_request_target_that_is_not_a_path_is_a_400(stack, target):
 
 
 def test_an_absolute_form_target_is_served_as_its_path(stack):
-    """RFC 9110, 4.2.3: an empty path is "/" (http://x is http://x/, which takes POST only: a 405 in JSON);
-    the former server failed with a 500 and a traceback on it."""
+    """RFC 9110, 4.2.3: an empty path is "/" (http://x is http://x/, which takes POST only: a 405 in JSON),
+    never a 500 with a traceback."""
     answer = exchange(stack["port"], b"GET http://bridge.example/ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert statuses(answer) == [200] and answer.endswith(b"accepting connections")
     answer = exchange(stack["port"], b"GET http://x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -270,7 +271,8 @@ def settle_rss(service, seconds: float = 4.0) -> int:
 
 def test_a_flood_of_tls_connections_that_never_finish_leaves_memory_as_it_was(tmp_path):
     """Connections to the HTTPS port left silent or with half a ClientHello, 3,000 at a time, closed,
-    repeated: memory returns to within 10% of its level before (the former server: 52 -> 867 MB, kept)."""
+    repeated: memory returns to within 10% of its level before (a TLS stack that keeps what a handshake
+    allocated went 52 -> 867 MB for good, docs/decisions.md)."""
     import ssl
 
     from tests.certificates import make_pki
@@ -303,8 +305,8 @@ def test_a_flood_of_tls_connections_that_never_finish_leaves_memory_as_it_was(tm
 
 
 def test_a_pipelined_flood_without_a_token_leaves_memory_as_it_was(tmp_path):
-    """With tokens on, 15 MB of pipelined unauthenticated GET /metrics never read (the former server queued
-    them: 66 -> 554 MB), while a probe on another connection is answered."""
+    """With tokens on, 15 MB of pipelined unauthenticated GET /metrics never read leave memory flat (queued,
+    they took a server from 66 to 554 MB), while a probe on another connection is answered."""
     worker = start_worker(tmp_path, "mock_model")
     bridge = start_bridge(tmp_path, worker.address, env={"BRIDGE_TOKENS": TOKEN})
     try:
@@ -325,8 +327,8 @@ def test_a_pipelined_flood_without_a_token_leaves_memory_as_it_was(tmp_path):
 
 def test_one_byte_chunks_cost_little_and_delay_no_one(stack):
     """A 1 MB attachment sent as 1-byte chunks (6 MB on the wire): probes on other connections are answered
-    within 2 s throughout (the former server made them wait up to 16.9 s), and the upload ends with an
-    answer (200, or 408 when the chunks arrive slower than the minimum upload rate)."""
+    within 2 s throughout (a server that parses on its one loop thread made them wait 16.9 s), and the upload
+    ends with an answer (200, or 408 when the chunks arrive slower than the minimum upload rate)."""
     waits, done = [], threading.Event()
 
     def probe() -> None:

@@ -2,7 +2,7 @@
 
 The reference is the same handler under the original architecture (benchmarks/reference_gateway.py, the
 original gateway rebuilt), sent what the original test tool sent (`-c COMMAND -S`). Through the bridge the
-request names no command and no study size: the legacy shims (worker/legacy_shims.py) must make up for
+request names no command and no study size: the legacy shims (worker/sdk/legacy_shims.py) must make up for
 both, for pydicom 3's missing `read_file` and for the mask's missing SeriesInstanceUID, so that the viewer
 gets the reference's mask byte for byte. The shims must not reach a typed Model.
 """

@@ -8,7 +8,7 @@ import threading
 import time
 import warnings
 
-from contract.logs import (
+from service_runtime.logs import (
     REQUEST_ID_LENGTH,
     TaggedLogger,
     clean_request_id,
@@ -16,8 +16,8 @@ from contract.logs import (
     request_tags,
     set_tags,
 )
-from contract.native_log import NativeLogReader, RateLimit
-from worker.handshakes import HandshakeWatch
+from service_runtime.native_log import NativeLogReader, RateLimit
+from worker.serving.handshakes import HandshakeWatch
 
 
 def capture() -> io.StringIO:

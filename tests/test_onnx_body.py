@@ -26,7 +26,7 @@ from tests.services import start_worker
 from tests.test_dicom_export_studies import as_study
 from tests.worker_client import dicom_parts, infer, stub_for
 from worker import InvalidInput, Result, UnsupportedStudy
-from worker.results import checked, from_result
+from worker.serving.results import checked, from_result
 
 
 def reference(hu: np.ndarray) -> tuple[np.ndarray, float]:

@@ -23,8 +23,8 @@ from tests.dicom_factory import SeriesSpec, write_study
 from tests.services import ROOT, Service, free_port, wait_for_health, wait_for_http
 from tests.worker_client import dicom_parts, infer, stub_for
 
-PACKAGES = ("arterys_http", "bridge", "contract", "dicom_geometry", "example_models", "mock_model", "testtool",
-            "worker")
+PACKAGES = ("arterys_http", "bridge", "contract", "dicom_geometry", "example_models", "mock_model", "service_runtime",
+            "testtool", "worker")
 BUILD_FILES = ("pyproject.toml", "README.md", "logging.yaml", "requirements-bridge.txt", "requirements-worker.txt",
                "requirements-testtool.txt")
 MODEL = textwrap.dedent("""
@@ -46,7 +46,7 @@ def wheel(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("source")
     for name in BUILD_FILES:
         shutil.copy2(ROOT / name, source / name)
-    for package in PACKAGES:  # symlinks=True: contract/logging.yaml stays a link, as in the repository
+    for package in PACKAGES:  # symlinks=True: service_runtime/logging.yaml stays a link, as in the repository
         shutil.copytree(ROOT / package, source / package, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     dist = tmp_path_factory.mktemp("dist")
@@ -83,8 +83,8 @@ def test_the_wheel_holds_every_module_the_logging_config_and_the_pins(wheel, ven
         for path in (ROOT / package).rglob("*.py"):
             assert path.relative_to(ROOT).as_posix() in names, f"{path} is not in the wheel"
     assert not [name for name in names if name.startswith(("tests/", "benchmarks/", "tools/", "deploy/"))]
-    # The repository's logging.yaml, as a file of the contract package (a link in the checkout).
-    assert zipfile.ZipFile(wheel).read("contract/logging.yaml") == (ROOT / "logging.yaml").read_bytes()
+    # The repository's logging.yaml, as a file of the service_runtime package (a link in the checkout).
+    assert zipfile.ZipFile(wheel).read("service_runtime/logging.yaml") == (ROOT / "logging.yaml").read_bytes()
     entry_points = zipfile.ZipFile(wheel).read(f"{wheel.name.rsplit('-', 3)[0]}.dist-info/entry_points.txt").decode()
     for line in ("arterys-worker = worker.__main__:main", "arterys-bridge = bridge.__main__:main",
                  "arterys-testtool = testtool.__main__:main"):

@@ -1,6 +1,6 @@
-"""What a call receiving its study may hold and how slowly it may send: worker/rate.py, worker/spool.py's budget
-and part writer, and admission by bytes (worker/admission.py). The processes' side is in
-tests/test_hostile_worker.py."""
+"""What a call receiving its study may hold and how slowly it may send: worker/serving/rate.py,
+worker/serving/spool.py's budget and part writer, and admission by bytes (worker/serving/admission.py). The
+processes' side is in tests/test_hostile_worker.py."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import os
 import pytest
 from prometheus_client import CollectorRegistry
 
-from contract.wire import SENDER_CHUNK_BYTES
-from worker.admission import RECEIVING_CALL_BYTES, Admission
-from worker.errors import SpoolFull
-from worker.metrics import WorkerMetrics
-from worker.rate import MinimumRate, TooSlow
-from worker.receive import ReceivedPart
-from worker.spool import COALESCE_BYTES, PartWriter, Spool, StoreBudget, spool_limit
+from contract.limits import CHUNK_BYTES
+from worker.serving.admission import RECEIVING_CALL_BYTES, Admission
+from worker.serving.errors import SpoolFull
+from worker.serving.metrics import WorkerMetrics
+from worker.serving.rate import MinimumRate, TooSlow
+from worker.serving.receive import ReceivedPart
+from worker.serving.spool import COALESCE_BYTES, PartWriter, Spool, StoreBudget, spool_limit
 
 RATE, WINDOW = 64 << 10, 20.0
-NEED = RATE * int(WINDOW) - SENDER_CHUNK_BYTES
+NEED = RATE * int(WINDOW) - CHUNK_BYTES
 
 
 # ------------------------------------------------------------------------------------------ minimum rate
@@ -39,8 +39,8 @@ def test_a_client_at_the_bridges_minimum_passes_through_the_bridges_one_chunk_la
     of the worker sees one, at least, and that is enough."""
     rate = MinimumRate(RATE, WINDOW)
     for _ in range(20):  # 320 s
-        rate.waited_for(SENDER_CHUNK_BYTES / RATE)
-        rate.received(SENDER_CHUNK_BYTES)
+        rate.waited_for(CHUNK_BYTES / RATE)
+        rate.received(CHUNK_BYTES)
 
 
 def test_a_fast_start_carries_its_own_window_only():

@@ -24,7 +24,8 @@ from tests.dicom_factory import (
     write_repeated_positions,
 )
 from testtool.loading import load_study
-from worker.study import Instance, Series
+from worker.sdk.study import Series
+from worker.serving.instances import parse_instance
 
 CASES = {
     "4d, instance numbers out of time order, TriggerTime": lambda f: write_4d_series(f),
@@ -45,7 +46,7 @@ def case(request, tmp_path_factory):
 
 
 def worker_order(case, seed: int) -> Series:
-    instances = [Instance.parse(index, path) for index, path in enumerate(case.shuffled_paths(seed))]
+    instances = [parse_instance(index, path) for index, path in enumerate(case.shuffled_paths(seed))]
     return Series.ordered(case.series_uid, instances)
 
 

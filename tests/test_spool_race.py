@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from worker.spool import SpoolRoot, remove_stale
+from worker.serving.spool import SpoolRoot, remove_stale
 
 
 def test_starting_workers_keep_their_folders_while_others_clear_stale_ones(tmp_path):

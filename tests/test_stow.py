@@ -1,4 +1,4 @@
-"""Sending the DICOM outputs to a PACS (STOW-RS, worker/stow.py): against Orthanc's DICOMweb plugin through real
+"""Sending the DICOM outputs to a PACS (STOW-RS, worker/serving/stow.py): against Orthanc's DICOMweb plugin through real
 worker and bridge processes, and against a loopback HTTPS server that fails before it stores (retries, bearer
 token, the CA given). The viewer's answer never waits for the store and never fails with it.
 """
@@ -22,8 +22,8 @@ from tests.http_helpers import parse_answer, post_like_original_tool
 from tests.services import free_port, start_bridge, start_worker, wait_for
 from tests.test_hounsfield import write_phantom
 from tests.viewers import orthanc
-from worker.metrics import WorkerMetrics
-from worker.stow import StowConfig, StowSender
+from worker.serving.metrics import WorkerMetrics
+from worker.serving.stow import StowConfig, StowSender
 
 
 def metric(port: int, name: str, **labels) -> float:
@@ -131,9 +131,9 @@ def test_stores_are_retried_with_the_bearer_token_over_tls_checked_against_the_c
         tmp_path / "token"), ca_file=str(pki.ca), retries=2, timeout_seconds=10)
     sender = StowSender(config, metrics)
     try:
-        import worker.stow
+        import worker.serving.stow
 
-        worker.stow.FIRST_BACKOFF = 0.1  # the test's own clock: 0.1 s before the retry
+        worker.serving.stow.FIRST_BACKOFF = 0.1  # the test's own clock: 0.1 s before the retry
         started = time.monotonic()
         sender.submit([b"first object", memoryview(b"second object")])
         assert time.monotonic() - started < 0.5  # submit never waits for the PACS
@@ -159,7 +159,7 @@ def test_stores_are_retried_with_the_bearer_token_over_tls_checked_against_the_c
     (["--stow-url", "ftp://pacs"], "--stow-url must be an http:// or https:// URL"),
 ])
 def test_a_stow_setting_that_cannot_work_stops_the_worker_at_start(flags, message):
-    from worker.config import parse_config
+    from worker.serving.config import parse_config
 
     with pytest.raises(SystemExit):
         parse_config(["--model", "mock_model", *flags])

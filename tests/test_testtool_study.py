@@ -20,8 +20,8 @@ from tests.dicom_factory import SAGITTAL, SeriesSpec, _pixels, make_dataset, wri
 from testtool.conversion import SECONDARY_CAPTURE_STORAGE
 from testtool.display import frame_pixels, to_display, window_linear
 from testtool.loading import load_study
-from worker.errors import BadRequest
-from worker.study import Instance
+from worker.serving.errors import BadRequest
+from worker.serving.instances import parse_instance
 
 
 def _paths(images) -> list[Path]:
@@ -256,7 +256,7 @@ def test_files_the_worker_refuses_are_left_out_with_a_note(tmp_path):
                                          "holds 100")
     for name in notes:  # the worker itself refuses each of them, with the same words
         with pytest.raises(BadRequest) as refused:
-            Instance.parse(0, folder / name, filename=name)
+            parse_instance(0, folder / name, filename=name)
         if name == "short_pixels.dcm":
             assert notes[name].endswith(refused.value.message.partition(f"({name}) ")[2])
 

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from requests_toolbelt import MultipartEncoder
 
-from contract.native_log import LINES_PER_WINDOW
+from service_runtime.native_log import LINES_PER_WINDOW
 from tests import http_helpers as http
 from tests.certificates import make_pki
 from tests.dicom_factory import SeriesSpec, write_study

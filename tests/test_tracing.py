@@ -15,7 +15,7 @@ import sys
 import pytest
 import requests
 
-from contract.tracing import enabled_by, passed_on, trace_id_of
+from service_runtime.tracing import enabled_by, passed_on, trace_id_of
 from tests import http_helpers as http
 from tests.dicom_factory import SeriesSpec, write_study
 from tests.otlp_collector import Collector, Span

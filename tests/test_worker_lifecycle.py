@@ -25,10 +25,11 @@ from tests.conftest import NOT_SERVING, SERVING, health_status, serving
 from tests.services import free_port, wait_for
 from tests.worker_client import collect, infer, request_messages
 from worker import Model, Result
-from worker.admission import Admission
-from worker.errors import OUTCOMES
-from worker.metrics import WorkerMetrics
-from worker.servicer import MAX_OPEN_COMMAND_LABELS, InferenceServicer, ServicerConfig
+from worker.serving.admission import Admission
+from worker.serving.config import WorkerConfig
+from worker.serving.errors import OUTCOMES
+from worker.serving.metrics import WorkerMetrics
+from worker.serving.servicer import MAX_OPEN_COMMAND_LABELS, InferenceServicer
 
 SERVICE = "arterys.inference.v1.Inference"
 
@@ -332,7 +333,7 @@ def test_command_labels_stay_bounded_for_a_model_that_takes_any_command():
             return Result()
 
     metrics = WorkerMetrics()
-    servicer = InferenceServicer(AnyCommand(), Admission(1, 0, metrics), metrics, ServicerConfig(), None, None)
+    servicer = InferenceServicer(AnyCommand(), Admission(1, 0, metrics), metrics, WorkerConfig(), None, None)
     labels = [servicer.metric_command(f"command-{n}") for n in range(MAX_OPEN_COMMAND_LABELS + 5)]
     assert labels[:MAX_OPEN_COMMAND_LABELS] == [f"command-{n}" for n in range(MAX_OPEN_COMMAND_LABELS)]
     assert labels[MAX_OPEN_COMMAND_LABELS:] == ["other"] * 5

@@ -26,6 +26,7 @@ import requests
 from tqdm import tqdm
 
 from arterys_http.protocol import sha256_hex
+from arterys_http.request import CHUNK_SIZE
 from testtool.answer import DICOM_FILE, MASK_FILE, ReceivedAnswer, read_answer
 from testtool.check import check_answer, study_index
 from testtool.dicom_outputs import merge_findings, read_dicom_outputs
@@ -46,7 +47,6 @@ from testtool.send import (
 from testtool.study import LoadedStudy
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_FAILURE = 0, 1, 2
-CHUNK_SIZE = 1 << 20
 CONNECT_TIMEOUT = 10.0
 LARGE_ANSWER = 4 << 20  # below this a download bar would only flicker
 ERROR_BODY_LIMIT = 1 << 20

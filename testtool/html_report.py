@@ -17,7 +17,7 @@ from html import escape
 from pathlib import Path
 
 from testtool.answer import ReceivedAnswer
-from testtool.dicom_outputs import DicomOutputs
+from testtool.dicom_output_info import DicomOutputs
 from testtool.render import SeriesPictures
 from testtool.report import part_rows, series_notes, series_rows
 from testtool.study import LoadedStudy

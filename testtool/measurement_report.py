@@ -15,7 +15,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from testtool.dicom_outputs import SR_CLASSES, DicomOutputs, GroupInfo, Region, ReportInfo
+from testtool.dicom_output_info import SR_CLASSES, DicomOutputs, GroupInfo, Region, ReportInfo
 from testtool.findings import Box, Measurement, world_to_pixel
 from testtool.study import InputImage
 

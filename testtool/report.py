@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from testtool.answer import ReceivedAnswer
-from testtool.dicom_outputs import DicomOutputs
+from testtool.dicom_output_info import DicomOutputs
 from testtool.findings import MASK_FINDINGS, Box, FindingMap, Measurement, TextLines
 from testtool.study import LoadedStudy
 

@@ -14,7 +14,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from testtool.dicom_outputs import DicomOutputs, Segment, SegmentationInfo
+from testtool.dicom_output_info import DicomOutputs, Segment, SegmentationInfo
 from testtool.findings import BooleanMask, ProbabilityMask
 from testtool.study import InputImage
 

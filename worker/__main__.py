@@ -3,24 +3,24 @@
 import os
 import sys
 
-from contract.logs import configure_logging
-from contract.malloc import keep_large_buffers_in_the_heap
-from contract.native_log import add_watch
-from worker.handshakes import HandshakeWatch, enable_trace, uses_tls
+from service_runtime.logs import configure_logging
+from service_runtime.malloc import keep_large_buffers_in_the_heap
+from service_runtime.native_log import add_watch
+from worker.serving.handshakes import HandshakeWatch, enable_trace, uses_tls
 
 
 def main(argv=None) -> int:
     if argv is None and uses_tls(sys.argv[1:]) and enable_trace():
         # gRPC read GRPC_TRACE when the worker package imported it: start again with the trace on, which
-        # names the peer of a failed TLS handshake (worker/handshakes.py). Once: the variable is set now.
+        # names the peer of a failed TLS handshake (worker/serving/handshakes.py). Once: the variable is set now.
         os.execv(sys.executable, sys.orig_argv)
     keep_large_buffers_in_the_heap()  # before any thread starts (the native log's reader is one)
     configure_logging(native_output=True)  # before anything else logs
     add_watch(HandshakeWatch())
-    from worker.config import parse_config
-    from worker.loading import ModelNotFound, load_model_object
-    from worker.ports import ensure_free
-    from worker.server import PortInUse, serve
+    from worker.serving.config import parse_config
+    from worker.serving.loading import ModelNotFound, load_model_object
+    from worker.serving.ports import ensure_free
+    from worker.serving.server import PortInUse, serve
 
     config = parse_config(argv)
     try:
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
         if config.metrics_listen:
             ensure_free(config.metrics_listen, "serve metrics on")
         if config.reload:
-            from worker.reload import supervise
+            from worker.serving.reload import supervise
 
             return supervise(config, list(sys.argv[1:] if argv is None else argv))
         return serve(config, load_model_object(config.model, config.model_dir))

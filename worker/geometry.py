@@ -2,9 +2,9 @@
 
 Such a value is the sender's mistake, but nothing stops it on its way: slice ordering skips it, and a model
 that measures in world coordinates turns it into a NaN length, which the worker's answer check then
-blames on the model (a 502). Refused here, it is a 400 naming the instance and the attribute. The
-attributes are read where dicom_geometry.frames reads them: the top level and, for enhanced multi-frame
-images, the shared and every per-frame functional group. Values that are not numbers at all are left to
+blames on the model (a 502). Refused here, it is a 400 naming the instance and the attribute. The values
+are every one dicom_geometry may read (`geometry_values`: the top level and, for enhanced multi-frame
+images, the shared and every per-frame functional group). Values that are not numbers at all are left to
 the readers, which ignore them as before.
 """
 
@@ -14,36 +14,19 @@ import math
 
 import pydicom
 
+from dicom_geometry.frames import geometry_values
 from worker.errors import BadRequest
-
-# (functional group, attribute), as dicom_geometry.frames.frame_geometry reads them.
-GEOMETRY = (
-    ("PlanePositionSequence", "ImagePositionPatient"),
-    ("PlaneOrientationSequence", "ImageOrientationPatient"),
-    ("PixelMeasuresSequence", "PixelSpacing"),
-)
-FUNCTIONAL_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
 
 
 def check_geometry(header: pydicom.Dataset, label: str) -> None:
     """Raises BadRequest when a geometry attribute of `header` holds NaN or an infinity."""
-    for group, keyword in GEOMETRY:
-        _check(header.get(keyword), keyword, label)
-        for sequence in FUNCTIONAL_GROUPS:
-            for frame, item in enumerate(header.get(sequence) or ()):
-                for group_item in item.get(group) or ():
-                    where = f"{keyword} of frame {frame + 1}" if sequence.startswith("PerFrame") else keyword
-                    _check(group_item.get(keyword), where, label)
-
-
-def _check(value, where: str, label: str) -> None:
-    if value is None:
-        return
-    for number in value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else (value,):
-        try:
-            finite = math.isfinite(float(number))
-        except (TypeError, ValueError):
-            continue  # not a number at all: the geometry readers ignore it
-        if not finite:
-            raise BadRequest(f"{label}: {where} holds {number!s:.20}, not a finite number; fix the instance's "
-                             "geometry (positions, orientations and spacings must be real numbers)")
+    for keyword, frame, value in geometry_values(header):
+        where = keyword if frame is None else f"{keyword} of frame {frame + 1}"
+        for number in value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else (value,):
+            try:
+                finite = math.isfinite(float(number))
+            except (TypeError, ValueError):
+                continue  # not a number at all: the geometry readers ignore it
+            if not finite:
+                raise BadRequest(f"{label}: {where} holds {number!s:.20}, not a finite number; fix the instance's "
+                                 "geometry (positions, orientations and spacings must be real numbers)")

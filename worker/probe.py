@@ -20,7 +20,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from contract import tls
+from service_runtime import tls
 
 
 def build_parser() -> argparse.ArgumentParser:

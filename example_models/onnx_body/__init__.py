@@ -5,7 +5,7 @@
 (graph.py) is built at load time with the `onnx` package and runs on the CUDA provider when onnxruntime
 has it, on the CPU otherwise.
 
-It defines `infer_batch`, so the worker hands it the studies waiting together (worker/batching.py): the
+It defines `infer_batch`, so the worker hands it the studies waiting together (worker/serving/batching.py): the
 images of every study in the batch go through the network together, RUN_IMAGES per `session.run`, grouped
 by image size. Pixels are read as in example_models.hounsfield (pydicom with the pylibjpeg decoders, the
 rescale to Hounsfield units), one frame at a time. Each study's answer is a probability mask per CT series

@@ -1,0 +1,69 @@
+"""The gRPC channel to one worker target (a route's `--worker`/`--route` TARGET), and opening calls on it.
+
+One asyncio channel per target. The service config asks for gRPC's own `round_robin` over every address
+the target resolves to, and for client-side health checking, so calls go only to workers whose health says
+SERVING: a replica still loading its model gets no request. Keepalive pings notice a hung worker (kill
+-STOP, a frozen VM) within 10 s, and reconnect backoff stays short, so a worker that comes back is used
+within a second or two, however long it was gone. Whether the target is ready is bridge/readiness.py's
+question; getting a call admitted, bridge/admission.py's.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from contract import inference_pb2 as pb
+from contract import limits, wire
+from service_runtime.grpc_aio import StreamCall
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+
+
+def channel_options(max_message_bytes: int = limits.MESSAGE_BYTES) -> list[tuple[str, object]]:
+    service_config = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": SERVICE_NAME},
+    }
+    return [
+        ("grpc.service_config", json.dumps(service_config)),
+        *limits.stream_options(max_message_bytes),
+        # A ping every 5 s, 4 s to answer: a hung worker is known within 10 s, even between calls. (This
+        # gRPC's transport times pings out after grpc.http2.ping_timeout_ms, not keepalive_timeout_ms.)
+        ("grpc.keepalive_time_ms", limits.PING_EVERY_MS),
+        ("grpc.keepalive_timeout_ms", 4_000),
+        ("grpc.http2.ping_timeout_ms", 4_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Reconnect within about a second whatever the outage (gRPC's default backoff grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.min_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
+        # Re-resolve DNS promptly when a connection drops, so new replicas are found.
+        ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+    ]
+
+
+class WorkerChannel:
+    """The channel to `target` (TLS with `credentials`). Create and use it on the bridge's event loop."""
+
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None,
+                 extra_options: list | tuple = ()) -> None:
+        self.target = target
+        self.credentials = credentials
+        options = channel_options() + list(extra_options)
+        self.channel = (grpc.aio.secure_channel(target, credentials, options=options) if credentials
+                        else grpc.aio.insecure_channel(target, options=options))
+        # Study and answer chunks are written and read with contract.wire (no copies); the rest as generated.
+        self._infer = self.channel.stream_stream(wire.INFER_METHOD, request_serializer=wire.serialize_request,
+                                                 response_deserializer=wire.parse_response)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def open_call(self, timeout: float, metadata: tuple) -> StreamCall:
+        """A new Infer call, through the grpc.aio workarounds (service_runtime/grpc_aio.py)."""
+        return StreamCall(self._infer(timeout=timeout, metadata=metadata))
+
+    async def close(self) -> None:
+        await self.channel.close()

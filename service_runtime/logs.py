@@ -1,0 +1,177 @@
+"""Logging set-up shared by every entry point, and the tagged logger of the original SDK.
+
+`configure_logging()` loads logging.yaml (dictConfig) before anything else logs. Tags live in a context
+variable, so every line logged while a request is handled carries its `input_hash`, `request_id` and
+`trace_id` (its W3C trace id, see service_runtime/tracing.py), including lines a model logs through its own
+loggers; `RequestTagFilter` (named in logging.yaml) puts them on each record. Each request runs in an
+asyncio task of its own (and the model on a thread that gets a copy of that task's context), and every task
+has its own context, so tags never leak between concurrent requests.
+
+Every line goes through `OneLineFormatter`: control characters are escaped, so one record is one line and no
+value a request carries (a patient name with a line break) can start a line that looks like another
+record. Python `warnings` (pydicom's, highdicom's) and uncaught exceptions of any thread become records
+too, and the services route what native code writes to stderr (gRPC's C core) through the same handler
+(service_runtime/native_log.py). `StudyDataFilter` keeps study values out of the DICOM libraries' records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import logging.config
+import os
+import re
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import yaml
+
+# In a checkout this is a link to the repository's logging.yaml (the one to edit); an installed wheel
+# carries a copy of it here, so every entry point finds it wherever the packages are installed.
+DEFAULT_CONFIG = Path(__file__).with_name("logging.yaml")
+TAG_NAMES = ("input_hash", "request_id", "trace_id")
+REQUEST_ID_LENGTH = 64
+
+_NO_TAGS: dict = {}  # never mutated: tags are replaced, not updated in place
+_tags: contextvars.ContextVar[dict] = contextvars.ContextVar("request_tags", default=_NO_TAGS)  # noqa: B039
+
+
+MAX_RECORD_CHARACTERS = 64 << 10  # a record longer than this (a model logging a whole array) is cut
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators some viewers break on.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def configure_logging(path: str | os.PathLike | None = None, level: str | None = None,
+                      native_output: bool = False) -> None:
+    """Applies logging.yaml (or $LOGGING_CONFIG); `level` (or $LOG_LEVEL) overrides the root level.
+
+    Python warnings and uncaught exceptions become log records. With `native_output` (the services, not
+    tests or libraries) what native code writes to file descriptor 2 is read back and logged as well."""
+    if native_output:
+        from service_runtime.native_log import route_native_stderr
+
+        route_native_stderr()  # first: the handler below must write to the real stderr, not to the pipe
+    config_path = Path(path or os.environ.get("LOGGING_CONFIG") or DEFAULT_CONFIG)
+    with open(config_path, encoding="utf-8") as handle:
+        logging.config.dictConfig(yaml.safe_load(handle))
+    level = level or os.environ.get("LOG_LEVEL")
+    if level:
+        logging.getLogger().setLevel(level.upper())
+    logging.captureWarnings(True)  # warnings.warn(...) of any library: logger "py.warnings"
+    sys.excepthook = _log_uncaught
+    threading.excepthook = lambda args: _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback,
+                                                      args.thread.name if args.thread else "?")
+
+
+def _log_uncaught(exc_type, value, traceback, thread: str = "MainThread") -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, value, traceback)
+        return
+    logging.getLogger("uncaught").critical("uncaught exception in thread %s", thread,
+                                           exc_info=(exc_type, value, traceback))
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: line breaks and every other control character written as escapes."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match[0])
+    return _ESCAPES.get(match[0]) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+# Loggers of the DICOM libraries and of Python warnings, whose messages may quote a value of the study.
+STUDY_DATA_LOGGERS = ("pydicom", "highdicom", "py.warnings")
+# A quoted value: the quote opens after a non-word character (not the apostrophe of "model's") and closes
+# before one.
+_QUOTED = re.compile(r"""(?<!\w)(['"])(.*?)\1(?!\w)""", re.DOTALL)
+
+
+def hide_values(text: str) -> str:
+    """`text` with every quoted value replaced by its length: what DICOM libraries quote is study data (a
+    patient's name, an ID, a description), and no patient identifier may reach a log."""
+    return _QUOTED.sub(lambda match: f"<{len(match[2])} characters>", text)
+
+
+class StudyDataFilter(logging.Filter):
+    """Hides quoted values (hide_values) in the records of the DICOM libraries, of Python warnings, and of any
+    record logged with `extra={"study_data": True}` (an exception text that came from them), traceback
+    included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "study_data", False) or record.name.startswith(STUDY_DATA_LOGGERS):
+            record.msg, record.args = hide_values(record.getMessage()), None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = hide_values(record.exc_text)
+        return True
+
+
+class OneLineFormatter(logging.Formatter):
+    """logging.Formatter, then one line per record: control characters escaped (tracebacks included, their
+    line breaks as \\n), at most MAX_RECORD_CHARACTERS."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = escape_controls(super().format(record))
+        if len(text) > MAX_RECORD_CHARACTERS:
+            text = text[:MAX_RECORD_CHARACTERS] + f"... ({len(text):,} characters, cut)"
+        return text
+
+
+class RequestTagFilter(logging.Filter):
+    """Adds the current request's tags to every record ('-' outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tags = _tags.get()
+        for name in TAG_NAMES:
+            if not hasattr(record, name):
+                setattr(record, name, tags.get(name, "-"))
+        return True
+
+
+def clean_request_id(value: str) -> str:
+    """The sender's request id (HTTP X-Request-Id, or the bridge's id in gRPC metadata) if it is short
+    printable ASCII without spaces, else a new one: it is copied into log lines and metadata, which must not
+    be forgeable or broken by it."""
+    if value and len(value) <= REQUEST_ID_LENGTH and value.isascii() and value.isprintable() and " " not in value:
+        return value
+    return uuid.uuid4().hex[:12]
+
+
+def current_tags() -> dict:
+    return dict(_tags.get())
+
+
+def set_tags(**tags: str) -> None:
+    """Adds tags for the rest of the current request (e.g. the input hash once it is known)."""
+    _tags.set({**_tags.get(), **{k: v for k, v in tags.items() if v}})
+
+
+@contextlib.contextmanager
+def request_tags(**tags: str):
+    """Tags every line logged inside the block; restores the previous tags afterwards."""
+    token = _tags.set({**_tags.get(), **{k: v for k, v in tags.items() if v}})
+    try:
+        yield
+    finally:
+        _tags.reset(token)
+
+
+class TaggedLogger(logging.LoggerAdapter):
+    """The original SDK's `tagged_logger.TaggedLogger(logger)` with `add_tags({...})`, kept for ported models."""
+
+    def __init__(self, logger: logging.Logger, tags: dict | None = None) -> None:
+        super().__init__(logger, dict(tags or {}))
+
+    def add_tags(self, tags: dict) -> None:
+        self.extra.update(tags)
+
+    def process(self, msg, kwargs):
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        return msg, kwargs
