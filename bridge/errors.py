@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import grpc
 
 from arterys_http.multipart import LimitExceeded, MultipartError
-from bridge.http import BodyTimeout, ClientGone
+from bridge.http import BodyCutShort, BodyTimeout, ClientGone
 from bridge.translate import BadWorkerAnswer, InvalidRequest
 from contract import errors as contract_errors
 
@@ -162,6 +162,8 @@ def for_failure(failure: BaseException) -> ApiError:
         return bad_worker_answer(failure.problems)
     if isinstance(failure, BodyTimeout):
         return error("request_timeout", str(failure))
+    if isinstance(failure, BodyCutShort):
+        return bad_request(str(failure))
     if isinstance(failure, ClientGone):
         return error("client_closed_request", "the client closed the connection")
     log.error("unexpected error in the bridge", exc_info=failure)

@@ -26,6 +26,12 @@ class BodyTimeout(Exception):
     """The client sent its body too slowly (408)."""
 
 
+class BodyCutShort(ClientGone):
+    """The request body stopped before its end: the client closed its side of the connection early, or the
+    chunked framing broke (granian reports both as a disconnect). The client may still be reading: it is
+    answered 400, not left to guess."""
+
+
 class SendTimeout(ClientGone):
     """The client did not read the answer for `send_timeout` seconds."""
 
@@ -70,8 +76,8 @@ class Response:
 
 class Request:
     """One request: method, path, headers (lower-case names, latin-1 values), and its body read with
-    `await read()`, which raises ClientGone when the client went away (and BodyTimeout, from the upload-rate
-    middleware, when it sends too slowly)."""
+    `await read()`, which raises BodyCutShort when the body stops before its end (and BodyTimeout, from the
+    upload-rate middleware, when it sends too slowly)."""
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope = scope
@@ -108,7 +114,8 @@ class Request:
             message = await self._receive()
             if message["type"] != "http.request":
                 self.gone = True
-                raise ClientGone("the client closed the connection")
+                raise BodyCutShort(f"the request body broke off after {self.received} bytes, before its end: the "
+                                   "connection was closed early or its chunked framing is broken")
             chunk = message.get("body", b"")
             self.received += len(chunk)
             if not message.get("more_body", False):

@@ -5,6 +5,7 @@ processes; direct gRPC where the worker must defend itself.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -205,6 +206,30 @@ def test_a_body_shorter_than_its_content_length_is_a_client_timeout(stack):
         answer, seconds = raw_exchange(stack["port"], request)
         assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer and seconds < 5
     wait_for(lambda: "-> 408" in stack["bridge"].log(), timeout=5, what="the 408 in the bridge's log")
+
+
+@pytest.mark.parametrize("framing", ["half-closed", "chunk size not hex", "chunk longer than sent"])
+def test_a_body_that_breaks_off_is_a_400_the_client_can_read(stack, framing):
+    """A body cut short by the client's own FIN, or whose chunked framing breaks: granian reports both as a
+    disconnect, but the client may still be reading, and gets a 400 it can act on (not a 499, a code meant
+    for logs only)."""
+    body = http.hand_built_body([("application/json", b"{}")], "b")
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; boundary=b\r\n"
+    if framing == "half-closed":
+        request = head + b"Content-Length: " + str(len(body) + 100).encode() + b"\r\n\r\n" + body
+    elif framing == "chunk size not hex":
+        request = head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\nzz\r\n" % (len(body), body)
+    else:
+        request = head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(body) + 100, body)
+    with socket.create_connection(("127.0.0.1", stack["port"]), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"broke off" in answer and b'"bad_request"' in answer, answer[-400:]
 
 
 @pytest.mark.parametrize("head", [
