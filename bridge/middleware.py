@@ -12,7 +12,8 @@ the real client behind trusted proxies first, the per-client limits after Confor
 - `EarlyAnswer`: an answer that starts before the request body has arrived (413, 415, 401, 503, ...) says
   `Connection: close`, and the rest of the body is then read and dropped (up to `drain_limit` bytes, at the
   upload rate above) so that a client still sending can read it: closing with unread input makes the
-  kernel reset the connection, and the answer is lost.
+  kernel reset the connection, and the answer is lost. A client that asked `Expect: 100-continue` and had
+  sent nothing gets `EXPECT_GRACE_SECONDS` to start its body, since it need not send it at all.
 - `Conformance`: what RFC 9112 requires of a server and hyper leaves to the application: exactly one Host
   (HTTP/1.1), a request target that is a path, no transfer coding but chunked (501), no Transfer-Encoding
   in HTTP/1.0; and our limits on header size and count (431) and target length (414). A request asking to
@@ -43,6 +44,7 @@ from bridge.http import (
     SendTimeout,
     client_address,
     declares_body,
+    header_value,
     request_path,
 )
 
@@ -50,6 +52,7 @@ log = logging.getLogger("bridge.http")
 
 OnReject = Callable[[str], None]  # called with the reason of every request the middleware ends itself
 HTTP_1_0 = ("1.0", "1")  # granian says "1" for HTTP/1.0
+EXPECT_GRACE_SECONDS = 2.0
 
 
 class LastResort:
@@ -170,14 +173,15 @@ class EarlyAnswer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not declares_body(scope):
             return await self.app(scope, receive, send)
-        state = {"complete": False, "gone": False}
+        state = {"complete": False, "gone": False, "received": 0}
 
         async def tracked_receive() -> Message:
             message = await receive()
             if message["type"] != "http.request":
                 state["gone"] = True
-            elif not message.get("more_body", False):
-                state["complete"] = True
+            else:
+                state["received"] += len(message.get("body", b""))
+                state["complete"] = not message.get("more_body", False)
             return message
 
         async def marked_send(message: Message) -> None:
@@ -187,15 +191,21 @@ class EarlyAnswer:
 
         await self.app(scope, tracked_receive, marked_send)
         if not state["complete"] and not state["gone"]:
-            await self._drain(tracked_receive, state)
+            # A client that asked `Expect: 100-continue` and was answered before sending anything need not
+            # send its body at all (RFC 9110, 10.1.1): it gets a moment to start (curl sends anyway after
+            # 1 s), not a whole upload-rate window of the connection held open for bytes that never come.
+            waiting = state["received"] == 0 and "100-continue" in header_value(scope, b"expect").lower()
+            await self._drain(tracked_receive, state, EXPECT_GRACE_SECONDS if waiting else None)
 
-    async def _drain(self, receive: Receive, state: dict) -> None:
+    async def _drain(self, receive: Receive, state: dict, first_piece_within: float | None) -> None:
         dropped = 0
         try:
+            if first_piece_within is not None:
+                dropped += len((await asyncio.wait_for(receive(), first_piece_within)).get("body", b""))
             while not state["complete"] and not state["gone"] and dropped <= self.drain_limit:
                 dropped += len((await receive()).get("body", b""))
-        except BodyTimeout:
-            pass  # a client too slow to finish its body gets no more of our time
+        except (BodyTimeout, TimeoutError):
+            pass  # a client too slow to finish its body, or that never starts it, gets no more of our time
 
 
 def with_connection_close(message: Message) -> Message:

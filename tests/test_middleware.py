@@ -4,9 +4,11 @@ bridge/middleware.py, timing included, on windows of a few hundred milliseconds.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from bridge import middleware
 from bridge.config import HttpLimits
 from bridge.http import BodyTimeout, SendTimeout
 from bridge.middleware import (
@@ -141,6 +143,25 @@ def test_an_answer_after_the_whole_body_keeps_the_connection():
     receive, sent = body_messages(b"a", b"b"), Sent()
     run(EarlyAnswer(answering_app(200, reads=2), drain_limit=1 << 20)(scope(body=True), receive, sent))
     assert all(name != b"connection" for name, _ in sent[0]["headers"])
+
+
+def test_a_client_expecting_100_continue_answered_first_is_not_waited_for(monkeypatch):
+    """Answered before it sent a byte, a client that asked `Expect: 100-continue` may never send its body: the
+    drain gives it a moment to start, then ends (it held the connection open for a whole rate window)."""
+    monkeypatch.setattr(middleware, "EXPECT_GRACE_SECONDS", 0.2)
+    expecting = scope(headers=((b"host", b"x"), (b"expect", b"100-Continue")), body=True)
+    started = time.monotonic()
+    receive = body_messages(b"a", delays=[30])
+    run(EarlyAnswer(answering_app(401), drain_limit=1 << 20)(expecting, receive, Sent()))
+    assert time.monotonic() - started < 5 and receive.received == []
+
+
+def test_a_client_expecting_100_continue_that_starts_sending_is_drained(monkeypatch):
+    monkeypatch.setattr(middleware, "EXPECT_GRACE_SECONDS", 0.5)
+    expecting = scope(headers=((b"host", b"x"), (b"expect", b"100-continue")), body=True)
+    receive = body_messages(b"a", b"b", b"c", delays=[0.1, 0.3, 0.3])  # only the first must come in the grace
+    run(EarlyAnswer(answering_app(401), drain_limit=1 << 20)(expecting, receive, Sent()))
+    assert receive.received == [b"a", b"b", b"c"]
 
 
 def test_a_drain_ends_when_the_client_is_too_slow():
