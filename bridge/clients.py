@@ -31,11 +31,22 @@ AUTH_WINDOW_SECONDS = 60.0
 
 
 def _trusted(address: str, networks: Iterable[Network]) -> bool:
+    ip = hop_address(address)
+    return ip is not None and any(ip in network for network in networks)
+
+
+def hop_address(hop: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address of one X-Forwarded-For hop, which proxies write as `ip`, `ip:port`, `[ipv6]` or
+    `[ipv6]:port`; None when it is none of these (`unknown`, a name, an obfuscated token)."""
+    hop = hop.strip()
+    if hop.startswith("["):
+        hop = hop[1:hop.index("]")] if "]" in hop else ""
+    elif hop.count(":") == 1:
+        hop = hop.split(":")[0]
     try:
-        ip = ipaddress.ip_address(address)
+        return ipaddress.ip_address(hop)
     except ValueError:
-        return False
-    return any(ip in network for network in networks)
+        return None
 
 
 def forwarded_client(peer: str, forwarded_for: str, trusted: tuple[Network, ...]) -> str:
@@ -43,12 +54,11 @@ def forwarded_client(peer: str, forwarded_for: str, trusted: tuple[Network, ...]
     X-Forwarded-For that is not trusted (the first one a trusted proxy saw)."""
     if not trusted or not _trusted(peer, trusted):
         return peer
-    for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
+    for hop in reversed([part for part in forwarded_for.split(",") if part.strip()]):
         if not _trusted(hop, trusted):
-            try:
-                return str(ipaddress.ip_address(hop))
-            except ValueError:
-                return peer  # a hop that is not an address: the header is not to be believed
+            address = hop_address(hop)
+            # a hop that is not an address: what lies left of it is not to be believed either
+            return str(address) if address is not None else peer
     return peer
 
 
@@ -60,7 +70,10 @@ class ForwardedFor:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.trusted and scope.get("client"):
             peer, port = scope["client"][0], scope["client"][1]
-            client = forwarded_client(peer, header_value(scope, b"x-forwarded-for"), self.trusted)
+            # Several X-Forwarded-For lines are one list, in order (RFC 9110, 5.3): each proxy may add its own.
+            forwarded_for = ", ".join(value.decode("latin-1") for key, value in scope["headers"]
+                                      if key == b"x-forwarded-for")
+            client = forwarded_client(peer, forwarded_for, self.trusted)
             if client != peer:
                 scope = {**scope, "client": (client, port)}
         await self.app(scope, receive, send)

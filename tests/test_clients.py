@@ -26,6 +26,11 @@ TRUSTED = parse_networks("10.0.0.0/8, 192.168.1.7")
     ("10.1.2.3", "", "10.1.2.3"),
     ("10.1.2.3", "10.0.0.1, 10.0.0.2", "10.1.2.3"),  # only proxies: the peer
     ("10.1.2.3", "not-an-address", "10.1.2.3"),
+    ("10.1.2.3", "1.2.3.4:5678", "1.2.3.4"),  # hops as some proxies write them: with a port,
+    ("10.1.2.3", "[2001:db8::7]:443", "2001:db8::7"),  # an IPv6 address in brackets, with one
+    ("10.1.2.3", "[2001:db8::7]", "2001:db8::7"),
+    ("10.1.2.3", "1.2.3.4, 10.0.0.5:80", "1.2.3.4"),  # a trusted proxy's hop with a port is still trusted
+    ("10.1.2.3", "1.2.3.4, unknown", "10.1.2.3"),
 ])
 def test_the_client_behind_trusted_proxies(peer, forwarded, client):
     assert forwarded_client(peer, forwarded, TRUSTED) == client
@@ -60,6 +65,19 @@ def test_forwarded_for_replaces_the_scope_client():
         seen.append(scope["client"][0])
 
     asyncio.run(ForwardedFor(app, TRUSTED)(scope("10.0.0.1", forwarded="1.2.3.4"), None, Sent()))
+    assert seen == ["1.2.3.4"]
+
+
+def test_every_x_forwarded_for_line_counts_in_order():
+    """Two header lines are one list: reading only the first believed the line the client wrote itself."""
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["client"][0])
+
+    two_lines = scope("10.0.0.1", forwarded="6.6.6.6")
+    two_lines["headers"].append((b"x-forwarded-for", b"1.2.3.4, 10.0.0.9"))
+    asyncio.run(ForwardedFor(app, TRUSTED)(two_lines, None, Sent()))
     assert seen == ["1.2.3.4"]
 
 
