@@ -48,7 +48,7 @@ class HttpLimits:
     max_header_bytes: int = setting(64 << 10, "largest request line + headers (431 beyond)")
     max_headers: int = setting(SERVER_MAX_HEADERS, f"most header fields in a request (431 beyond; at most "
                                                    f"{SERVER_MAX_HEADERS})")
-    max_connections: int = setting(4096, "most client connections served at once; more wait in the listen queue "
+    max_connections: int = setting(16384, "most client connections served at once; more wait in the listen queue "
                                          "until one closes")
     max_uploads_per_client: int = setting(32, "most request bodies one client address may be sending at once (429 "
                                               "beyond)")
