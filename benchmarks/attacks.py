@@ -11,9 +11,9 @@ attackers are cut off well after the measurement: what matters is that nobody el
 
 Round two (issue 18, the worker's rows; the mechanisms are in tests/hostile.py): 130 uploads from 130
 addresses declaring 4 GiB and sending 1.4 MB every 19 s (row 4; the issue's 1.3 MB falls short of the
-minimum rate in a 20 s window holding one burst, and the bridge cuts it after 40 s); 130 gRPC streams trickling a byte every
-20 s (row 5); 400,000 one-byte chunk messages on one stream (row 9); and one-shot inputs whose answer is
-the result (rows 6, 7, 8, 12, 14, 16): what came back, what the logs got.
+minimum rate in a 20 s window holding one burst, and the bridge cuts it after 40 s); 130 gRPC streams
+trickling a byte every 20 s (row 5); 400,000 one-byte chunk messages on one stream (row 9); and one-shot
+inputs whose answer is the result (rows 6, 7, 8, 12, 14, 16): what came back, what the logs got.
 
 The bridge's HTTP front (issues 17 and 18, rows 1-3, 11, 17): 15 MB of pipelined GET /healthz never read;
 a 1 MB attachment in one-byte HTTP chunks; 1,000 aborted uploads (30 MB declared, 1.7 MB sent); on a bridge
