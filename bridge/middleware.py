@@ -145,14 +145,15 @@ class RateLimitedReceive:
                 # never awaited cannot be cancelled, holding the connection open for a body that never comes.
                 pending = self._receive()
                 self._pending = pending if asyncio.isfuture(pending) else asyncio.ensure_future(pending)
-            started = loop.time()
-            try:
-                # A caller cancelled here (its request given up) leaves the receive pending, not cancelled: the
-                # next call (the drain after an early answer) takes its message, so no piece of body is lost.
-                done, _ = await asyncio.wait((self._pending,), timeout=window_left)
-            finally:
-                self.waited += loop.time() - started
-            if done:
+            if not self._pending.done():  # else the piece is already here: nothing to wait for, or to time
+                started = loop.time()
+                try:
+                    # A caller cancelled here (its request given up) leaves the receive pending, not cancelled:
+                    # the next call (the drain after an early answer) takes its message, so no piece is lost.
+                    await _done_or_timeout(self._pending, window_left)
+                finally:
+                    self.waited += loop.time() - started
+            if self._pending.done():
                 message, self._pending = self._pending.result(), None
                 self.received += len(message.get("body", b""))
                 self.complete = message["type"] != "http.request" or not message.get("more_body", False)
@@ -163,6 +164,25 @@ class RateLimitedReceive:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+
+
+async def _done_or_timeout(future: asyncio.Future, seconds: float) -> None:
+    """Waits until `future` is done or `seconds` have passed, leaving it alone either way: asyncio.wait's
+    work for one future, without its set and its extra frames (once per piece of every body)."""
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_=None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(seconds, wake)
+    future.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        future.remove_done_callback(wake)
 
 
 class EarlyAnswer:
@@ -297,16 +317,12 @@ class SendDeadline:
             return await self.app(scope, receive, send)
 
         async def timed_send(message: Message) -> None:
-            sending = asyncio.ensure_future(send(message))
+            # A timeout around the send itself, not a Task per send: an answer goes out in hundreds of pieces.
             try:
-                done, _ = await asyncio.wait((sending,), timeout=self.seconds)
-            except asyncio.CancelledError:
-                sending.cancel()
-                raise
-            if not done:
-                sending.cancel()
+                async with asyncio.timeout(self.seconds):
+                    await send(message)
+            except TimeoutError:
                 self.on_reject("send_timeout")
-                raise SendTimeout(f"the client read nothing for {self.seconds:g} s")
-            sending.result()
+                raise SendTimeout(f"the client read nothing for {self.seconds:g} s") from None
 
         await self.app(scope, receive, timed_send)
