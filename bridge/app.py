@@ -25,6 +25,7 @@ from bridge.inference import InferenceRequest
 from bridge.metrics import BridgeMetrics
 from bridge.readiness import Readiness
 from bridge.tracing import NO_TRACE, RequestTrace
+from contract.limits import CHUNK_BYTES
 from service_runtime.logs import clean_request_id, request_tags
 from service_runtime.malloc import ReleaseWhenIdle
 
@@ -35,6 +36,7 @@ SERVICE_ROUTES = ("/healthcheck", "/ping", "/healthz", "/readyz", "/metrics")
 # Methods per service route; the inference routes take POST only.
 SERVICE_METHODS = {"/healthcheck": ("GET", "HEAD", "POST"), "/ping": ("GET", "HEAD", "POST")}
 READ_ONLY_METHODS = ("GET", "HEAD")
+ANSWER_PIECE_BYTES = CHUNK_BYTES  # the answer goes to the HTTP server in pieces of at least this much
 NAMES_THE_CLIENT = ("401", "429")  # answers whose log line says who was refused (token guessing, floods)
 
 
@@ -260,16 +262,36 @@ async def send_response(request: Request, response: Response, send: Send, watche
             await send({"type": "http.response.body", "body": bytes(body)})
             return
         sent, ended = 0, False
+        pieces: list = []
+        gathered = 0
+
+        async def send_gathered() -> None:
+            nonlocal sent, ended, gathered
+            # One bytes object, one copy: granian copies bytes at once but reads any other buffer (the
+            # memoryviews gRPC hands over) element by element, 1 s of CPU per 64 MiB
+            # (benchmarks/bench_asgi_body.py).
+            piece = b"".join(pieces)
+            pieces.clear()
+            gathered = 0
+            sent += len(piece)
+            # The last byte says so: a client that has all of Content-Length may hang up at once, before the
+            # body's iterator has ended, and that is not a client gone early.
+            ended = length is not None and sent >= length
+            watcher.answered = watcher.answered or ended
+            await send({"type": "http.response.body", "body": piece, "more_body": not ended})
+
         async for chunk in body:
             if chunk:
-                sent += len(chunk)
-                # The last byte says so: a client that has all of Content-Length may hang up at once, before the
-                # body's iterator has ended, and that is not a client gone early.
-                ended = length is not None and sent >= length
-                watcher.answered = watcher.answered or ended
-                # bytes, not the memoryview gRPC handed over: granian copies bytes at once but reads any other
-                # buffer element by element, 1 s of CPU per 64 MiB (benchmarks/bench_asgi_body.py).
-                await send({"type": "http.response.body", "body": bytes(chunk), "more_body": not ended})
+                # Small pieces (a part's head, a small mask) go out together: every send() is a round trip to
+                # the server's own thread and back, whatever its size. The first (the JSON) goes at once: the
+                # server sends the status line only with the first body bytes, and an answer that breaks off
+                # must already be a 200 cut short, never a whole answer of the server's own.
+                pieces.append(chunk)
+                gathered += len(chunk)
+                if gathered >= ANSWER_PIECE_BYTES or sent == 0:
+                    await send_gathered()
+        if pieces:
+            await send_gathered()
         if not ended:
             watcher.answered = True
             await send({"type": "http.response.body", "body": b""})
