@@ -145,6 +145,12 @@ class WorkerFailed(Exception):
         self.input_hash, self.worker = input_hash, worker
 
 
+def about_the_study(worker_code: str) -> bool:
+    """Whether a worker's failure with this code is the client's (a 4xx: its study, its request), whose message
+    may quote the study; the others say how the worker is (busy, its spool full, its model failed)."""
+    return worker_code in ERRORS and ERRORS[worker_code][0] < 500
+
+
 def for_failure(failure: BaseException) -> ApiError:
     """The answer for whatever ended a request early; `bridge_error` for a failure nobody expected (a bug),
     which is logged here with its traceback."""
