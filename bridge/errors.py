@@ -145,10 +145,14 @@ class WorkerFailed(Exception):
         self.input_hash, self.worker = input_hash, worker
 
 
-def about_the_study(worker_code: str) -> bool:
-    """Whether a worker's failure with this code is the client's (a 4xx: its study, its request), whose message
-    may quote the study; the others say how the worker is (busy, its spool full, its model failed)."""
-    return worker_code in ERRORS and ERRORS[worker_code][0] < 500
+# A worker's failures whose message may quote the model's words about the study (its exception, its answer).
+MODEL_WORDS = ("model_error", "bad_worker_answer")
+
+
+def may_quote_the_study(worker_code: str) -> bool:
+    """Whether a worker's message with this code may quote the client's study: the client's failures (a 4xx,
+    a model's refusal among them) and the model's. The others say how the worker is (busy, its spool full)."""
+    return worker_code in ERRORS and (ERRORS[worker_code][0] < 500 or worker_code in MODEL_WORDS)
 
 
 def for_failure(failure: BaseException) -> ApiError:

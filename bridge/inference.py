@@ -256,9 +256,9 @@ class InferenceRequest:
         # Before admission no worker is named: gRPC's details name the address tried.
         on = f" (worker {failure.worker})" if failure.worker else ""
         status, details = failure.status, failure.details
-        if errors.about_the_study(failure.error_code):
-            # Its message is for the client and may quote what the client sent (a model's words about the
-            # study): the worker logged it, under the same request id, with the study's identifiers hidden.
+        if errors.may_quote_the_study(failure.error_code):
+            # Its message is for the client (or, a model's exception, for no one): it may quote the study. The
+            # worker logged it, under the same request id, with the study's identifiers hidden.
             log.info("the worker%s ended the call: %s %s (the worker's log has why)", on, status.name,
                      failure.error_code)
         elif failure.error_code or status not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

@@ -129,7 +129,8 @@ BROKEN_CASES = {
     "2D mask built as (cols, rows)": (
         lambda s: Result(parts=[Mask("lesion", zeros(48, 32), "probability_mask",
                                      sop_instance_uid=axial(s).instances[0].sop_instance_uid)]),
-        ["the mask array is (48, 32) but the image it names ", "needs (rows, cols) = (32, 48) (instance.rows, instance.columns); "
+        ["the mask array is (48, 32) but the image it names ",
+         "needs (rows, cols) = (32, 48) (instance.rows, instance.columns); "
          "it looks like (cols, rows): mask.T makes it (rows, cols)"],
     ),
     "fewer binaries than parts": (
