@@ -124,6 +124,7 @@ class StudyNames:
         self._texts: dict[str, str] = {}  # any other value (a file name): replaced where it is a whole word
         self._longest_first: list[tuple[str, str]] | None = []
         self._patterns: dict[str, re.Pattern] = {}
+        self._noted: set = set()
 
     def add(self, value, name: str) -> None:
         """Hides `value` (if it has MIN_NAME_CHARACTERS or more) as <name> from now on; the first name given to
@@ -137,6 +138,15 @@ class StudyNames:
             elif value not in self._texts:
                 self._texts[value] = name
                 self._longest_first = None
+
+    def noted_before(self, key) -> bool:
+        """Whether `key` was given here before (it is noted now): lets whoever adds values skip the work of
+        finding those of a part when an earlier part had the same (a study's parts share most of theirs)."""
+        with self._lock:
+            if key in self._noted:
+                return True
+            self._noted.add(key)
+            return False
 
     @classmethod
     def joined(cls, each: Iterable[StudyNames | None]) -> StudyNames:

@@ -9,27 +9,34 @@ whoever logs it: <file name of part 3>, <SOPInstanceUID of part 3>, <PatientName
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import UID_dictionary
+from pydicom.dataelem import RawDataElement
 
-from service_runtime.logs import current_study_names
+from service_runtime.logs import StudyNames, current_study_names
 
-# Besides every UID (VR UI) that is not one of the standard's own (SOP classes, transfer syntaxes): the values
-# of a header that name the patient or the visit. Names (VR PN) anywhere at the top level are added too.
-IDENTIFYING_KEYWORDS = ("PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "StudyID")
-# Walked for UIDs except this sequence: it repeats geometry per frame (thousands of items), and carries none.
-SKIPPED_SEQUENCES = ("PerFrameFunctionalGroupsSequence",)
+# The values of a header that identify the patient, the visit or the study: looked up by keyword (walking
+# every element would decode each, three times the cost of reading the header).
+UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
+                "SynchronizationFrameOfReferenceUID", "ConcatenationUID", "IrradiationEventUID")
+NAME_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+                 "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord",
+                 "NameOfPhysiciansReadingStudy", "RequestingPhysician", "ScheduledPerformingPhysicianName")
+ID_KEYWORDS = ("PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "StudyID")
 
 
 def part_arrived(label: str, filename: str, name: str) -> None:
-    """A part's file name and Content-Disposition name (`label`: how messages name the part)."""
+    """A part's file name and Content-Disposition name (`label`: how messages name the part). A name that is a
+    number is a counter (the original test tool numbers its fields "1", "2", ...), not an identifier: hidden,
+    it would hide every such number in the lines ("1000 bytes")."""
     names = current_study_names()
     if names is not None:
         names.add(filename, f"file name of {label}")
-        names.add(name, f"name of {label}")
+        if not name.isdigit():
+            names.add(name, f"name of {label}")
 
 
 def header_read(label: str, header: pydicom.Dataset) -> None:
@@ -37,7 +44,7 @@ def header_read(label: str, header: pydicom.Dataset) -> None:
     names = current_study_names()
     if names is None:
         return
-    for keyword, value in _identifying_values(header):
+    for keyword, value in _identifying_values(header, names):
         names.add(value, f"{keyword} of {label}")
 
 
@@ -59,25 +66,27 @@ def folder_listed(folder: Path, files: Iterable[Path]) -> None:
                 names.add(component, f"a name in the path of file {number} of the studyPath folder")
 
 
-def _identifying_values(dataset: pydicom.Dataset, top: bool = True):
-    for element in dataset:
-        if element.VR == "SQ":
-            if element.keyword not in SKIPPED_SEQUENCES:
-                for item in element.value or ():
-                    yield from _identifying_values(item, top=False)
+_TAGS = [(pydicom.datadict.tag_for_keyword(keyword), keyword) for keyword in (*UID_KEYWORDS, *NAME_KEYWORDS,
+                                                                                *ID_KEYWORDS)]
+
+
+def _identifying_values(header: pydicom.Dataset, names: StudyNames):
+    present = header.keys()  # most are absent: looked up by tag in the element map, no keyword lookup
+    for tag, keyword in _TAGS:
+        if tag not in present:
             continue
-        keyword = element.keyword or str(element.tag)
-        if element.VR == "UI":
-            for value in _values(element.value):
-                if value not in UID_dictionary:
-                    yield keyword, value
-        elif top and (element.VR == "PN" or keyword in IDENTIFYING_KEYWORDS):
-            for value in _values(element.value):
-                yield keyword, value
-    if top:
-        for element in getattr(dataset, "file_meta", None) or ():
-            if element.VR == "UI" and str(element.value) not in UID_dictionary:
-                yield element.keyword, str(element.value)
+        raw = header.get_item(tag)
+        if isinstance(raw, RawDataElement) and names.noted_before((tag, raw.value)):
+            continue  # the same bytes as an earlier part's (the study's UID, the patient's name): not decoded again
+        for value in _values(header[tag].value):
+            yield keyword, value
+            if keyword in NAME_KEYWORDS:  # "DOE^JOHN": a model may write the family or given name alone
+                for component in re.split(r"[\^=]", value):
+                    yield f"a part of {keyword}", component
+    meta = getattr(header, "file_meta", None)
+    if meta is not None:
+        for value in _values(meta.get("MediaStorageSOPInstanceUID")):
+            yield "MediaStorageSOPInstanceUID", value
 
 
 def _values(value) -> list[str]:
