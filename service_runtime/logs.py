@@ -183,6 +183,13 @@ class StudyNames:
         return pattern
 
 
+def as_study_data(text: str) -> str:
+    """`text` as a record marked study data shows it here: quoted values hidden, the current request's study
+    identifiers replaced. For what leaves by another way than a log (an exception recorded on a trace span)."""
+    names = _study_names.get()
+    return names.replace(hide_values(text)) if names else hide_values(text)
+
+
 def current_study_names() -> StudyNames | None:
     """The StudyNames of the request being handled (None outside one)."""
     return _study_names.get()

@@ -31,6 +31,7 @@ from pydicom.uid import UID_dictionary
 from mock_model.model import MockModel
 from tests import http_helpers as http
 from tests.dicom_factory import SeriesSpec, write_study
+from tests.otlp_collector import Collector
 from tests.services import ROOT, start_bridge, start_worker
 
 MARKER = "Zq7Mark"  # in every text value, file name and folder name
@@ -248,3 +249,26 @@ def test_the_test_tool_names_the_files_behind_part_numbers(tmp_path, services):
     assert run.returncode == 2, run.stdout + run.stderr  # an HTTP error answer
     assert re.search(rf"HTTP 400 Bad Request: part \d \({re.escape(str(sent[1]))}\): ImagePositionPatient holds NaN",
                      run.stderr), run.stderr
+
+
+@pytest.mark.filterwarnings("ignore:The number of PN components")
+def test_a_models_exception_on_a_trace_span_is_as_the_log_shows_it(tmp_path):
+    """With tracing on, the exception a stage span records (a model's, quoting its study) is the log's text."""
+    sent = marked_study(tmp_path / "sent", [SeriesSpec("ct", rows=16, cols=16, count=2)])
+    with Collector() as collector:
+        worker = start_worker(tmp_path, "tests.models:TalkativeModel", env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.grpc_endpoint, "OTEL_BSP_SCHEDULE_DELAY": "50"})
+        bridge = start_bridge(tmp_path, worker.address)
+        try:
+            response = http.post_like_original_tool(f"http://{bridge.address}/", {"talk": "crash"}, sent, timeout=60)
+            assert response.status_code == 500, response.text
+            collector.wait_for(lambda spans: any(s.service == "arterys-worker" and "exception" in s.events
+                                                 for s in spans))
+        finally:
+            bridge.stop()
+            worker.stop()
+    recorded = [attributes for span in collector.snapshot() for attributes in span.event_attributes]
+    assert any("crashed on <file name of part 1> of <PatientName of part 1>" in str(a.get("exception.message"))
+               and "<SOPInstanceUID of part 1>" in str(a.get("exception.stacktrace")) for a in recorded), recorded
+    assert not [a for a in recorded if MARKER in str(a) or UID_MARKER in str(a)], recorded
+    assert_no_marker_and_one_line_per_record(worker, bridge)
