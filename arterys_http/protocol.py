@@ -162,9 +162,9 @@ def check_result(
             report.add("series_ml_json", "must be an object keyed by SeriesInstanceUID")
         elif study is not None:
             known = {i.series_instance_uid for i in study.images.values()}
-            for uid in series_json:
-                if uid not in known:
-                    report.add(f"series_ml_json[{uid!r}]", "names no series of the input study")
+            for number, uid in enumerate(series_json, start=1):
+                if uid not in known:  # the key is not quoted: UIDs identify a study, and problems reach logs
+                    report.add(f"series_ml_json (key {number})", "names no series of the input study")
     return report.problems
 
 
@@ -247,7 +247,7 @@ def _check_mask_shape(report: _Report, path: str, part, study: StudyIndex | None
         if not isinstance(series_uid, str) or not series_uid:
             report.add(f"{path}.SeriesInstanceUID", "a 3D mask must name the series it covers")
         elif study is not None:
-            _check_volume_against_input(report, path, shape, study.series(series_uid), series_uid)
+            _check_volume_against_input(report, path, shape, study.series(series_uid))
     else:
         image = part.get("dicom_image")
         if not isinstance(image, Mapping) or not isinstance(image.get("SOPInstanceUID"), str):
@@ -265,9 +265,9 @@ def _check_mask_shape(report: _Report, path: str, part, study: StudyIndex | None
     return mask_length(shape)
 
 
-def _check_volume_against_input(report, path, shape, images: list[ImageInfo], series_uid: str) -> None:
+def _check_volume_against_input(report, path, shape, images: list[ImageInfo]) -> None:
     if not images:
-        report.add(f"{path}.SeriesInstanceUID", f"{series_uid!r} names no series of the input study")
+        report.add(f"{path}.SeriesInstanceUID", "names no series of the input study")
         return
     columns, rows = images[0].columns, images[0].rows
     frames = sum(i.frames for i in images)
@@ -297,7 +297,7 @@ def _known_image(report, path, uid, frame, study: StudyIndex) -> ImageInfo | Non
     info = study.images.get(uid)
     if info is None:
         report.add(f"{path}.SOPInstanceUID" if path.endswith("dicom_image") else path,
-                   f"{uid!r} names no instance of the input study")
+                   "names no instance of the input study")
         return None
     if frame is not None and frame > info.frames:
         report.add(path, f"frame_number {frame} but the instance has {info.frames} frame(s)")

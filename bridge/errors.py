@@ -145,6 +145,16 @@ class WorkerFailed(Exception):
         self.input_hash, self.worker = input_hash, worker
 
 
+# A worker's failures whose message may quote the model's words about the study (its exception, its answer).
+MODEL_WORDS = ("model_error", "bad_worker_answer")
+
+
+def may_quote_the_study(worker_code: str) -> bool:
+    """Whether a worker's message with this code may quote the client's study: the client's failures (a 4xx,
+    a model's refusal among them) and the model's. The others say how the worker is (busy, its spool full)."""
+    return worker_code in ERRORS and (ERRORS[worker_code][0] < 500 or worker_code in MODEL_WORDS)
+
+
 def for_failure(failure: BaseException) -> ApiError:
     """The answer for whatever ended a request early; `bridge_error` for a failure nobody expected (a bug),
     which is logged here with its traceback."""

@@ -256,7 +256,12 @@ class InferenceRequest:
         # Before admission no worker is named: gRPC's details name the address tried.
         on = f" (worker {failure.worker})" if failure.worker else ""
         status, details = failure.status, failure.details
-        if failure.error_code or status not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if errors.may_quote_the_study(failure.error_code):
+            # Its message is for the client (or, a model's exception, for no one): it may quote the study. The
+            # worker logged it, under the same request id, with the study's identifiers hidden.
+            log.info("the worker%s ended the call: %s %s (the worker's log has why)", on, status.name,
+                     failure.error_code)
+        elif failure.error_code or status not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             log.info("the worker%s ended the call: %s %s", on, status.name, details)
         else:
             log.warning("worker target %s%s: %s %s", self.channel.target, on, status.name, details)

@@ -144,7 +144,7 @@ class HounsfieldModel(Model):
                 if study.is_cancelled():
                     return labels, {}
                 if frame.shape != (series.rows, series.columns):
-                    raise UnsupportedStudy(f"instance {instance.sop_instance_uid} has frames of {frame.shape}, "
+                    raise UnsupportedStudy(f"{instance.label} has frames of {frame.shape}, "
                                            f"not the series' {series.rows} x {series.columns}")
                 hu = hounsfield(frame, instance.header, index)
                 planes[plane][hu >= options.bone_min_hu] = BONE
@@ -178,5 +178,5 @@ def decoded_frames(instance):
     except (NotImplementedError, RuntimeError) as error:
         syntax = instance.header.file_meta.get("TransferSyntaxUID")
         name = getattr(syntax, "name", "") or "an unknown transfer syntax"
-        raise UnsupportedStudy(f"instance {instance.sop_instance_uid} is encoded as {name} ({syntax}), which "
+        raise UnsupportedStudy(f"{instance.label} is encoded as {name} ({syntax}), which "
                                f"this model cannot decode ({error})") from error

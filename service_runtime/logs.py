@@ -11,7 +11,9 @@ Every line goes through `OneLineFormatter`: control characters are escaped, so o
 value a request carries (a patient name with a line break) can start a line that looks like another
 record. Python `warnings` (pydicom's, highdicom's) and uncaught exceptions of any thread become records
 too, and the services route what native code writes to stderr (gRPC's C core) through the same handler
-(service_runtime/native_log.py). `StudyDataFilter` keeps study values out of the DICOM libraries' records.
+(service_runtime/native_log.py). `StudyDataFilter` keeps study values out of the DICOM libraries' records,
+and the identifiers of the study a request carries (`StudyNames`: its file names, its UIDs) out of every record
+logged while the request is handled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import re
 import sys
 import threading
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -37,6 +40,7 @@ REQUEST_ID_LENGTH = 64
 
 _NO_TAGS: dict = {}  # never mutated: tags are replaced, not updated in place
 _tags: contextvars.ContextVar[dict] = contextvars.ContextVar("request_tags", default=_NO_TAGS)  # noqa: B039
+_study_names: contextvars.ContextVar[StudyNames | None] = contextvars.ContextVar("study_names", default=None)
 
 
 MAX_RECORD_CHARACTERS = 64 << 10  # a record longer than this (a model logging a whole array) is cut
@@ -98,18 +102,136 @@ def hide_values(text: str) -> str:
     return _QUOTED.sub(lambda match: f"<{len(match[2])} characters>", text)
 
 
+# A DICOM UID as it appears in a text: numbers joined by dots. Looked up whole, so that a UID is never taken
+# for the prefix of a longer one.
+_UID_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)+")
+MIN_NAME_CHARACTERS = 4  # shorter values ("1", "ct") are not identifying, and replacing them would garble lines
+
+
+class StudyNames:
+    """The identifying values of one request's study, each with the name a log line uses instead: a part's file
+    name becomes <file name of part 3>, an instance's SOP Instance UID <SOP Instance UID of part 3>.
+
+    Patients' names are often in file and folder names, and UIDs identify a patient's study: the client may see
+    them in its answers (it sent them), logs must not. Messages of ours name parts by number; this catches what
+    they cannot: text of a model's (its exceptions, its own log lines) or of a library, logged while the request
+    is handled. The worker adds values as parts arrive, on the event loop and on I/O threads (hence the lock);
+    `StudyDataFilter` replaces them in every record logged in the request's context (`study_names_scope`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._uids: dict[str, str] = {}  # values written as UIDs: replaced where a whole UID-like word matches
+        self._texts: dict[str, str] = {}  # any other value (a file name): replaced where it is a whole word
+        self._longest_first: list[tuple[str, str]] | None = []
+        self._patterns: dict[str, re.Pattern] = {}
+        self._noted: set = set()
+
+    def add(self, value, name: str) -> None:
+        """Hides `value` (if it has MIN_NAME_CHARACTERS or more) as <name> from now on; the first name given to
+        a value stays."""
+        value = str(value or "").strip()
+        if len(value) < MIN_NAME_CHARACTERS:
+            return
+        with self._lock:
+            if _UID_TEXT.fullmatch(value):
+                self._uids.setdefault(value, name)
+            elif value not in self._texts:
+                self._texts[value] = name
+                self._longest_first = None
+
+    def noted_before(self, key) -> bool:
+        """Whether `key` was given here before (it is noted now): lets whoever adds values skip the work of
+        finding those of a part when an earlier part had the same (a study's parts share most of theirs)."""
+        with self._lock:
+            if key in self._noted:
+                return True
+            self._noted.add(key)
+            return False
+
+    @classmethod
+    def joined(cls, each: Iterable[StudyNames | None]) -> StudyNames:
+        """One StudyNames holding the values of several (a batch of studies, which the model sees at once)."""
+        joined = cls()
+        for names in each:
+            if names is not None:
+                with names._lock:
+                    for value, name in (*names._uids.items(), *names._texts.items()):
+                        joined.add(value, name)
+        return joined
+
+    def __bool__(self) -> bool:
+        return bool(self._uids or self._texts)
+
+    def replace(self, text: str) -> str:
+        """`text` with every value added so far replaced by its name."""
+        with self._lock:
+            if self._longest_first is None:  # a longer value first: a name may hold a shorter one
+                self._longest_first = sorted(self._texts.items(), key=lambda item: -len(item[0]))
+            texts, uids = self._longest_first, self._uids
+        for value, name in texts:
+            if value in text:  # cheap: the pattern is made and run only for a value that occurs
+                text = self._pattern(value).sub(lambda _, name=name: f"<{name}>", text)
+        if uids:
+            text = _UID_TEXT.sub(lambda match: f"<{uids[match[0]]}>" if match[0] in uids else match[0], text)
+        return text
+
+    def _pattern(self, value: str) -> re.Pattern:
+        """`value` as a whole word: not inside a longer one ("data" is a folder's name, not part of "metadata")."""
+        pattern = self._patterns.get(value)
+        if pattern is None:
+            pattern = self._patterns[value] = re.compile(rf"(?<![^\W_]){re.escape(value)}(?![^\W_])")
+        return pattern
+
+
+def as_study_data(text: str) -> str:
+    """`text` as a record marked study data shows it here: quoted values hidden, the current request's study
+    identifiers replaced. For what leaves by another way than a log (an exception recorded on a trace span)."""
+    names = _study_names.get()
+    return names.replace(hide_values(text)) if names else hide_values(text)
+
+
+def current_study_names() -> StudyNames | None:
+    """The StudyNames of the request being handled (None outside one)."""
+    return _study_names.get()
+
+
+def use_study_names(names: StudyNames | None) -> None:
+    """Sets the StudyNames of the current context (a batch's, made with StudyNames.joined)."""
+    _study_names.set(names)
+
+
+@contextlib.contextmanager
+def study_names_scope():
+    """Gives the block (a request's handling, and the threads and tasks it starts, which copy its context) a
+    new StudyNames, and yields it."""
+    names = StudyNames()
+    token = _study_names.set(names)
+    try:
+        yield names
+    finally:
+        _study_names.reset(token)
+
+
 class StudyDataFilter(logging.Filter):
     """Hides quoted values (hide_values) in the records of the DICOM libraries, of Python warnings, and of any
     record logged with `extra={"study_data": True}` (an exception text that came from them), traceback
-    included."""
+    included; and in every record logged while a request is handled, the identifiers of its study
+    (StudyNames)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "study_data", False) or record.name.startswith(STUDY_DATA_LOGGERS):
-            record.msg, record.args = hide_values(record.getMessage()), None
-            if record.exc_info and not record.exc_text:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
+        hide = getattr(record, "study_data", False) or record.name.startswith(STUDY_DATA_LOGGERS)
+        names = _study_names.get()
+        if not hide and not names:
+            return True
+        steps = [step for step in (hide_values if hide else None, names.replace if names else None) if step]
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        for step in steps:
+            message = step(message)
             if record.exc_text:
-                record.exc_text = hide_values(record.exc_text)
+                record.exc_text = step(record.exc_text)
+        record.msg, record.args = message, None
         return True
 
 

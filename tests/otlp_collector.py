@@ -39,6 +39,7 @@ class Span:
     end_ns: int
     protocol: str  # how it arrived: grpc or http
     links: list[tuple[str, str]] = field(default_factory=list)  # (trace id, span id) of each span linked to
+    event_attributes: list[dict] = field(default_factory=list)  # of each event, in the order of `events`
 
 
 def _value(value: common_pb2.AnyValue):
@@ -92,6 +93,7 @@ class Collector:
                         events=[event.name for event in span.events], start_ns=span.start_time_unix_nano,
                         end_ns=span.end_time_unix_nano, protocol=protocol,
                         links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
+                        event_attributes=[_attributes(event.attributes) for event in span.events],
                     ))
         with self.lock:
             self.spans.extend(spans)

@@ -10,11 +10,14 @@ import warnings
 
 from service_runtime.logs import (
     REQUEST_ID_LENGTH,
+    StudyNames,
     TaggedLogger,
     clean_request_id,
     configure_logging,
     request_tags,
     set_tags,
+    study_names_scope,
+    use_study_names,
 )
 from service_runtime.native_log import NativeLogReader, RateLimit
 from worker.serving.handshakes import HandshakeWatch
@@ -144,6 +147,43 @@ def test_text_marked_as_study_data_is_hidden_in_the_message_and_the_traceback():
                                                     extra={"study_data": True})
     assert "Evil" not in stream.getvalue()
     assert stream.getvalue().count(f"Value {HIDDEN} is too long") == 2
+
+
+def test_a_requests_study_identifiers_are_named_in_every_record_of_the_request_and_only_there():
+    stream = capture()
+    log = logging.getLogger("a.model")
+    with request_tags(request_id="r3"), study_names_scope() as names:
+        names.add("DOE_JOHN.dcm", "file name of part 3")
+        names.add("1.2.840.99.7", "SeriesInstanceUID of part 3")
+        names.add("1.2.840.99.7.1", "SOPInstanceUID of part 3")
+        names.add("data", "a folder name of the studyPath")
+        names.add("CT1", "name of part 2")  # too short to be identifying: kept
+        try:
+            raise KeyError("no image 1.2.840.99.7.1 in DOE_JOHN.dcm")
+        except KeyError as error:
+            log.error("reading /spool/DOE_JOHN.dcm: series %s, image %s; 1.2.840.99.71 and metadata in data/CT1",
+                      "1.2.840.99.7", "1.2.840.99.7.1", exc_info=error)
+    log.info("after: DOE_JOHN.dcm")
+    text = stream.getvalue()
+    assert ("reading /spool/<file name of part 3>: series <SeriesInstanceUID of part 3>, image <SOPInstanceUID of "
+            "part 3>; 1.2.840.99.71 and metadata in <a folder name of the studyPath>/CT1") in text
+    assert "KeyError: 'no image <SOPInstanceUID of part 3> in <file name of part 3>'" in text  # the traceback
+    assert text.count("DOE_JOHN") == 1 and text.splitlines()[-1].endswith("after: DOE_JOHN.dcm")
+
+
+def test_the_names_of_a_batch_are_those_of_each_of_its_studies():
+    stream = capture()
+    each = []
+    for number in (1, 2):
+        with study_names_scope() as names:
+            names.add(f"PATIENT_{number}.dcm", "file name of part 1")
+            each.append(names)
+    use_study_names(StudyNames.joined([*each, None]))
+    try:
+        logging.getLogger("a.model").info("batch: PATIENT_1.dcm, PATIENT_2.dcm")
+    finally:
+        use_study_names(None)
+    assert "batch: <file name of part 1>, <file name of part 1>" in stream.getvalue()
 
 
 def test_uncaught_exceptions_of_threads_are_records():

@@ -157,7 +157,7 @@ BAD = {
     "3D mask without series": (_delete(["parts", 0, "SeriesInstanceUID"]),
                                "parts[0].SeriesInstanceUID: a 3D mask must name the series it covers"),
     "3D mask of an unknown series": (_set(["parts", 0, "SeriesInstanceUID"], "S9"),
-                                     "parts[0].SeriesInstanceUID: 'S9' names no series of the input study"),
+                                     "parts[0].SeriesInstanceUID: names no series of the input study"),
     "3D mask with swapped width and height": (
         lambda r, b: r["parts"][0].update(binary_data_shape=shape3d(3, 4, 6)),
         "parts[0].binary_data_shape: width x height is 4 x 6 but the series' images are 6 x 4 (columns x rows)"),
@@ -177,7 +177,7 @@ BAD = {
     "2D mask frame beyond": (_set(["parts", 1, "dicom_image", "frame_number"], 5),
                              "parts[1].dicom_image: frame_number 5 but the instance has 4 frame(s)"),
     "2D mask of an unknown image": (_set(["parts", 1, "dicom_image", "SOPInstanceUID"], "9.9"),
-                                    "parts[1].dicom_image.SOPInstanceUID: '9.9' names no instance"),
+                                    "parts[1].dicom_image.SOPInstanceUID: names no instance"),
     "2D mask of the wrong size": (
         lambda r, b: r["parts"][1].update(binary_data_shape={"width": 3, "height": 5}),
         "parts[1].binary_data_shape: width x height is 3 x 5 but the image is 5 x 3 (columns x rows)"),
@@ -244,7 +244,7 @@ BAD = {
     "box without image": (_delete(["bounding_boxes_2d", 0, "SOPInstanceUID"]),
                           "bounding_boxes_2d[0].SOPInstanceUID: must name the input instance"),
     "box on an unknown image": (_set(["bounding_boxes_2d", 0, "SOPInstanceUID"], "7.7"),
-                                "bounding_boxes_2d[0].SOPInstanceUID: '7.7' names no instance of the input study"),
+                                "bounding_boxes_2d[0].SOPInstanceUID: names no instance of the input study"),
     "box frame 0": (_set(["bounding_boxes_2d", 1, "frame_number"], 0),
                     "bounding_boxes_2d[1].frame_number: must be an integer >= 1"),
     "box frame beyond": (_set(["bounding_boxes_2d", 1, "frame_number"], 9),
@@ -270,12 +270,12 @@ BAD = {
     "measurement outside in pixels": (_set(["linear_measurements_2d", 0, "end"], [6.5, 4]),
                                       "linear_measurements_2d[0]: point [6.5, 4] lies outside the 6 x 4 image"),
     "measurement on an unknown image": (_set(["linear_measurements_2d", 1, "SOPInstanceUID"], "3.3"),
-                                        "linear_measurements_2d[1].SOPInstanceUID: '3.3' names no instance"),
+                                        "linear_measurements_2d[1].SOPInstanceUID: names no instance"),
     # free JSON
     "series_ml_json not an object": (_set(["series_ml_json"], ["S1"]),
                                      "series_ml_json: must be an object keyed by SeriesInstanceUID"),
     "series_ml_json of an unknown series": (_set(["series_ml_json", "S7"], {}),
-                                            "series_ml_json['S7']: names no series of the input study"),
+                                            "series_ml_json (key 3): names no series of the input study"),
 }
 
 

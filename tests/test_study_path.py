@@ -89,7 +89,7 @@ def test_missing_or_empty_folders_are_not_found(rooted_stub, path, message):
     error = refused(rooted_stub, path)
     assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
     assert message in error.details()
-    assert repr(path) in error.details()
+    assert path not in error.details()  # folder names often hold a patient's, and messages reach logs
 
 
 def test_a_file_instead_of_a_folder_is_not_found(rooted_stub, tree):

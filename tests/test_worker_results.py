@@ -122,14 +122,15 @@ BROKEN_CASES = {
     "3D mask built as (rows, cols, depth)": (
         lambda s: Result(parts=[axial_mask(s, zeros(32, 48, 6))]),
         ["width x height is 6 x 48 but the series' images are 48 x 32",
-         "the mask array is (32, 48, 6) but series ", "needs (depth, rows, cols) = (6, 32, 48) "
+         "the mask array is (32, 48, 6) but the series it names ", "needs (depth, rows, cols) = (6, 32, 48) "
          "(series.mask_shape() gives (timepoints, depth, rows, cols)); it looks like (rows, cols, depth): "
          "np.moveaxis(mask, -1, 0) makes it (depth, rows, cols)"],
     ),
     "2D mask built as (cols, rows)": (
         lambda s: Result(parts=[Mask("lesion", zeros(48, 32), "probability_mask",
                                      sop_instance_uid=axial(s).instances[0].sop_instance_uid)]),
-        ["the mask array is (48, 32) but image ", "needs (rows, cols) = (32, 48) (instance.rows, instance.columns); "
+        ["the mask array is (48, 32) but the image it names ",
+         "needs (rows, cols) = (32, 48) (instance.rows, instance.columns); "
          "it looks like (cols, rows): mask.T makes it (rows, cols)"],
     ),
     "fewer binaries than parts": (
@@ -215,7 +216,7 @@ BROKEN_CASES = {
     ),
     "2D mask for an unknown SOPInstanceUID": (
         lambda s: Result(parts=[Mask("x", zeros(32, 48), sop_instance_uid="1.2.3.999")]),
-        ["'1.2.3.999' names no instance of the input study"],
+        ["dicom_image.SOPInstanceUID: names no instance of the input study"],
     ),
     "2D mask of the wrong size": (
         lambda s: Result(parts=[Mask("x", zeros(48, 32), sop_instance_uid=first_axial_instance(s).sop_instance_uid)]),
@@ -236,7 +237,7 @@ BROKEN_CASES = {
     ),
     "3D mask of an unknown series": (
         lambda s: Result(parts=[Mask("x", zeros(6, 32, 48), series_instance_uid="1.2.3.4.5")]),
-        ["'1.2.3.4.5' names no series of the input study"],
+        ["parts[0].SeriesInstanceUID: names no series of the input study"],
     ),
     "bounding box outside the image": (
         lambda s: Result(bounding_boxes=[BoundingBox("x", first_axial_instance(s).sop_instance_uid, [10, 5],

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import requests
@@ -41,7 +41,9 @@ from testtool.send import (
     MultipartBody,
     StudyChanged,
     build_request_json,
+    name_parts,
     request_parts,
+    sent_files,
     study_path_body,
 )
 from testtool.study import LoadedStudy
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     with response:
         if response.status_code != 200:
-            message = _http_error(url, response, request_id)
+            files = [] if args.request_study_path else sent_files(args.attachments, study.images)
+            message = _http_error(url, response, request_id, files)
             print(message, file=sys.stderr)
             _remove_own_files(args.output)
             report = _error_report(args, study, url, request_json, input_hash, message.removeprefix("error: "))
@@ -318,7 +321,9 @@ def _error_report(args, study: LoadedStudy, url: str, request_json: dict, input_
                                     [], [], pictures, EXIT_FAILURE, error))
 
 
-def _http_error(url: str, response: requests.Response, sent_id: str = "") -> str:
+def _http_error(url: str, response: requests.Response, sent_id: str = "", files: Sequence[Path] = ()) -> str:
+    """The error answer in one line: its message (each "part N" with the file it came from), its code, and the
+    request id both services' log lines carry."""
     raw = b""
     for chunk in response.iter_content(64 * 1024):
         raw += chunk
@@ -329,7 +334,8 @@ def _http_error(url: str, response: requests.Response, sent_id: str = "") -> str
     request_id = response.headers.get("X-Request-Id", "")
     try:
         error = json.loads(text).get("error", {})
-        message = f"{error.get('message')} ({error.get('code')})" if error.get("message") else message
+        if error.get("message"):
+            message = f"{name_parts(str(error['message']), files)} ({error.get('code')})"
         request_id = str(error.get("request_id") or request_id)
     except (ValueError, AttributeError):
         pass

@@ -6,6 +6,7 @@ tool, parts are form-data fields `request_json`, then `1`, `2`, ... with file na
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,26 @@ def request_parts(request_json: dict, attachments: Sequence[Path], images: Seque
     for number, image in enumerate(images, start=len(attachments) + 1):
         parts.append(image_part(image, str(number)))
     return parts
+
+
+# "part 3" as the services write it: the third part after the JSON part (they never quote its file name).
+_PART_NUMBER = re.compile(r"\bpart (\d+)\b")
+
+
+def sent_files(attachments: Sequence[Path], images: Sequence[InputImage]) -> list[Path]:
+    """The file each part after the JSON part came from, in send order (request_parts' order)."""
+    return [*attachments, *(image.source for image in images)]
+
+
+def name_parts(message: str, files: Sequence[Path]) -> str:
+    """A service's message with the file each "part N" came from: the bridge and the worker name parts by number
+    only (file names often hold a patient's name, and their messages reach their logs); the tool knows the
+    files it sent."""
+    def named(match: re.Match) -> str:
+        number = int(match[1])
+        return f"{match[0]} ({files[number - 1]})" if 1 <= number <= len(files) else match[0]
+
+    return _PART_NUMBER.sub(named, message)
 
 
 def build_request_json(

@@ -89,7 +89,7 @@ class OnnxBodyModel(Model):
                 try:
                     frame = next(frames.setdefault(instance, decoded_frames(instance)))
                     if frame.shape != (item.series.rows, item.series.columns):
-                        raise UnsupportedStudy(f"instance {instance.sop_instance_uid} has frames of {frame.shape}, "
+                        raise UnsupportedStudy(f"{instance.label} has frames of {frame.shape}, "
                                                f"not the {item.series.rows} x {item.series.columns} of its header")
                     images.append(hounsfield(frame, instance.header, index))
                 except Exception as error:

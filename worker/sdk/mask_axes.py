@@ -75,7 +75,7 @@ def _hint(where: str, part: Mapping, shape: Mapping, study: StudyIndex) -> str:
             return ""
         expected = {"depth": frames // timepoints, "rows": images[0].rows, "cols": images[0].columns}
         actual = (shape["depth"], shape["height"], shape["width"])
-        whose = f"series {part.get('SeriesInstanceUID')}"
+        whose = "the series it names"  # never the UID: these hints reach the worker's log
         call = "series.mask_shape() gives (timepoints, depth, rows, cols)"
     else:
         image = part.get("dicom_image")
@@ -84,7 +84,7 @@ def _hint(where: str, part: Mapping, shape: Mapping, study: StudyIndex) -> str:
             return ""
         expected = {"rows": info.rows, "cols": info.columns}
         actual = (shape["height"], shape["width"])
-        whose = f"image {info.sop_instance_uid}"
+        whose = "the image it names"
         call = "instance.rows, instance.columns"
     if actual == tuple(expected.values()):
         return ""

@@ -20,11 +20,16 @@ import numpy as np
 import pydicom
 
 from arterys_http.protocol import ImageInfo, StudyIndex
-from contract.errors import short
 from dicom_geometry import plane_normal, slice_order
 from worker.sdk.refusals import InvalidInput
 
 log = logging.getLogger("worker.study")
+
+
+def part_label(index: int) -> str:
+    """How messages and log lines name the part at `index` (0: the first after the JSON part): by its number,
+    never by its file name, which often holds a patient's name."""
+    return f"part {index + 1}"
 
 
 class Part:
@@ -35,19 +40,22 @@ class Part:
     """
 
     def __init__(self, index: int, path: Path | None = None, content_type: str = "", filename: str = "",
-                 name: str = "", *, data: bytes | None = None, spool=None) -> None:
+                 name: str = "", *, data: bytes | None = None, spool=None, label: str = "") -> None:
         if (path is None) == (data is None):
             raise ValueError("a part has either a path or data")
         self.index = index  # position among all parts after the JSON part
         self.content_type = content_type
         self.filename = filename
         self.name = name
+        # How messages and log lines name this part ("part 3"; a studyPath folder's files: "file 3 of the
+        # studyPath folder"), never by its file name.
+        self.label = label or part_label(index)
         self._path = Path(path) if path is not None else None
         self._data = data
         self._spool = spool
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(index={self.index}, filename={self.filename!r}, size={self.size})"
+        return f"{type(self).__name__}(index={self.index}, size={self.size})"  # no file name: reprs reach logs
 
     @property
     def size(self) -> int:
@@ -80,14 +88,9 @@ class Instance(Part):
 
     def __init__(self, index: int, path: Path | None = None, content_type: str = "", filename: str = "",
                  name: str = "", header: pydicom.Dataset | None = None, *, data: bytes | None = None,
-                 spool=None) -> None:
-        super().__init__(index, path, content_type, filename, name, data=data, spool=spool)
+                 spool=None, label: str = "") -> None:
+        super().__init__(index, path, content_type, filename, name, data=data, spool=spool, label=label)
         self.header = header
-
-    @property
-    def label(self) -> str:
-        """How messages name this instance: part number and file name."""
-        return f"part {self.index + 1}" + (f" ({short(self.filename)})" if self.filename else "")
 
     def dataset(self) -> pydicom.Dataset:
         """The whole dataset, pixel data included (decoding needs the matching pylibjpeg plugin)."""
@@ -163,8 +166,9 @@ class Series:
         for other in self.instances[1:]:
             if (other.rows, other.columns) != (first.rows, first.columns):
                 raise InvalidInput(
-                    f"series {short(self.uid)} mixes image sizes: {first.label} is {first.rows} x {first.columns} "
-                    f"pixels but {other.label} is {other.rows} x {other.columns}; send each size as its own series"
+                    f"a series mixes image sizes: {first.label} is {first.rows} x {first.columns} pixels but "
+                    f"{other.label}, of the same series, is {other.rows} x {other.columns}; send each size as its "
+                    "own series"
                 )
         return first.rows, first.columns
 
@@ -212,11 +216,12 @@ class Study:
         return [Series.ordered(uid, members) for uid, members in groups.items()]
 
     def series_by_uid(self, uid: str) -> Series:
-        """The series with this Series Instance UID; KeyError naming it when the study has none."""
+        """The series with this Series Instance UID; KeyError when the study has none (its message does not quote
+        the UID: messages reach logs)."""
         for series in self.series:
             if series.uid == uid:
                 return series
-        raise KeyError(f"the study has no series {short(uid)}")
+        raise KeyError("the study has no series with the SeriesInstanceUID asked for")
 
     def index(self) -> StudyIndex:
         return StudyIndex.of(i.info() for i in self.instances)

@@ -39,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from service_runtime.logs import current_tags, set_tags
+from service_runtime.logs import StudyNames, current_study_names, current_tags, set_tags, use_study_names
 from worker.sdk.model import Model
 from worker.sdk.study import Study
 from worker.serving.metrics import WorkerMetrics
@@ -198,6 +198,8 @@ class Batcher:
         tags = [w.context.run(current_tags) for w in batch]
         set_tags(**{name: ",".join(dict.fromkeys(t[name] for t in tags if t.get(name)))
                     for name in ("input_hash", "request_id", "trace_id")})
+        # And none of their studies' identifiers (worker/serving/identifiers.py).
+        use_study_names(StudyNames.joined(w.context.run(current_study_names) for w in batch))
         with batch_span([w.context for w in batch]):
             return self._answers([w.study for w in batch])
 

@@ -22,6 +22,7 @@ import pydicom
 from dicom_geometry.acceptance import ImageTooLarge, NotReadable, Refused, read_instance_header
 from dicom_geometry.frames import geometry_values
 from worker.sdk.study import Instance
+from worker.serving import identifiers
 from worker.serving.config import StudyLimits
 from worker.serving.errors import BadRequest, TooLarge
 
@@ -34,16 +35,18 @@ class NotDicom(BadRequest):
 
 def parse_instance(index: int, path: Path | None = None, content_type: str = "", filename: str = "",
                    name: str = "", *, data: bytes | None = None, spool=None,
-                   limits: StudyLimits | None = None) -> Instance:
+                   limits: StudyLimits | None = None, label: str = "") -> Instance:
     """The instance in `path` or `data`, its header read (no pixel data) and checked against its pixel data.
 
     Raises `NotDicom` for bytes that are not DICOM at all, `BadRequest` or `TooLarge` for an instance whose
-    pixel data does not match its header or whose geometry is not finite, each message naming the instance.
+    pixel data does not match its header or whose geometry is not finite, each message naming the instance by
+    its label (its number: never its file name nor a UID, see worker/serving/identifiers.py).
     """
-    instance = Instance(index, path, content_type, filename, name, data=data, spool=spool)
+    instance = Instance(index, path, content_type, filename, name, data=data, spool=spool, label=label)
     label = instance.label
     with instance.open() as handle:
         instance.header = read_header(handle, instance.size, limits or StudyLimits(), label)
+    identifiers.header_read(label, instance.header)
     check_geometry(instance.header, label)
     return instance
 

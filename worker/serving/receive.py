@@ -23,6 +23,8 @@ from pathlib import Path
 from arterys_http.json_text import JsonProblem, load_json_object
 from contract import inference_pb2 as pb
 from contract.errors import short
+from worker.sdk.study import part_label
+from worker.serving import identifiers
 from worker.serving.config import StudyLimits
 from worker.serving.errors import BadRequest, DataLoss, Idle, StreamEnded, StudyNotFound, StudyPathRefused, TooLarge
 from worker.serving.rate import MinimumRate
@@ -139,6 +141,7 @@ async def receive_parts(
                                        f"than the {limits.max_part_bytes} the worker accepts")
                     part = ReceivedPart(len(study.parts), header.kind, short(header.content_type),
                                         short(header.filename), short(header.name))
+                    identifiers.part_arrived(part_label(part.index), part.filename, part.name)
                     study.parts.append(part)
                     part_size = 0
                     ingest.part(part)
@@ -178,8 +181,10 @@ def parse_request_json(raw: bytes) -> dict:
 
 
 def find_study_path(study_path: str, root: str | os.PathLike | None) -> list[Path]:
-    """The files under `study_path`, which must lie inside `root` (links resolved). Messages never show paths
-    beyond what the sender wrote."""
+    """The files under `study_path`, which must lie inside `root` (links resolved), in path order. Messages
+    never show paths, not even what the sender wrote: folder names often hold a patient's name, and messages
+    reach logs."""
+    identifiers.study_path_named(study_path)
     if not root:
         raise StudyPathRefused(
             "studyPath requests are disabled on this worker: start it with --study-root (or WORKER_STUDY_ROOT)"
@@ -193,22 +198,24 @@ def find_study_path(study_path: str, root: str | os.PathLike | None) -> list[Pat
     try:
         folder = candidate.resolve(strict=False)
         if not folder.is_relative_to(root_path):
-            raise StudyPathRefused(f"studyPath {short(study_path)!r} lies outside the study root; use a folder "
-                                   "under it")
+            raise StudyPathRefused("the studyPath lies outside the study root; use a folder under it")
         if not folder.is_dir():
-            raise StudyNotFound(f"studyPath {short(study_path)!r} is not a folder under the study root")
+            raise StudyNotFound("the studyPath is not a folder under the study root")
         files = []
         for path in sorted(folder.rglob("*")):
             # Every entry, folders too: rglob does not descend into a linked folder, which would otherwise drop
             # its files silently instead of refusing the link out of the root.
             if not path.resolve().is_relative_to(root_path):
-                raise StudyPathRefused(f"{short(str(path.relative_to(folder)))} links outside the study root")
+                raise StudyPathRefused("a link in the studyPath folder leads outside the study root")
             if path.is_file():
                 files.append(path)
     except (OSError, RuntimeError, ValueError) as error:  # symlink loops, names too long, ...
-        log.info("studyPath %r cannot be read: %s: %s", short(study_path), type(error).__name__, error)
-        raise BadRequest(f"studyPath {short(study_path)!r} cannot be read (a link that loops, a name too long, or "
-                         "no permission)") from None
+        # The error's text quotes the path: its kind and errno only.
+        log.info("the studyPath cannot be read: %s%s", type(error).__name__,
+                 f" (errno {error.errno})" if getattr(error, "errno", None) else "")
+        raise BadRequest("the studyPath cannot be read (a link that loops, a name too long, or no permission)") \
+            from None
     if not files:
-        raise StudyNotFound(f"studyPath {short(study_path)!r} holds no file")
+        raise StudyNotFound("the studyPath folder holds no file")
+    identifiers.folder_listed(folder, files)
     return files

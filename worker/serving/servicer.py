@@ -16,7 +16,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +31,7 @@ from contract.errors import short, status_message
 from contract.limits import CHUNK_BYTES
 from contract.result_json import to_proto
 from service_runtime.grpc_aio import STREAM_BROKE
-from service_runtime.logs import clean_request_id, request_tags, set_tags
+from service_runtime.logs import clean_request_id, request_tags, set_tags, study_names_scope
 from service_runtime.malloc import ReleaseWhenIdle
 from worker.sdk.model import Model, Result
 from worker.sdk.refusals import InvalidInput, UnsupportedStudy
@@ -108,7 +108,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def Infer(self, request_iterator: AsyncIterator[pb.InferRequest], context) -> None:
         call = _Call(self, context)
         sent_id = metadata.value(context.invocation_metadata(), metadata.REQUEST_ID)
-        with request_tags(request_id=clean_request_id(sent_id), trace_id=call.trace.trace_id), call.trace:
+        # study_names_scope: what of the study identifies a patient (file names, UIDs) is kept out of every line
+        # logged while the call is handled (worker/serving/identifiers.py).
+        with request_tags(request_id=clean_request_id(sent_id), trace_id=call.trace.trace_id), call.trace, \
+                study_names_scope():
             try:
                 await call.run(request_iterator)
                 call.outcome = "ok"
@@ -473,28 +476,32 @@ class _Call:
 def _sorted_parts(parts: list) -> tuple[list, list]:
     """Instances and attachments, each in request order."""
     instances = [part for part in parts if isinstance(part, Instance)]
-    _refuse_repeats(instances, lambda instance: instance.label)
+    _refuse_repeats(instances)
     return instances, [part for part in parts if not isinstance(part, Instance)]
 
 
 def _read_folder(study_path: str, root, limits: StudyLimits) -> tuple[list, list]:
     instances = []
-    for path in find_study_path(study_path, root):
+    # Each file is named by its place among the folder's files in path order, which whoever can read the
+    # folder can find; never by its name, which often holds a patient's.
+    for number, path in enumerate(find_study_path(study_path, root), start=1):
         try:
-            instances.append(parse_instance(len(instances), path, "application/dicom", path.name, limits=limits))
+            instances.append(parse_instance(len(instances), path, "application/dicom", path.name, limits=limits,
+                                            label=f"file {number} of the studyPath folder"))
         except NotDicom:
             continue  # a DICOMDIR, a README: a study's folder may hold other files
     if not instances:
-        raise errors.StudyNotFound(f"studyPath {short(study_path)!r} holds no DICOM file")
-    _refuse_repeats(instances, lambda instance: instance.filename)
+        raise errors.StudyNotFound("the studyPath folder holds no DICOM file")
+    _refuse_repeats(instances)
     return instances, []
 
 
-def _refuse_repeats(instances: list[Instance], name: Callable[[Instance], str]) -> None:
-    """The same instance twice (one SOP Instance UID) is the sender's mistake."""
+def _refuse_repeats(instances: list[Instance]) -> None:
+    """The same instance twice (one SOP Instance UID) is the sender's mistake: named by their numbers, the UID
+    is not quoted (messages reach logs)."""
     seen: dict[str, Instance] = {}
     for instance in instances:
         first = seen.setdefault(instance.sop_instance_uid, instance)
         if first is not instance:
-            raise errors.BadRequest(f"{name(first)} and {name(instance)} are the same instance (SOP Instance UID "
-                                    f"{short(instance.sop_instance_uid)}): send each instance once")
+            raise errors.BadRequest(f"{first.label} and {instance.label} are the same instance (they carry one "
+                                    "SOPInstanceUID): send each instance once")

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import traceback
 
 import grpc
 
 from contract import metadata as contract_metadata
 from contract.inference_pb2 import DESCRIPTOR
 from service_runtime import tracing
+from service_runtime.logs import as_study_data
 from worker.serving import errors
 
 RPC_SERVICE = DESCRIPTOR.services_by_name["Inference"].full_name
@@ -31,6 +33,14 @@ _NOTHING = contextlib.nullcontext()
 
 def _status(error: BaseException) -> grpc.StatusCode:
     return error.status if isinstance(error, errors.WorkerError) else grpc.StatusCode.INTERNAL
+
+
+def _record(span, error: BaseException) -> None:
+    """The exception on the span as the log shows it: a model's words may quote the study (its UIDs, its
+    patient's name), and a tracing backend is read as widely as the logs."""
+    stacktrace = "".join(traceback.format_exception(error))
+    span.record_exception(error, attributes={"exception.message": as_study_data(str(error)),
+                                             "exception.stacktrace": as_study_data(stacktrace)})
 
 
 class CallTrace:
@@ -86,7 +96,7 @@ class CallTrace:
             try:
                 yield span
             except Exception as error:
-                span.record_exception(error)  # the model's exception, chained, in the stage that raised it
+                _record(span, error)  # the model's exception, chained, in the stage that raised it
                 if _status(error) in SERVER_ERRORS:
                     span.set_status(Status(StatusCode.ERROR, type(error).__name__))
                 raise
@@ -102,7 +112,7 @@ class CallTrace:
             return
         self.status = _status(error)
         if not isinstance(error, errors.WorkerError):
-            self.span.record_exception(error)
+            _record(self.span, error)
 
     def end(self, outcome: str, command: str, input_hash: str) -> None:
         """Ends the call's span with its outcome (the metrics' label) and gRPC status."""

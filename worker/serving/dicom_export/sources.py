@@ -158,21 +158,22 @@ def _raw_value(instance: Instance, tag) -> bytes | None:
     return None if element is None or isinstance(element, DataElement) else bytes(element.value)
 
 
-def frame_position(dataset: Dataset, frame: int) -> list[float]:
-    """ImagePositionPatient of a frame (1-based) of an enhanced multi-frame image, from its functional groups
-    only: a position for the whole instance is no frame's."""
+def frame_position(dataset: Dataset, frame: int, label: str) -> list[float]:
+    """ImagePositionPatient of a frame (1-based) of an enhanced multi-frame image (`label`: how messages name
+    it), from its functional groups only: a position for the whole instance is no frame's."""
     position = frame_attribute(dataset, frame - 1, "PlanePositionSequence", "ImagePositionPatient", top_level=False)
     if position is not None:
         return [float(v) for v in position]
     raise DicomExportError(
-        f"multi-frame instance {dataset.SOPInstanceUID} gives no position for frame {frame} "
+        f"the multi-frame instance of {label} gives no position for frame {frame} "
         "(PerFrameFunctionalGroupsSequence > PlanePositionSequence): a Segmentation needs the plane "
         "position of every frame"
     )
 
 
 def plane_positions(dataset: Dataset, planes: list[Plane]) -> list[hd.PlanePositionSequence]:
-    return [hd.PlanePositionSequence("PATIENT", frame_position(dataset, plane.frame)) for plane in planes]
+    return [hd.PlanePositionSequence("PATIENT", frame_position(dataset, plane.frame, plane.instance.label))
+            for plane in planes]
 
 
 def check_geometry(planes: list[Plane], where: str) -> None:
@@ -187,14 +188,14 @@ def check_geometry(planes: list[Plane], where: str) -> None:
     if spatial and planes[0].frame is not None:
         if "SharedFunctionalGroupsSequence" not in header:
             raise DicomExportError(
-                f"{where}: multi-frame instance {header.SOPInstanceUID} has no functional groups "
+                f"{where}: the multi-frame instance of {planes[0].instance.label} has no functional groups "
                 "(SharedFunctionalGroupsSequence/PerFrameFunctionalGroupsSequence), so the position of each "
                 "frame is unknown; send an enhanced multi-frame image or single-frame images"
             )
         for plane in planes:
-            frame_position(header, plane.frame)
+            frame_position(header, plane.frame, plane.instance.label)
     elif spatial:
-        missing = [i.sop_instance_uid for i in {p.instance.sop_instance_uid: p.instance for p in planes}.values()
+        missing = [i.label for i in {p.instance.sop_instance_uid: p.instance for p in planes}.values()
                    if "ImagePositionPatient" not in i.header or "ImageOrientationPatient" not in i.header]
         if missing:
             raise DicomExportError(
