@@ -8,8 +8,9 @@ per request id, these are the worker calls each request made.
 
     .venv/bin/python -m benchmarks.admission_retries [--clients 12] [--seconds 20] [--model-seconds 0.5]
 
-Prints the HTTP outcomes, worker calls per request (mean, largest), calls per worker per request (largest),
-refusals, the workers' log lines per request, and request latency.
+Prints the HTTP outcomes and 200s per second (from the first request to the last answer), worker calls
+per request (mean, largest), calls per worker per request (largest), refusals, the workers' log lines per
+request, and request latency.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def run(clients: int, seconds: float, model_seconds: float, extra_bridge: list[s
         bridge = start_bridge(tmp, f"ipv4:{workers[0].address},{workers[1].address}", *extra_bridge)
         time.sleep(3)  # the bridge counts its ready workers every 2 s
         outcomes: list[tuple[str, int, float]] = []
-        stop_at = time.monotonic() + seconds
+        started_at = time.monotonic()
+        stop_at = started_at + seconds
 
         def client() -> None:
             while time.monotonic() < stop_at:
@@ -59,6 +61,7 @@ def run(clients: int, seconds: float, model_seconds: float, extra_bridge: list[s
                 thread.start()
             for thread in threads:
                 thread.join()
+            elapsed = time.monotonic() - started_at
         finally:
             bridge.stop()
             for worker in workers:
@@ -76,8 +79,11 @@ def run(clients: int, seconds: float, model_seconds: float, extra_bridge: list[s
                     per_worker[index, found[1]] += 1
                     refusals += found[2].startswith("inference failed")
         ids = [request_id for request_id, _, _ in outcomes]
+        answered = sum(code == 200 for _, code, _ in outcomes)
         return {
             "requests": len(outcomes),
+            "answered_per_second": answered / elapsed,
+            "model_busy": answered * model_seconds / (2 * elapsed),
             "status": dict(collections.Counter(code for _, code, _ in outcomes)),
             "calls_mean": statistics.mean(calls[i] for i in ids),
             "calls_max": max(calls[i] for i in ids),
@@ -100,7 +106,8 @@ def main() -> None:
     result = run(args.clients, args.seconds, args.model_seconds, args.bridge_arg)
     print(f"{args.clients} clients, {args.seconds:g} s, model {args.model_seconds:g} s, 2 workers x 1 place, "
           f"bridge {' '.join(args.bridge_arg) or 'defaults'}")
-    print(f"  requests {result['requests']}  HTTP {result['status']}")
+    print(f"  requests {result['requests']}  HTTP {result['status']}  200s per second "
+          f"{result['answered_per_second']:.2f} (the models busy {result['model_busy']:.0%} of the time)")
     print(f"  worker calls per request: mean {result['calls_mean']:.2f}, largest {result['calls_max']}; "
           f"one worker's calls for one request, largest {result['calls_per_worker_max']}; "
           f"refusals {result['refusals']}")
