@@ -1,17 +1,23 @@
-"""Getting a call admitted by some worker of a target: when a refused call is tried again, and for how long.
+"""Getting a call admitted by some worker of a target: how many workers a request tries, and which try waits.
 
 A call is *admitted* when the worker sends its initial metadata, before any study byte leaves the bridge
-(worker/serving/admission.py). A call refused before that (RESOURCE_EXHAUSTED: every place taken; UNAVAILABLE: no
-ready worker or a broken connection) has cost nothing, so it is tried again: round_robin gives each new
-call the next worker. A full worker is retried, with a short growing pause, for up to `queue_wait`
-seconds; 503 comes only when every worker stayed full that long.
+(worker/serving/admission.py). A call refused before that (RESOURCE_EXHAUSTED: every place taken; UNAVAILABLE:
+no ready worker or a broken connection) has cost nothing, so it is tried on the next worker: round_robin
+gives each new call the next one. A request makes at most as many calls as its route has ready workers
+(bridge/readiness.py counts them), so each worker is called at most once when no other request's call comes
+in between (and never more than that count in all). Every call but the last asks for an answer at once;
+the last asks its worker to keep it, parked, until a place frees there, for what is left of `queue_wait`
+(the header's `admission_wait_ms`). A request that finds every worker full thus costs each one call and
+waits without asking again; 503 comes when that wait ends. The attempts write no log line of their own,
+except one when a worker did not answer at all: a refusal that ends the request is logged once, with what
+was tried (bridge/inference.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
+from dataclasses import dataclass
 
 import grpc
 
@@ -24,64 +30,95 @@ from service_runtime.grpc_aio import CALL_ENDED, StreamCall
 
 log = logging.getLogger("bridge.workers")  # with readiness.py: the lines about the workers
 
-FREE_ATTEMPTS = 4  # calls ended before admission, tried again at once
-ADMISSION_TIMEOUT = 5.0  # a worker admits or refuses at once; one that does neither is as good as gone
+# A worker admits or refuses at once (or, asked to wait, when its wait ends): one that does neither this
+# long after is as good as gone.
+ADMISSION_TIMEOUT = 5.0
 # Ended before admission, nothing lost: unreachable, or the transport's own failure (gRPC reports a call ended
 # by the server while the client was still writing its header as INTERNAL, with no error code).
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+MAX_WAIT_MS = (1 << 32) - 1  # admission_wait_ms is a uint32
 
 
-def worth_retrying(status: grpc.StatusCode, error_code: str) -> tuple[bool, bool]:
-    """(free, full) for a call ended before admission: tried again at once because it cost nothing; a worker
-    that is full, worth waiting for. Pure."""
+def ended_free(status: grpc.StatusCode, error_code: str) -> bool:
+    """Whether a call that ended before admission cost nothing, so that the next worker may be tried: a full
+    worker's refusal, or a call that never reached one. Pure."""
     # A worker that is full says so itself (its error code). Without one, RESOURCE_EXHAUSTED is the channel's
     # own (an answer over a gRPC limit): an error, never retried.
-    full = status == grpc.StatusCode.RESOURCE_EXHAUSTED and error_code in contract_errors.FULL
-    free = full or (status in RETRYABLE and not (status == grpc.StatusCode.INTERNAL and error_code))
-    return free, full
+    if status == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return error_code in contract_errors.FULL
+    return status in RETRYABLE and not (status == grpc.StatusCode.INTERNAL and error_code)
 
 
-async def admit(channel: WorkerChannel, header: pb.InferRequest, timeout: float, call_metadata: tuple,
-                queue_wait: float) -> StreamCall:
-    """Opens a call that a worker has admitted (its header sent, nothing else); raises WorkerFailed (no worker
-    admitted it).
+@dataclass(frozen=True)
+class AttemptPlan:
+    """How one request spreads its calls over a route's workers: `attempts` calls at most, the last one
+    waiting at its worker for a place. Pure."""
 
-    A call that ends before its admission has cost nothing, so it is tried again at once, up to
-    FREE_ATTEMPTS times (round_robin gives each new call the next worker); after that, a refusal by full
-    workers is retried with a growing pause for up to `queue_wait` seconds.
-    """
+    attempts: int
+
+    @classmethod
+    def for_workers(cls, ready_workers: int) -> AttemptPlan:
+        # No count yet, or none ready: one call, which waits (a worker that comes up may still take it).
+        return cls(max(ready_workers, 1))
+
+    def wait(self, attempt: int, queue_wait_left: float) -> float:
+        """Seconds call `attempt` (from 1) asks its worker to wait for a place: the last gets what is left of
+        the queue wait, the others none (they are answered at once)."""
+        return max(queue_wait_left, 0.0) if attempt >= self.attempts else 0.0
+
+    def again(self, attempt: int, free: bool) -> bool:
+        """Whether, after call `attempt` ended before admission, the next worker is tried."""
+        return free and attempt < self.attempts
+
+
+def wait_ms(seconds: float) -> int:
+    """`seconds` as the header's admission_wait_ms."""
+    return min(round(seconds * 1000), MAX_WAIT_MS)
+
+
+async def admit(channel: WorkerChannel, header: pb.RequestHeader, timeout: float, call_metadata: tuple,
+                queue_wait: float, ready_workers: int) -> StreamCall:
+    """Opens a call that a worker has admitted (its header sent, nothing else), trying the workers as
+    AttemptPlan says; raises WorkerFailed (no worker admitted it), saying what was tried."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    attempts = 0
+    plan = AttemptPlan.for_workers(ready_workers)
+    hung = 0  # workers that neither admitted nor refused
+    attempt = 0
     while True:
-        attempts += 1
+        attempt += 1
+        wait = plan.wait(attempt, queue_wait - (loop.time() - started))
+        header.admission_wait_ms = wait_ms(wait)
         call = channel.open_call(max(timeout - (loop.time() - started), 0.001), call_metadata)
         try:
-            await call.write(header)
-            async with asyncio.timeout(ADMISSION_TIMEOUT):
+            await call.write(pb.InferRequest(header=header))
+            async with asyncio.timeout(ADMISSION_TIMEOUT + wait):
                 admitted = metadata.value(await call.initial_metadata(), metadata.ADMITTED) == metadata.YES
         except CALL_ENDED:
             admitted = False
         except TimeoutError:  # a worker that neither admits nor refuses is hung: try another
             call.cancel()
-            log.warning("worker target %s: a worker did not answer a call within %g s", channel.target,
-                        ADMISSION_TIMEOUT)
-            if attempts < FREE_ATTEMPTS:
+            hung += 1
+            if plan.again(attempt, free=True):
                 continue
-            raise WorkerFailed(grpc.StatusCode.UNAVAILABLE, "no worker answered") from None
+            raise WorkerFailed(grpc.StatusCode.UNAVAILABLE, "no worker answered",
+                               tried=_tried(attempt, hung)) from None
         except BaseException:
             call.cancel()
             raise
         if admitted:
+            if hung:  # the one line about this request's attempts: a hung worker is news
+                log.warning("worker target %s: %s", channel.target, _tried(attempt, hung))
             return call
         status = await call.code()
         details = await call.details() or ""
         error_code = metadata.value(await call.trailing_metadata(), metadata.ERROR_CODE)
-        free, full = worth_retrying(status, error_code)
-        if free:
-            if attempts < FREE_ATTEMPTS:
-                continue
-            if full and loop.time() - started < queue_wait:
-                await asyncio.sleep(min(0.005 * 2 ** (attempts - FREE_ATTEMPTS), 0.2) * random.uniform(0.5, 1))
-                continue
-        raise WorkerFailed(status, details, error_code)
+        if plan.again(attempt, ended_free(status, error_code)):
+            continue
+        raise WorkerFailed(status, details, error_code, tried=_tried(attempt, hung))
+
+
+def _tried(calls: int, hung: int) -> str:
+    """What a request's attempts were, for its log line."""
+    said = f"{calls} call{'s' if calls != 1 else ''} to the target's workers"
+    return said + (f", {hung} of them not answered within {ADMISSION_TIMEOUT:g} s" if hung else "")

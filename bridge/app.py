@@ -148,8 +148,10 @@ class BridgeApp:
 
         self.metrics.inflight.inc()
         try:
-            return await InferenceRequest(request, request.path, self.routes[request.path].channel, self.config.limits,
-                                          record.request_id, self.metrics, ended, record.trace).run()
+            route = self.routes[request.path]
+            return await InferenceRequest(request, request.path, route.channel, self.config.limits, record.request_id,
+                                          self.metrics, ended, record.trace,
+                                          ready_workers=lambda: route.readiness.ready_workers).run()
         except BaseException:
             self.metrics.inflight.dec()
             raise

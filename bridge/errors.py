@@ -136,13 +136,14 @@ _CHANNEL_MESSAGES = {
 class WorkerFailed(Exception):
     """A worker call that ended without an answer, refused before its admission or ended after it: its gRPC
     `status` and `details`, the worker's `error_code` and the `input_hash` it reported (either may be empty),
-    and the `worker` that had admitted it (its host name; empty before admission)."""
+    the `worker` that had admitted it (its host name; empty before admission), and, refused before
+    admission, what was `tried` (for the log)."""
 
     def __init__(self, status: grpc.StatusCode, details: str, error_code: str = "", input_hash: str = "",
-                 worker: str = "") -> None:
+                 worker: str = "", tried: str = "") -> None:
         super().__init__(f"{status.name} {details}")
         self.status, self.details, self.error_code = status, details, error_code
-        self.input_hash, self.worker = input_hash, worker
+        self.input_hash, self.worker, self.tried = input_hash, worker, tried
 
 
 # A worker's failures whose message may quote the model's words about the study (its exception, its answer).

@@ -61,13 +61,16 @@ OnAnswerEnd = Callable[[int, bool, str], None]  # (bytes sent, complete, input h
 class InferenceRequest:
     """Runs one request against a route's workers: `await run()` returns the answer, whose body reports its
     end to `on_answer_end`, or raises what ended the request (bridge/errors.py `for_failure` answers it).
-    `metrics` counts the body bytes both ways."""
+    `metrics` counts the body bytes both ways; `ready_workers` says how many workers the route has now (the
+    calls a request may make to get admitted: bridge/admission.py)."""
 
     def __init__(self, request: Request, route: str, channel: WorkerChannel, limits: BridgeLimits, request_id: str,
-                 metrics: BridgeMetrics, on_answer_end: OnAnswerEnd, trace: RequestTrace = NO_TRACE) -> None:
+                 metrics: BridgeMetrics, on_answer_end: OnAnswerEnd, trace: RequestTrace = NO_TRACE,
+                 ready_workers: Callable[[], int] = lambda: 1) -> None:
         self.request = request
         self.route = route
         self.channel = channel
+        self.ready_workers = ready_workers
         self.limits = limits
         self.request_id = request_id
         self.metrics = metrics
@@ -176,9 +179,9 @@ class InferenceRequest:
     async def _admit(self, header: pb.RequestHeader) -> StreamCall:
         traced = self.trace.call(self.channel.target)  # the call's span; its traceparent goes in the metadata
         try:
-            call = await admit(self.channel, pb.InferRequest(header=header), self.limits.deadline_seconds,
+            call = await admit(self.channel, header, self.limits.deadline_seconds,
                                ((metadata.REQUEST_ID, self.request_id), *traced.metadata),
-                               self.limits.queue_wait_seconds)
+                               self.limits.queue_wait_seconds, self.ready_workers())
         except errors.WorkerFailed as refused:
             traced.end(refused.status)
             self._log_failure(refused)
@@ -253,18 +256,20 @@ class InferenceRequest:
         return failure
 
     def _log_failure(self, failure: errors.WorkerFailed) -> None:
+        """The request's one line about its worker calls having failed (refused before admission: after how many)."""
         # Before admission no worker is named: gRPC's details name the address tried.
         on = f" (worker {failure.worker})" if failure.worker else ""
         status, details = failure.status, failure.details
+        tried = f" ({failure.tried})" if failure.tried else ""
         if errors.may_quote_the_study(failure.error_code):
             # Its message is for the client (or, a model's exception, for no one): it may quote the study. The
             # worker logged it, under the same request id, with the study's identifiers hidden.
-            log.info("the worker%s ended the call: %s %s (the worker's log has why)", on, status.name,
-                     failure.error_code)
+            log.info("the worker%s ended the call: %s %s (the worker's log has why)%s", on, status.name,
+                     failure.error_code, tried)
         elif failure.error_code or status not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            log.info("the worker%s ended the call: %s %s", on, status.name, details)
+            log.info("the worker%s ended the call: %s %s%s", on, status.name, details, tried)
         else:
-            log.warning("worker target %s%s: %s %s", self.channel.target, on, status.name, details)
+            log.warning("worker target %s%s: %s %s%s", self.channel.target, on, status.name, details, tried)
 
 
 async def _binary_chunks(call) -> AsyncIterator:

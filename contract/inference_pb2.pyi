@@ -50,18 +50,20 @@ class InferRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., part: _Optional[_Union[PartHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., end: _Optional[_Union[RequestEnd, _Mapping]] = ...) -> None: ...
 
 class RequestHeader(_message.Message):
-    __slots__ = ("request_json", "inference_command", "study_path", "request_id", "route")
+    __slots__ = ("request_json", "inference_command", "study_path", "request_id", "route", "admission_wait_ms")
     REQUEST_JSON_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_COMMAND_FIELD_NUMBER: _ClassVar[int]
     STUDY_PATH_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     request_json: bytes
     inference_command: str
     study_path: str
     request_id: str
     route: str
-    def __init__(self, request_json: _Optional[bytes] = ..., inference_command: _Optional[str] = ..., study_path: _Optional[str] = ..., request_id: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
+    admission_wait_ms: int
+    def __init__(self, request_json: _Optional[bytes] = ..., inference_command: _Optional[str] = ..., study_path: _Optional[str] = ..., request_id: _Optional[str] = ..., route: _Optional[str] = ..., admission_wait_ms: _Optional[int] = ...) -> None: ...
 
 class PartHeader(_message.Message):
     __slots__ = ("kind", "content_type", "filename", "name", "size_hint")

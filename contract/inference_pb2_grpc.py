@@ -82,7 +82,8 @@ class InferenceServicer:
 
         The worker sends its initial metadata (`admitted: 1`) as soon as it has admitted the call, before it
         reads any part: a sender may wait for it and, when the call fails before it (RESOURCE_EXHAUSTED,
-        UNAVAILABLE), retry on another worker having sent no study byte. Failed calls carry their stable
+        UNAVAILABLE), retry on another worker having sent no study byte. A full worker refuses at once, unless
+        the header asks it to wait for a place (`admission_wait_ms`). Failed calls carry their stable
         error code in the trailing metadata `error-code`, and `input-hash` once the study has arrived.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

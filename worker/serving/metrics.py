@@ -33,6 +33,8 @@ class WorkerMetrics:
             "worker_queue_depth", "Calls whose study has arrived, waiting for an inference slot.", registry=r
         )
         self.receiving = Gauge("worker_receiving_calls", "Admitted calls still receiving their study.", registry=r)
+        self.parked = Gauge("worker_parked_calls", "Calls not admitted yet, waiting for a place (their header asked "
+                            "to wait: admission_wait_ms).", registry=r)
         self.study_memory = Gauge("worker_study_memory_bytes", "Study bytes calls keep in memory now.", registry=r)
         self.spool_bytes = Gauge("worker_spool_bytes", "Study bytes calls keep in the spool folder now.", registry=r)
         self.model_loaded = Gauge("worker_model_loaded", "1 once the model's load() has returned.", registry=r)

@@ -113,6 +113,7 @@ class WorkerServer:
 
     async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
+        self.servicer.admission.close()  # calls waiting for a place are refused now, not admitted while draining
         await self.server.stop(grace)
 
     async def _set_health(self, status) -> None:

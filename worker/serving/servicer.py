@@ -226,11 +226,7 @@ class _Call:
         # The header is read before anything is decided: the sender's write of it has then completed, so a
         # refusal reaches it with its own status (a refusal racing that write surfaces as INTERNAL).
         header = await self._header(messages)
-        self.ticket = self.s.admission.admit()
-        if self.ticket is None:
-            if self.s.store.spool_full:
-                raise errors.SpoolFull(self.s.store.spool_full_message())
-            raise errors.Busy(f"the worker is busy: {self.s.admission.refusal()}; retry later or elsewhere")
+        self.ticket = await self._admission(header.admission_wait_ms / 1000)
         # Admitted: tell the sender now, before it sends any study byte, so that a refusal (above) can be
         # retried elsewhere by a sender that has lost nothing.
         await self.context.send_initial_metadata(((metadata.ADMITTED, metadata.YES), (metadata.WORKER, WORKER_NAME)))
@@ -287,6 +283,28 @@ class _Call:
         except UnknownOutputFormat as error:
             raise errors.BadRequest(str(error)) from error
         return header
+
+    async def _admission(self, asked_wait: float) -> Ticket:
+        """A place for this call, at once or, when its header asks to wait, once one frees (worker/serving/
+        admission.py); else the refusal it would have had at once. The wait ends a moment before the caller's
+        deadline, so that the refusal reaches it, and after --idle-timeout-seconds at most: a caller cannot
+        keep a call parked for longer than it may keep one silent."""
+        admission = self.s.admission
+        wait = min(asked_wait, self.s.config.idle_timeout_seconds)
+        if (remaining := self.time_remaining()) is not None:
+            wait = min(wait, remaining - DEADLINE_MARGIN)
+        if wait > 0:
+            self.stage_name = "while waiting for a place"
+            ticket = await admission.wait_for_place(wait)
+        else:
+            ticket = admission.admit()
+        if ticket is not None:
+            return ticket
+        if admission.closed:
+            raise errors.NotReady("the worker is shutting down; retry elsewhere")
+        if self.s.store.spool_full:
+            raise errors.SpoolFull(self.s.store.spool_full_message())
+        raise errors.Busy(f"the worker is busy: {admission.refusal()}; retry later or elsewhere")
 
     async def _receive(self, header: pb.RequestHeader, messages) -> Study:
         config = self.s.config

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from worker.serving.errors import SpoolFull
@@ -102,6 +103,11 @@ class StoreBudget:
         self.memory = 0
         self.spool = 0
         self._said_full = False  # one warning each time the spool fills, not one per refused call
+        self._on_room: list[Callable[[], None]] = []
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` each time a full spool has room again (admission wakes a call waiting for a place)."""
+        self._on_room.append(callback)
 
     @property
     def spool_full(self) -> bool:
@@ -125,7 +131,11 @@ class StoreBudget:
         self.spool += size
 
     def give_spool(self, size: int) -> None:
+        was_full = self.spool_full
         self.spool -= size
+        if was_full and not self.spool_full:
+            for callback in self._on_room:
+                callback()
         if self._said_full and self.spool < self.spool_limit * 0.9:
             self._said_full = False
             log.info("the spool has room again: %d of %d bytes in use", self.spool, self.spool_limit)
