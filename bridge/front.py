@@ -16,7 +16,9 @@ What this module adds around it:
 - jemalloc (granian's allocator) is told to give freed memory back to the system within a second, from a
   thread of its own: without it, what a flood of connections allocated stays with the process;
 - the soft limit on open files is raised to the hard one, so that `max_connections` is not cut short by
-  a default of 1,024 file descriptors.
+  a default of 1,024 file descriptors;
+- with HTTPS, a watchdog (bridge/open_files.py) gets granian accepting again when pending TLS handshakes,
+  which `max_connections` does not count, have taken every file descriptor.
 """
 
 from __future__ import annotations
@@ -40,10 +42,15 @@ from granian.server.embed import Server  # noqa: E402
 
 from bridge.config import HttpLimits  # noqa: E402
 from bridge.http import ASGIApp  # noqa: E402
+from bridge.open_files import OpenFilesWatchdog  # noqa: E402
 
 log = logging.getLogger("bridge")
 
 BACKLOG = 1024
+# File descriptors kept from the connections served (--max-connections), for the bridge's own files and its
+# channels to the workers; with HTTPS also for the listen queue, which granian takes into pending TLS
+# handshakes all at once when connections close (handshakes are not counted as connections served).
+SPARE_FILES = 256
 # hyper's read buffer: it bounds the request head (431 beyond about twice this; our own limit is exact, in
 # bridge/middleware.py) and the size of the body pieces the application receives.
 MIN_READ_BUFFER = 256 << 10
@@ -132,6 +139,7 @@ class HttpFront:
         self._socket: socket.socket | None = None
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task | None = None
+        self._watchdog: OpenFilesWatchdog | None = None
 
     def listen(self, host: str, port: int) -> int:
         """Takes the port now (PortInUse if it cannot); serving starts with `start()`."""
@@ -141,7 +149,8 @@ class HttpFront:
 
     async def start(self) -> None:
         open_files = raise_open_files_limit()
-        connections = min(self.limits.max_connections, max(open_files - 256, 64))
+        spare = SPARE_FILES + (BACKLOG if self.tls else 0)
+        connections = min(self.limits.max_connections, max(open_files - spare, 64))
         if connections < self.limits.max_connections:
             log.warning("--max-connections %d is above what the open-files limit (%d) allows: %d will be served",
                         self.limits.max_connections, open_files, connections)
@@ -155,6 +164,8 @@ class HttpFront:
                     header_read_timeout=max(1, int(self.limits.header_timeout * 1000)), keep_alive=True,
                     max_buffer_size=max(MIN_READ_BUFFER, self.limits.max_header_bytes + 4096)),
                 **tls)
+        if self.tls:  # a duplicate of the socket: granian's own is detached from ours when it starts serving
+            self._watchdog = OpenFilesWatchdog(self._socket.dup()).start()
         self._task = asyncio.ensure_future(self._server.serve())
         await asyncio.sleep(0)  # granian's worker is spawned on its first step; the socket already listens
 
@@ -162,6 +173,8 @@ class HttpFront:
         """Stops accepting, lets requests in progress finish within `grace` seconds, then drops the rest."""
         if self._server is None or self._task is None:
             return
+        if self._watchdog is not None:
+            self._watchdog.stop()
         self._server.workers_kill_timeout = grace
         self._server.stop()
         try:
