@@ -42,6 +42,9 @@ EXIT_OUT_OF_FILES = 3  # 2 is a usage error (bridge/__main__.py)
 OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
 # granian tries to accept again 500 ms after it failed: a drain outlasts several of its attempts.
 DRAIN_SECONDS = 2.0
+# Descriptors kept for the drain's accept(): granian may take one given up for it (when it tries to accept just
+# then), and holds it until it accepts again; each drain gives up one, and one more each time that happens.
+RESERVE = 16
 
 DRAIN = "drain"
 GIVE_UP = "give up"
@@ -83,8 +86,8 @@ class OpenFilesWatchdog:
         self.state = OutOfFiles(drain_after, give_up_after)
         self.drains = 0
         self.lines = RateLimit()
-        self._reserve: int | None = None
-        self._take_reserve()
+        self._reserve: list[int] = []
+        self._refill()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="open-files-watchdog", daemon=True)
 
@@ -96,7 +99,8 @@ class OpenFilesWatchdog:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(self.drain_seconds + 5)
-        self._release_reserve()
+        while self._reserve:
+            os.close(self._reserve.pop())
         self.listener.close()
 
     def _run(self) -> None:
@@ -107,7 +111,8 @@ class OpenFilesWatchdog:
         for _, held in self.lines.held_back(now):
             log.warning("%d more drain(s) of the listen queue in the last %g s were not logged", held,
                         self.lines.window)
-        action = self.state.observe(not self._one_more_file(), now)
+        self._refill()
+        action = self.state.observe(not free_descriptors(1, like=self.listener.fileno()), now)
         if action == DRAIN:
             self._drain_and_log(now)
         elif action == GIVE_UP:
@@ -129,49 +134,46 @@ class OpenFilesWatchdog:
         """Accepts and closes what waits in the listen queue, for at most `drain_seconds`, until descriptors are
         free again (granian found the queue empty and dropped its dead handshakes). Returns (connections
         closed, whether descriptors are free again)."""
-        self._release_reserve()  # the descriptor each accepted connection takes, for the moment it is open
         poller = select.poll()  # no descriptor of its own, unlike epoll
         poller.register(self.listener, select.POLLIN)
-        closed, deadline = 0, time.monotonic() + self.drain_seconds
+        closed, released, deadline = 0, self._release_one(), time.monotonic() + self.drain_seconds
         try:
             while time.monotonic() < deadline:
                 try:
                     connection, _ = self.listener.accept()
                 except BlockingIOError:  # the queue is empty: granian's next attempt finds it so
-                    if free_descriptors(2, like=self.listener.fileno()):  # more than the reserve: granian freed some
+                    if free_descriptors(released + 2, like=self.listener.fileno()):  # granian freed some
                         return closed, True
                     poller.poll(10)
                     continue
                 except OSError as error:
                     if error.errno not in OUT_OF_FILES and error.errno != errno.ECONNABORTED:
                         raise
-                    poller.poll(10)  # another thread took the descriptor first; it is tried again
+                    # granian accepted first, into the descriptor given up (it gets it back when it recovers)
+                    released += self._release_one()
+                    poller.poll(10)
                     continue
                 connection.close()
                 closed += 1
-            return closed, free_descriptors(2, like=self.listener.fileno())
+            return closed, free_descriptors(released + 2, like=self.listener.fileno())
         finally:
-            self._take_reserve()
+            self._refill()
 
-    def _one_more_file(self) -> bool:
-        if self._reserve is None:  # lost to another thread at the end of a drain: taken back when one is free
-            return self._take_reserve()
-        return free_descriptors(1, like=self._reserve)
-
-    def _take_reserve(self) -> bool:
-        if self._reserve is None:
+    def _refill(self) -> None:
+        """Keeps RESERVE descriptors open while they can be had: each drain gives them up one at a time."""
+        while len(self._reserve) < RESERVE:
             try:
-                self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                self._reserve.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
             except OSError as error:
                 if error.errno not in OUT_OF_FILES:
                     raise
-                return False
-        return True
+                return
 
-    def _release_reserve(self) -> None:
-        if self._reserve is not None:
-            os.close(self._reserve)
-            self._reserve = None
+    def _release_one(self) -> int:
+        if not self._reserve:
+            return 0
+        os.close(self._reserve.pop())
+        return 1
 
     def _give_up(self) -> None:
         log.error("no file descriptor has been free for %.0f s (open-files limit %d), although the listen queue "
