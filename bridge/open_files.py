@@ -14,8 +14,8 @@ What this does: a thread checks every `check_every` seconds whether the process 
 it could not for `drain_after` seconds, it empties the listen queue itself, accepting and closing what waits
 there (clients that would never be served), until granian, finding the queue empty, has gone back to its
 pending handshakes and dropped those whose clients left or whose 10 s are over: descriptors are free again,
-and the bridge accepts as before. One descriptor is kept in reserve for that accept. If no descriptor has been
-free for `give_up_after` seconds despite the draining (descriptors held by something else), it logs one ERROR
+and the bridge accepts as before. A few descriptors are kept in reserve for that accept. If no descriptor has
+been free for `give_up_after` seconds despite the draining (descriptors held by something else), it logs one ERROR
 line and ends the process with status EXIT_OUT_OF_FILES, for a supervisor to start it again.
 
 Only the HTTPS front needs it: over plain HTTP granian accepts no more than `--max-connections`, which stays
@@ -40,10 +40,13 @@ log = logging.getLogger("bridge.open_files")
 
 EXIT_OUT_OF_FILES = 3  # 2 is a usage error (bridge/__main__.py)
 OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
+CHECK_EVERY = 0.5
+DRAIN_AFTER = 2.0  # seconds without a free descriptor: granian's accept has failed four times by then
+GIVE_UP_AFTER = 60.0
 # granian tries to accept again 500 ms after it failed: a drain outlasts several of its attempts.
 DRAIN_SECONDS = 2.0
-# Descriptors kept for the drain's accept(): granian may take one given up for it (when it tries to accept just
-# then), and holds it until it accepts again; each drain gives up one, and one more each time that happens.
+# Descriptors kept for the drain's accept(). A drain gives up one, and one more each time granian took the one
+# given up (it tried to accept at that moment), holding it in a pending handshake until it has recovered.
 RESERVE = 16
 
 DRAIN = "drain"
@@ -54,8 +57,8 @@ GIVE_UP = "give up"
 class OutOfFiles:
     """How long the process has had no free file descriptor, and what to do about it."""
 
-    drain_after: float = 2.0
-    give_up_after: float = 60.0
+    drain_after: float = DRAIN_AFTER
+    give_up_after: float = GIVE_UP_AFTER
     since: float | None = None  # when no descriptor was first seen free (None: one is free)
 
     def observe(self, full: bool, now: float) -> str | None:
@@ -78,8 +81,8 @@ class OpenFilesWatchdog:
     """Watches the process's file descriptors on a thread of its own; drains `listener` (a duplicate of the
     listening socket granian accepts from) when they have run out (module docstring)."""
 
-    def __init__(self, listener: socket.socket, check_every: float = 0.5, drain_after: float = 2.0,
-                 give_up_after: float = 60.0, drain_seconds: float = DRAIN_SECONDS) -> None:
+    def __init__(self, listener: socket.socket, check_every: float = CHECK_EVERY, drain_after: float = DRAIN_AFTER,
+                 give_up_after: float = GIVE_UP_AFTER, drain_seconds: float = DRAIN_SECONDS) -> None:
         self.listener = listener
         self.listener.setblocking(False)  # the same open file as granian's socket, which is non-blocking too
         self.check_every, self.drain_seconds = check_every, drain_seconds
