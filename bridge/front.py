@@ -52,8 +52,11 @@ BACKLOG = 1024
 # handshakes all at once when connections close (handshakes are not counted as connections served).
 SPARE_FILES = 256
 # hyper's read buffer: it bounds the request head (431 beyond about twice this; our own limit is exact, in
-# bridge/middleware.py) and the size of the body pieces the application receives.
-MIN_READ_BUFFER = 256 << 10
+# bridge/middleware.py) and the size of the body pieces the application receives. Each piece costs a wake-up
+# of the event loop from granian's thread: at 1 MiB rather than 256 KiB the bridge spent 125-132 instead of
+# 159-170 ms of CPU per 64-slice study (33.6 MB; BENCHMARKS.md). The buffer grows to it only on connections
+# that fill it.
+MIN_READ_BUFFER = 1 << 20
 
 
 class PortInUse(OSError):
