@@ -42,4 +42,6 @@ def test_grpc_aio_still_leaks_what_an_abandoned_read_holds():
         "grpcio. Remove the shielded read of service_runtime.grpc_aio.StreamCall.read and its entry in "
         "docs/decisions.md.")
     shielded = scenario("read-leak", "workaround")
-    assert shielded["bytes_kept_per_call"] < shielded["message_bytes"] / 16, shielded
+    # The same line as above: through the adapter 0.3-8 KB a call (8 KB on a loaded machine, where a few calls
+    # are still ending when the heap is read), against about 114 KB without it.
+    assert shielded["bytes_kept_per_call"] < shielded["message_bytes"] / 4, shielded
