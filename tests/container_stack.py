@@ -40,7 +40,9 @@ from tests.services import ROOT, free_port
 CA_BUNDLE = ROOT / "docker/build-ca/ca-bundle.pem"
 BASE_SCRIPT = ROOT / "docker/python-base-image.sh"
 STARTUP_TIMEOUT = 240  # the workers' models load in seconds; containers start in a few more
-LOAD_REQUESTS = 120
+# Enough that the load outlasts a worker's graceful stop (120 were all answered before `docker stop` returned
+# once the stop got quicker: nothing was then checked).
+LOAD_REQUESTS = 400
 LOAD_CLIENTS = 4
 
 
