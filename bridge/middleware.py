@@ -150,7 +150,7 @@ class RateLimitedReceive:
                 try:
                     # A caller cancelled here (its request given up) leaves the receive pending, not cancelled:
                     # the next call (the drain after an early answer) takes its message, so no piece is lost.
-                    await _done_or_timeout(self._pending, window_left)
+                    await asyncio.wait((self._pending,), timeout=window_left)
                 finally:
                     self.waited += loop.time() - started
             if self._pending.done():
@@ -164,25 +164,6 @@ class RateLimitedReceive:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
-
-
-async def _done_or_timeout(future: asyncio.Future, seconds: float) -> None:
-    """Waits until `future` is done or `seconds` have passed, leaving it alone either way: asyncio.wait's
-    work for one future, without its set and its extra frames (once per piece of every body)."""
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-
-    def wake(_=None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    timer = loop.call_later(seconds, wake)
-    future.add_done_callback(wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        future.remove_done_callback(wake)
 
 
 class EarlyAnswer:
