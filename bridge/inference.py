@@ -3,12 +3,14 @@ streams back.
 
 The JSON part is read first and becomes the call's header; once a worker has admitted the call (see
 bridge/admission.py), a task forwards the rest of the body part by part while this one waits for the
-worker's result. Whichever side fails first decides the answer: a body that is malformed, too large, too
-slow or abandoned is the client's doing; a call that ends early is the worker's (WorkerFailed). Either
-failure is raised as it is and becomes an HTTP answer in one place (bridge/errors.py, `for_failure`). The
-answer's Content-Length is exact before any mask byte arrives, and its body (AnswerBody) is counted and
-reported as it streams. Memory stays at about one chunk each way; nothing here imports a model or decodes
-pixels.
+worker's result. When the worker says it reads bundles (contract/metadata.py), the request messages made
+from one read of the body go as one gRPC message, and a small study's (SMALL_STUDY_BYTES) all go in one:
+each gRPC message costs both ends a round of work. Whichever side fails first decides the answer: a body
+that is malformed, too large, too slow or abandoned is the client's doing; a call that ends early is the
+worker's (WorkerFailed). Either failure is raised as it is and becomes an HTTP answer in one place
+(bridge/errors.py, `for_failure`). The answer's Content-Length is exact before any mask byte arrives, and
+its body (AnswerBody) is counted and reported as it streams. Memory stays at about one chunk each way;
+nothing here imports a model or decodes pixels.
 """
 
 from __future__ import annotations
@@ -47,12 +49,16 @@ from bridge.translate import (
 )
 from contract import inference_pb2 as pb
 from contract import metadata, wire
+from contract.limits import CHUNK_BYTES
 from service_runtime.grpc_aio import CALL_ENDED, StreamCall, retrieve_outcome
 from service_runtime.logs import set_tags
 
 log = logging.getLogger("bridge.inference")
 
 ACCEPTED_TYPES = (media.MULTIPART_RELATED, media.MULTIPART_FORM_DATA, media.JSON)
+# A body of at most this many bytes (by its Content-Length) is read whole once its call is admitted, and goes in
+# one message after the header; a larger one streams, what each read brings in a message of its own.
+SMALL_STUDY_BYTES = CHUNK_BYTES
 
 
 OnAnswerEnd = Callable[[int, bool, str], None]  # (bytes sent, complete, input hash)
@@ -137,15 +143,23 @@ class InferenceRequest:
         json_part, leftover = await self._read_json_part(parser)
         header = request_header(json_part, self.route, self.request_id)
         translator = RequestTranslator()
+        small = (self.request.content_length or SMALL_STUDY_BYTES + 1) <= SMALL_STUDY_BYTES
 
         async def forward(call) -> None:
-            for message in translator.translate(leftover):
-                await call.write(message)
-            while data := await self.read():
-                for message in translator.translate(parser.feed(data)):
-                    await call.write(message)
+            bundles = await reads_bundles(call)
+            messages = list(translator.translate(leftover))
+            while True:
+                # What is at hand goes before the next read waits for the client, except a small study's, and
+                # the body's last messages, which go with the end.
+                if messages and not (bundles and (small or self.request.complete)):
+                    await send(call, messages, bundles)
+                    messages = []
+                data = await self.read()
+                if not data:
+                    break
+                messages += translator.translate(parser.feed(data))
             parser.close()
-            await call.write(translator.end())
+            await send(call, [*messages, translator.end()], bundles)
             await call.done_writing()
 
         return header, forward
@@ -270,6 +284,20 @@ class InferenceRequest:
             log.info("the worker%s ended the call: %s %s%s", on, status.name, details, tried)
         else:
             log.warning("worker target %s%s: %s %s%s", self.channel.target, on, status.name, details, tried)
+
+
+async def reads_bundles(call: StreamCall) -> bool:
+    """Whether the worker that admitted `call` said it reads bundles."""
+    return metadata.value(await call.initial_metadata(), metadata.READS_BUNDLES) == metadata.YES
+
+
+async def send(call: StreamCall, messages: list, bundles: bool) -> None:
+    """Writes request `messages` in one gRPC message when the worker reads bundles, else one by one."""
+    if bundles:
+        await call.write(wire.request_message(messages))
+    else:
+        for message in messages:
+            await call.write(wire.request_message((message,)))
 
 
 async def _binary_chunks(call) -> AsyncIterator:

@@ -1,9 +1,10 @@
 """Translation between the Arterys HTTP protocol and the worker contract, both ways, with no IO.
 
 Inbound: multipart events become `InferRequest` messages (header from the JSON part, then one `part` plus
-`chunk`s per later part, then `end`). Outbound: the worker's `InferResult` becomes the multipart/related
-answer: JSON part, one binary part per entry of `parts`, hashes last. The input hash is the worker's (it
-hashes what it received, once); the output hash is computed here, on the bytes as they stream past.
+`chunk`s per later part, then `end`); the bridge sends those at hand together (contract.wire bundles).
+Outbound: the worker's `InferResult` becomes the multipart/related answer: JSON part, one binary part per
+entry of `parts`, hashes last. The input hash is the worker's (it hashes what it received, once); the output
+hash is computed here, on the bytes as they stream past.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class RequestTranslator:
     """Turns the multipart events after the JSON part into request messages.
 
     Feed it the parser's events in order; it yields what to send: `InferRequest`s, and part data coalesced
-    into chunk messages of about `chunk_size` bytes, already serialised (contract.wire).
+    into chunks of about `chunk_size` bytes (`wire.Chunk`, joined only as they are serialised).
     """
 
     chunk_size: int = limits.CHUNK_BYTES
@@ -81,12 +82,12 @@ class RequestTranslator:
     _pending: list = field(default_factory=list, repr=False)
     _pending_size: int = 0
 
-    def translate(self, events: Iterable) -> Iterator[pb.InferRequest]:
+    def translate(self, events: Iterable) -> Iterator[pb.InferRequest | wire.Chunk]:
         for event in events:
             if isinstance(event, PartData):
                 data = event.data
                 if not self._pending and len(data) >= self.chunk_size:
-                    yield wire.request_chunk((data,))
+                    yield wire.Chunk((data,))
                     continue
                 self._pending.append(data)
                 self._pending_size += len(data)
@@ -104,10 +105,10 @@ class RequestTranslator:
             elif isinstance(event, Epilogue):
                 self.finished = True
 
-    def _flush(self) -> bytes:
-        message = wire.request_chunk(self._pending)  # joins and frames in one copy
+    def _flush(self) -> wire.Chunk:
+        chunk = wire.Chunk(self._pending)
         self._pending, self._pending_size = [], 0
-        return message
+        return chunk
 
     def end(self) -> pb.InferRequest:
         if not self.finished:

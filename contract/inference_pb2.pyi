@@ -38,16 +38,24 @@ DICOM_STRUCTURED_REPORT: BinaryType
 DICOM_GSPS: BinaryType
 
 class InferRequest(_message.Message):
-    __slots__ = ("header", "part", "chunk", "end")
+    __slots__ = ("header", "part", "chunk", "end", "bundle")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
     part: PartHeader
     chunk: bytes
     end: RequestEnd
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., part: _Optional[_Union[PartHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., end: _Optional[_Union[RequestEnd, _Mapping]] = ...) -> None: ...
+    bundle: Bundle
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., part: _Optional[_Union[PartHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., end: _Optional[_Union[RequestEnd, _Mapping]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ...) -> None: ...
+
+class Bundle(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[InferRequest]
+    def __init__(self, messages: _Optional[_Iterable[_Union[InferRequest, _Mapping]]] = ...) -> None: ...
 
 class RequestHeader(_message.Message):
     __slots__ = ("request_json", "inference_command", "study_path", "request_id", "route", "admission_wait_ms")

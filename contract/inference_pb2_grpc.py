@@ -57,6 +57,7 @@ class InferenceServicer:
         2. for each part of the HTTP request after the JSON part (attachments first, then DICOM
         instances): one `part`, then zero or more `chunk`s with its bytes;
         3. exactly one `end`.
+        Consecutive messages of this order may travel together in a `bundle`.
         With `header.study_path` set, no parts follow: the worker reads the folder itself.
 
         Response stream: exactly one `result`, then for each entry of `result.parts`, in order, the

@@ -6,6 +6,10 @@ serialisation, out of the parsed message), which measured as a third of the brid
 CPU on a 134 MB study (BENCHMARKS.md). Here the sender frames the bytes in the one join that coalesces
 them, and the receiver gets a memoryview into the buffer gRPC handed over.
 
+Several request messages may travel as one `InferRequest{bundle}` (fewer gRPC messages: each costs both
+ends a round of work in gRPC Python); a bundle is framed here in the same single join, and read back into
+its messages, chunks again as views.
+
 The bytes are exactly what the generated classes write (tests compare them), so either side may use the
 generated classes instead. Everything else goes through protobuf, and so does any message that is not in
 the one exact shape read here: the fast path never guesses.
@@ -20,6 +24,8 @@ from contract import inference_pb2 as pb
 
 # Field tags (field number << 3 | wire type 2, length-delimited; wire type 0, varint).
 REQUEST_CHUNK = 0x1A  # InferRequest.chunk = 3
+REQUEST_BUNDLE = 0x2A  # InferRequest.bundle = 5
+BUNDLE_MESSAGE = 0x0A  # Bundle.messages = 1
 RESPONSE_BINARY = 0x12  # InferResponse.binary = 2
 BINARY_PART_INDEX = 0x08  # BinaryChunk.part_index = 1
 BINARY_DATA = 0x12  # BinaryChunk.data = 2
@@ -53,10 +59,34 @@ def _read_varint(raw, offset: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------- request
 
 
+class Chunk(list):
+    """An `InferRequest{chunk}` not serialised yet: its pieces, joined only when the message is (request_chunk,
+    request_message), so that a chunk inside a bundle is copied once too."""
+
+    @property
+    def size(self) -> int:
+        return sum(len(piece) for piece in self)
+
+
+def _chunk_frame(chunk: Chunk) -> list:
+    return [bytes((REQUEST_CHUNK,)), varint(chunk.size), *chunk]
+
+
 def request_chunk(pieces: Sequence) -> bytes:
     """The serialised `InferRequest{chunk: pieces joined}`, built with a single copy of the pieces."""
-    size = sum(len(piece) for piece in pieces)
-    return b"".join((bytes((REQUEST_CHUNK,)), varint(size), *pieces))
+    return b"".join(_chunk_frame(Chunk(pieces)))
+
+
+def request_message(messages: Sequence) -> bytes:
+    """One serialised `InferRequest` carrying `messages` (each an `InferRequest` or a `Chunk`), in one copy of
+    the chunks' pieces: the message itself when there is one, else `InferRequest{bundle: {messages}}`."""
+    frames = [_chunk_frame(m) if isinstance(m, Chunk) else [m.SerializeToString()] for m in messages]
+    if len(frames) == 1:
+        return b"".join(frames[0])
+    pieces: list = []
+    for frame in frames:
+        pieces += (bytes((BUNDLE_MESSAGE,)), varint(sum(len(piece) for piece in frame)), *frame)
+    return b"".join((bytes((REQUEST_BUNDLE,)), varint(sum(len(piece) for piece in pieces)), *pieces))
 
 
 def serialize_request(message) -> bytes:
@@ -65,16 +95,49 @@ def serialize_request(message) -> bytes:
 
 
 def parse_request(raw: bytes):
-    """gRPC request deserializer: a memoryview for a chunk message, else an `InferRequest`."""
+    """gRPC request deserializer: a memoryview for a chunk message, a tuple of the messages of a bundle (each a
+    memoryview or an `InferRequest`), else an `InferRequest` (a bundle not in the exact layout read here too)."""
     if raw[:1] == b"\x1a":
-        try:
-            size, offset = _read_varint(raw, 1)
-        except (IndexError, ValueError):
-            pass
-        else:
-            if offset + size == len(raw):
-                return memoryview(raw)[offset:]
+        view = _chunk_view(raw, 0, len(raw))
+        if view is not None:
+            return view
+    elif raw[:1] == b"\x2a":
+        messages = _bundle_messages(raw)
+        if messages is not None:
+            return messages
     return pb.InferRequest.FromString(raw)
+
+
+def _chunk_view(raw: bytes, start: int, end: int) -> memoryview | None:
+    """The data of the chunk message serialised in raw[start:end], or None if it is not exactly one."""
+    try:
+        size, offset = _read_varint(raw, start + 1)
+    except (IndexError, ValueError):
+        return None
+    return memoryview(raw)[offset:end] if offset + size == end else None
+
+
+def _bundle_messages(raw: bytes) -> tuple | None:
+    """The messages of the bundle serialised in `raw` (chunks as views), or None unless `raw` is exactly one
+    bundle of length-delimited messages."""
+    try:
+        size, offset = _read_varint(raw, 1)
+        if offset + size != len(raw):
+            return None
+        messages = []
+        while offset < len(raw):
+            if raw[offset] != BUNDLE_MESSAGE:
+                return None
+            size, offset = _read_varint(raw, offset + 1)
+            end = offset + size
+            if end > len(raw):
+                return None
+            view = _chunk_view(raw, offset, end) if raw[offset:offset + 1] == b"\x1a" else None
+            messages.append(view if view is not None else pb.InferRequest.FromString(memoryview(raw)[offset:end]))
+            offset = end
+    except (IndexError, ValueError):
+        return None
+    return tuple(messages)
 
 
 # -------------------------------------------------------------------------------------------- response

@@ -95,6 +95,23 @@ class Ingest:
             self._writer.fd = None
 
 
+async def unbundled(messages: AsyncIterator) -> AsyncIterator:
+    """The request stream with every bundle opened: its messages one by one, as if each had come alone
+    (contract/wire.py reads a bundle into a tuple; protobuf, into an `InferRequest{bundle}`)."""
+    async for message in messages:
+        if type(message) is tuple:
+            inner = message
+        elif type(message) is not memoryview and message.WhichOneof("message") == "bundle":
+            inner = message.bundle.messages
+        else:
+            yield message
+            continue
+        for each in inner:
+            if type(each) is not memoryview and each.WhichOneof("message") == "bundle":
+                raise BadRequest("a bundle holds another bundle; bundle the messages themselves")
+            yield each
+
+
 async def receive_parts(
     messages: AsyncIterator[pb.InferRequest],
     ingest: Ingest,

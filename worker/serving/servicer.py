@@ -44,7 +44,14 @@ from worker.serving.dicom_export import UnknownOutputFormat, output_formats
 from worker.serving.instances import NotDicom, parse_instance
 from worker.serving.metrics import STAGES, WorkerMetrics
 from worker.serving.rate import MinimumRate
-from worker.serving.receive import Ingest, ReceivedPart, find_study_path, parse_request_json, receive_parts
+from worker.serving.receive import (
+    Ingest,
+    ReceivedPart,
+    find_study_path,
+    parse_request_json,
+    receive_parts,
+    unbundled,
+)
 from worker.serving.results import WireResult, answer_bytes, checked, from_legacy, from_result
 from worker.serving.spool import Spool, StoreBudget
 from worker.serving.stow import StowSender
@@ -113,7 +120,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         with request_tags(request_id=clean_request_id(sent_id), trace_id=call.trace.trace_id), call.trace, \
                 study_names_scope():
             try:
-                await call.run(request_iterator)
+                await call.run(unbundled(request_iterator))
                 call.outcome = "ok"
             except errors.StreamEnded as error:
                 if await call.hung_up():
@@ -229,7 +236,8 @@ class _Call:
         self.ticket = await self._admission(header.admission_wait_ms / 1000)
         # Admitted: tell the sender now, before it sends any study byte, so that a refusal (above) can be
         # retried elsewhere by a sender that has lost nothing.
-        await self.context.send_initial_metadata(((metadata.ADMITTED, metadata.YES), (metadata.WORKER, WORKER_NAME)))
+        await self.context.send_initial_metadata(((metadata.ADMITTED, metadata.YES), (metadata.WORKER, WORKER_NAME),
+                                                  (metadata.READS_BUNDLES, metadata.YES)))
         with self.stage("receive"):
             study = await self._receive(header, messages)
         log.debug("received %d instance(s), %d attachment(s), command %r",

@@ -1,0 +1,234 @@
+"""Request messages bundled in one gRPC message (`InferRequest.bundle`): the bytes contract/wire.py writes and
+reads, a real worker answering any bundling of a stream exactly as the messages one by one, and a real bridge
+bundling only for a worker that says it reads bundles, seen through a recording proxy between the two."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+
+import grpc
+import pytest
+import requests
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from bridge.config import BridgeConfig
+from bridge.inference import SMALL_STUDY_BYTES
+from bridge.server import create_server
+from contract import inference_pb2 as pb
+from contract import metadata, wire
+from contract.limits import stream_options
+from mock_model import MockModel
+from tests import http_helpers as http
+from tests.conftest import start_worker
+from tests.services import wait_for
+from tests.worker_client import collect, dicom_parts, request_messages, stub_for
+from worker.serving.server import SERVICE_NAME
+
+HEADER = pb.InferRequest(header=pb.RequestHeader(request_json=b'{"inference_command": "bbox"}', request_id="t"))
+PART = pb.InferRequest(part=pb.PartHeader(kind=pb.PART_KIND_DICOM, content_type="application/dicom"))
+END = pb.InferRequest(end=pb.RequestEnd(part_count=1))
+COMMAND = {"inference_command": "get-bounding-box-2d"}
+
+
+def generated(*messages: pb.InferRequest) -> bytes:
+    return pb.InferRequest(bundle=pb.Bundle(messages=messages)).SerializeToString()
+
+
+# --------------------------------------------------------------------------------------------- the bytes
+
+
+def test_a_bundle_is_written_byte_for_byte_as_the_generated_classes_write_it():
+    pieces = [b"abc", memoryview(b"defg"), bytearray(b"h")]
+    written = wire.request_message([HEADER, PART, wire.Chunk(pieces), END])
+    assert written == generated(HEADER, PART, pb.InferRequest(chunk=b"abcdefgh"), END)
+    assert wire.request_message([wire.Chunk(pieces)]) == pb.InferRequest(chunk=b"abcdefgh").SerializeToString()
+    assert wire.request_message([PART]) == PART.SerializeToString()  # one message goes as itself
+    assert wire.request_chunk(pieces) == pb.InferRequest(chunk=b"abcdefgh").SerializeToString()
+
+
+def test_a_bundle_reads_back_into_its_messages_with_chunks_as_views():
+    big = bytes(range(256)) * 5000  # a length of three varint bytes
+    read = wire.parse_request(generated(HEADER, PART, pb.InferRequest(chunk=big), pb.InferRequest(chunk=b""), END))
+    assert type(read) is tuple and len(read) == 5
+    assert read[0] == HEADER and read[1] == PART and read[4] == END
+    assert type(read[2]) is memoryview and read[2] == big
+    assert read[3] == b""  # an empty chunk is written as the field alone: still a view, of nothing
+
+
+@pytest.mark.parametrize("raw", [
+    generated(HEADER, END) + b"\x10\x01",  # a field the fast path does not know, after the bundle
+    pb.InferRequest(bundle=pb.Bundle(messages=[HEADER, END])).SerializeToString()[:-1],  # cut short
+    b"\x2a\x05\x0a\x10\x01\x02\x03",  # an inner length past the end
+])
+def test_a_bundle_not_in_the_exact_layout_is_left_to_protobuf(raw):
+    try:
+        expected = pb.InferRequest.FromString(raw)
+    except Exception as error:  # noqa: BLE001 - protobuf's own DecodeError: the fast path must raise it too
+        with pytest.raises(type(error)):
+            wire.parse_request(raw)
+    else:
+        assert wire.parse_request(raw) == expected
+
+
+# ------------------------------------------------------------------------------------------- the worker
+
+
+@pytest.fixture(scope="module")
+def worker():
+    server = start_worker(MockModel(), model="mock_model")
+    yield server
+    server.stop(0)
+
+
+def bundled(messages: list[pb.InferRequest], sizes: list[int]) -> list[bytes]:
+    """The stream's messages in consecutive bundles of `sizes` (cycled), serialised by the generated classes."""
+    out, at, turn = [], 0, 0
+    while at < len(messages):
+        size = sizes[turn % len(sizes)]
+        group = messages[at:at + size]
+        out.append(group[0].SerializeToString() if len(group) == 1 else generated(*group))
+        at, turn = at + size, turn + 1
+    return out
+
+
+def raw_call(port: int, raw_messages: list[bytes], timeout: float = 60):
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=stream_options())
+    call = channel.stream_stream(wire.INFER_METHOD, request_serializer=None,
+                                 response_deserializer=pb.InferResponse.FromString)
+    try:
+        return collect(call(iter(raw_messages), timeout=timeout))
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize("sizes", [[1000], [2], [3, 1], [1, 4]], ids=["all-in-one", "pairs", "threes", "late"])
+def test_the_worker_answers_any_bundling_exactly_as_the_messages_one_by_one(worker, standard_sent, sizes):
+    parts = dicom_parts([i.path for i in standard_sent[:4]])
+    messages = list(request_messages({"inference_command": "get-probability-mask"}, parts, chunk=20_000))
+    alone = collect(stub_for(worker.port).Infer(iter(messages), timeout=60))
+    together = raw_call(worker.port, bundled(messages, sizes))
+    assert together.result == alone.result  # the input hash included: every byte arrived, in order
+    assert together.binaries == alone.binaries
+
+
+@pytest.mark.parametrize(("stream", "needle"), [
+    ([HEADER.SerializeToString(), generated(PART, pb.InferRequest(bundle=pb.Bundle(messages=[END])))],
+     "a bundle holds another bundle"),
+    ([generated(pb.InferRequest(chunk=b"DICM"), HEADER)], "must start with a header"),
+])
+def test_a_misshapen_bundle_is_invalid_argument_and_the_worker_keeps_serving(worker, standard_sent, stream, needle):
+    with pytest.raises(grpc.RpcError) as refused:
+        raw_call(worker.port, stream)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in refused.value.details()
+    parts = dicom_parts([standard_sent[0].path])
+    assert collect(stub_for(worker.port).Infer(request_messages({}, parts), timeout=60)).result.input_hash
+
+
+# ------------------------------------------------------------------------------- the bridge, through a proxy
+
+
+class RecordingProxy:
+    """A gRPC proxy in front of a worker that keeps every request message of every Infer call as sent (raw
+    bytes), and can hide the worker's `reads-bundles` from the caller (a worker that predates bundles)."""
+
+    def __init__(self, target: str, hide_bundles: bool = False) -> None:
+        self.upstream = grpc.insecure_channel(target, options=stream_options())
+        self.hide_bundles = hide_bundles
+        self.calls: list[list[bytes]] = []
+        self.lock = threading.Lock()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=stream_options())
+        handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            "Infer": grpc.stream_stream_rpc_method_handler(self.infer)})
+        self.server.add_generic_rpc_handlers((handler,))
+        checks = health.HealthServicer()
+        checks.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(checks, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def infer(self, request_iterator, context):
+        seen: list[bytes] = []
+        with self.lock:
+            self.calls.append(seen)
+
+        def forwarded():
+            for raw in request_iterator:
+                seen.append(raw)
+                yield raw
+
+        call = self.upstream.stream_stream(wire.INFER_METHOD)(forwarded(), metadata=context.invocation_metadata())
+        try:
+            context.send_initial_metadata([(key, value) for key, value in call.initial_metadata()
+                                           if not (self.hide_bundles and key == metadata.READS_BUNDLES)])
+            yield from call
+        except grpc.RpcError:
+            pass
+        context.set_trailing_metadata(call.trailing_metadata() or ())
+        if call.code() != grpc.StatusCode.OK:
+            context.abort(call.code(), call.details())
+
+    def stop(self) -> None:
+        self.server.stop(0)
+        self.upstream.close()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["reads-bundles", "predates-bundles"])
+def proxied(request, worker):
+    proxy = RecordingProxy(f"127.0.0.1:{worker.port}", hide_bundles=request.param)
+    bridge = create_server(BridgeConfig(routes={"/": f"127.0.0.1:{proxy.port}"}, listen="127.0.0.1:0"))
+    url = f"http://127.0.0.1:{bridge.port}"
+    wait_for(lambda: requests.get(url + "/healthcheck", timeout=5).text == "READY", what="READY")
+    yield url, proxy
+    bridge.stop(0)
+    proxy.stop()
+
+
+def kinds(raw: bytes) -> list[str]:
+    """The request messages one gRPC message carries, by kind, as the worker reads them."""
+    read = wire.parse_request(raw)
+    inner = read if type(read) is tuple else (read,)
+    return ["chunk" if type(m) is memoryview else m.WhichOneof("message") for m in inner]
+
+
+def post(url: str, paths: list, attachments: list = ()) -> None:
+    response = http.post_like_original_tool(url + "/", COMMAND, paths, attachments)
+    answer = http.parse_answer(response)
+    assert answer.hashes == http.expected_hashes_line(http.request_part_contents(COMMAND, paths, attachments), answer)
+
+
+def test_a_small_study_goes_in_one_message_after_its_header(proxied, standard_sent):
+    url, proxy = proxied
+    paths = [i.path for i in standard_sent[:3]]
+    assert sum(len(open(p, "rb").read()) for p in paths) < SMALL_STUDY_BYTES // 2
+    proxy.calls.clear()
+    post(url, paths)
+    (sent,) = proxy.calls
+    if proxy.hide_bundles:  # each message alone, as before bundles
+        assert [kinds(raw) for raw in sent] == [["header"], *(["part"], ["chunk"]) * 3, ["end"]]
+    else:
+        assert [kinds(raw) for raw in sent] == [["header"], ["part", "chunk"] * 3 + ["end"]]
+
+
+def test_a_large_study_streams_in_fewer_messages_than_parts(proxied, standard_sent):
+    url, proxy = proxied
+    paths = [i.path for i in standard_sent]
+    attachments = [(f"notes-{n}.bin", bytes([n]) * 1_500_000) for n in range(3)]  # 4.5 MB: it streams
+    proxy.calls.clear()
+    post(url, paths, attachments)
+    (sent,) = proxy.calls
+    flat = [kind for raw in sent for kind in kinds(raw)]
+    assert flat[0] == "header" and flat[-1] == "end" and flat.count("part") == len(paths) + len(attachments)
+    assert kinds(sent[0]) == ["header"]  # alone: admission comes before any study byte
+    if proxy.hide_bundles:
+        assert all(len(kinds(raw)) == 1 for raw in sent)
+    else:
+        assert len(sent) < flat.count("part"), [kinds(raw) for raw in sent]
+    # What reached the worker, in order, is the request's parts' bytes (the worker's hash, checked in post,
+    # says the same).
+    received = bytearray()
+    for raw in sent:
+        read = wire.parse_request(raw)
+        received += b"".join(m for m in (read if type(read) is tuple else (read,)) if type(m) is memoryview)
+    assert bytes(received) == b"".join(http.request_part_contents(COMMAND, paths, attachments)[1:])
