@@ -95,8 +95,10 @@ def serialize_request(message) -> bytes:
 
 
 def parse_request(raw: bytes):
-    """gRPC request deserializer: a memoryview for a chunk message, a tuple of the messages of a bundle (each a
-    memoryview or an `InferRequest`), else an `InferRequest` (a bundle not in the exact layout read here too)."""
+    """gRPC request deserializer: a memoryview for a chunk message, a list of the messages of a bundle (each a
+    memoryview or an `InferRequest`), else an `InferRequest` (a bundle not in the exact layout read here too).
+    A list, so that its reader can take the messages out of it: gRPC keeps the last message it read until the
+    call's objects are garbage-collected, and a bundle's chunks must not stay with it."""
     if raw[:1] == b"\x1a":
         view = _chunk_view(raw, 0, len(raw))
         if view is not None:
@@ -117,7 +119,7 @@ def _chunk_view(raw: bytes, start: int, end: int) -> memoryview | None:
     return memoryview(raw)[offset:end] if offset + size == end else None
 
 
-def _bundle_messages(raw: bytes) -> tuple | None:
+def _bundle_messages(raw: bytes) -> list | None:
     """The messages of the bundle serialised in `raw` (chunks as views), or None unless `raw` is exactly one
     bundle of length-delimited messages."""
     try:
@@ -137,7 +139,7 @@ def _bundle_messages(raw: bytes) -> tuple | None:
             offset = end
     except (IndexError, ValueError):
         return None
-    return tuple(messages)
+    return messages
 
 
 # -------------------------------------------------------------------------------------------- response

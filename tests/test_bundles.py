@@ -4,6 +4,7 @@ bundling only for a worker that says it reads bundles, seen through a recording 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent import futures
 
@@ -23,6 +24,7 @@ from tests import http_helpers as http
 from tests.conftest import start_worker
 from tests.services import wait_for
 from tests.worker_client import collect, dicom_parts, request_messages, stub_for
+from worker.serving.receive import unbundled
 from worker.serving.server import SERVICE_NAME
 
 HEADER = pb.InferRequest(header=pb.RequestHeader(request_json=b'{"inference_command": "bbox"}', request_id="t"))
@@ -50,7 +52,7 @@ def test_a_bundle_is_written_byte_for_byte_as_the_generated_classes_write_it():
 def test_a_bundle_reads_back_into_its_messages_with_chunks_as_views():
     big = bytes(range(256)) * 5000  # a length of three varint bytes
     read = wire.parse_request(generated(HEADER, PART, pb.InferRequest(chunk=big), pb.InferRequest(chunk=b""), END))
-    assert type(read) is tuple and len(read) == 5
+    assert type(read) is list and len(read) == 5
     assert read[0] == HEADER and read[1] == PART and read[4] == END
     assert type(read[2]) is memoryview and read[2] == big
     assert read[3] == b""  # an empty chunk is written as the field alone: still a view, of nothing
@@ -72,6 +74,26 @@ def test_a_bundle_not_in_the_exact_layout_is_left_to_protobuf(raw):
 
 
 # ------------------------------------------------------------------------------------------- the worker
+
+
+def test_a_bundle_the_worker_has_read_keeps_none_of_its_messages():
+    """gRPC keeps the last message it read until the call's objects are collected: had the bundle kept its
+    chunks, a worker serving small studies at 8 clients went from 90 to 150 MB."""
+    raw_bundle = wire.parse_request(generated(PART, pb.InferRequest(chunk=b"x" * 100_000), END))
+    protobuf_bundle = pb.InferRequest.FromString(generated(PART, pb.InferRequest(chunk=b"y" * 100_000), END))
+    held = [raw_bundle, protobuf_bundle]  # what gRPC's receiver holds
+
+    async def stream():
+        for message in held:
+            yield message
+
+    async def read_all():
+        return [m async for m in unbundled(stream())]
+
+    read = asyncio.run(read_all())
+    assert [("chunk", bytes(m)) if type(m) is memoryview else (m.WhichOneof("message"), m.chunk) for m in read] == [
+        ("part", b""), ("chunk", b"x" * 100_000), ("end", b""), ("part", b""), ("chunk", b"y" * 100_000), ("end", b"")]
+    assert raw_bundle == [] and not protobuf_bundle.HasField("bundle")
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +210,7 @@ def proxied(request, worker):
 def kinds(raw: bytes) -> list[str]:
     """The request messages one gRPC message carries, by kind, as the worker reads them."""
     read = wire.parse_request(raw)
-    inner = read if type(read) is tuple else (read,)
+    inner = read if type(read) is list else (read,)
     return ["chunk" if type(m) is memoryview else m.WhichOneof("message") for m in inner]
 
 
@@ -230,5 +252,5 @@ def test_a_large_study_streams_in_fewer_messages_than_parts(proxied, standard_se
     received = bytearray()
     for raw in sent:
         read = wire.parse_request(raw)
-        received += b"".join(m for m in (read if type(read) is tuple else (read,)) if type(m) is memoryview)
+        received += b"".join(m for m in (read if type(read) is list else (read,)) if type(m) is memoryview)
     assert bytes(received) == b"".join(http.request_part_contents(COMMAND, paths, attachments)[1:])

@@ -97,16 +97,23 @@ class Ingest:
 
 async def unbundled(messages: AsyncIterator) -> AsyncIterator:
     """The request stream with every bundle opened: its messages one by one, as if each had come alone
-    (contract/wire.py reads a bundle into a tuple; protobuf, into an `InferRequest{bundle}`)."""
+    (contract/wire.py reads a bundle into a list; protobuf, into an `InferRequest{bundle}`).
+
+    Each message is taken out of its bundle as it is handed on: gRPC keeps the last message it read (the
+    bundle) until the call's objects are garbage-collected, and would keep its chunks with it (a worker
+    serving small studies at 8 clients: 90 -> 150 MB)."""
     async for message in messages:
-        if type(message) is tuple:
+        if type(message) is list:
             inner = message
         elif type(message) is not memoryview and message.WhichOneof("message") == "bundle":
-            inner = message.bundle.messages
+            inner = list(message.bundle.messages)
+            message.ClearField("bundle")
         else:
             yield message
             continue
-        for each in inner:
+        inner.reverse()
+        while inner:
+            each = inner.pop()
             if type(each) is not memoryview and each.WhichOneof("message") == "bundle":
                 raise BadRequest("a bundle holds another bundle; bundle the messages themselves")
             yield each
