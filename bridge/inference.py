@@ -194,7 +194,8 @@ class InferenceRequest:
         traced = self.trace.call(self.channel.target)  # the call's span; its traceparent goes in the metadata
         try:
             call = await admit(self.channel, header, self.limits.deadline_seconds,
-                               ((metadata.REQUEST_ID, self.request_id), *traced.metadata),
+                               ((metadata.REQUEST_ID, self.request_id), (metadata.READS_BUNDLES, metadata.YES),
+                                *traced.metadata),
                                self.limits.queue_wait_seconds, self.ready_workers())
         except errors.WorkerFailed as refused:
             traced.end(refused.status)
@@ -241,7 +242,7 @@ class InferenceRequest:
                 raise await self._call_error(call)
             call.cancel()
             raise errors.bad_worker_answer(["the worker ended the call without a result"])
-        if isinstance(message, wire.Binary) or message.WhichOneof("message") != "result":
+        if type(message) is list or isinstance(message, wire.Binary) or message.WhichOneof("message") != "result":
             call.cancel()
             raise errors.bad_worker_answer(["the worker's first message is not the result"])
         try:
@@ -301,16 +302,34 @@ async def send(call: StreamCall, messages: list, bundles: bool) -> None:
 
 
 async def _binary_chunks(call) -> AsyncIterator:
+    """The answer's binary chunks after its result, bundles opened (each chunk taken out of its bundle as it
+    goes, so that what gRPC still holds keeps none of them)."""
     while True:
         message = await call.read()
         if message is grpc.aio.EOF:
             return
-        if isinstance(message, wire.Binary):
-            yield message
-        elif message.WhichOneof("message") == "binary":
-            yield message.binary
+        if type(message) is list:
+            bundle = message
+        elif not isinstance(message, wire.Binary) and message.WhichOneof("message") == "bundle":
+            bundle = list(message.bundle.messages)
         else:
-            raise BadWorkerAnswer(["a second result message arrived among the binary chunks"])
+            yield _binary(message)
+            continue
+        bundle.reverse()
+        while bundle:
+            each = bundle.pop()
+            if not isinstance(each, wire.Binary) and each.WhichOneof("message") == "bundle":
+                raise BadWorkerAnswer(["a bundle of binary chunks holds another bundle"])
+            yield _binary(each)
+
+
+def _binary(message):
+    """A binary chunk: `message` as contract/wire.py read it, or the chunk of an `InferResponse`."""
+    if isinstance(message, wire.Binary):
+        return message
+    if message.WhichOneof("message") == "binary":
+        return message.binary
+    raise BadWorkerAnswer(["a second result message arrived among the binary chunks"])
 
 
 class AnswerBody:

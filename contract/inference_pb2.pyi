@@ -48,10 +48,10 @@ class InferRequest(_message.Message):
     part: PartHeader
     chunk: bytes
     end: RequestEnd
-    bundle: Bundle
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., part: _Optional[_Union[PartHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., end: _Optional[_Union[RequestEnd, _Mapping]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ...) -> None: ...
+    bundle: RequestBundle
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., part: _Optional[_Union[PartHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., end: _Optional[_Union[RequestEnd, _Mapping]] = ..., bundle: _Optional[_Union[RequestBundle, _Mapping]] = ...) -> None: ...
 
-class Bundle(_message.Message):
+class RequestBundle(_message.Message):
     __slots__ = ("messages",)
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[InferRequest]
@@ -96,12 +96,20 @@ class RequestEnd(_message.Message):
     def __init__(self, input_hash: _Optional[str] = ..., part_count: _Optional[int] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("result", "binary")
+    __slots__ = ("result", "binary", "bundle")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     BINARY_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
     result: InferResult
     binary: BinaryChunk
-    def __init__(self, result: _Optional[_Union[InferResult, _Mapping]] = ..., binary: _Optional[_Union[BinaryChunk, _Mapping]] = ...) -> None: ...
+    bundle: ResponseBundle
+    def __init__(self, result: _Optional[_Union[InferResult, _Mapping]] = ..., binary: _Optional[_Union[BinaryChunk, _Mapping]] = ..., bundle: _Optional[_Union[ResponseBundle, _Mapping]] = ...) -> None: ...
+
+class ResponseBundle(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[InferResponse]
+    def __init__(self, messages: _Optional[_Iterable[_Union[InferResponse, _Mapping]]] = ...) -> None: ...
 
 class BinaryChunk(_message.Message):
     __slots__ = ("part_index", "data")

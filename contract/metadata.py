@@ -1,7 +1,9 @@
 """The gRPC metadata bridge and worker exchange on an Infer call besides its messages: each key named once.
 
 - With the call (the bridge's): `REQUEST_ID`, the request's id, so that both services' log lines carry the
-  same one; and the W3C trace context (`traceparent`, `tracestate`: service_runtime/tracing.py).
+  same one; `READS_BUNDLES` set to `YES`: the caller reads `InferResponse.bundle`, so an answer's small
+  binary chunks may come bundled; and the W3C trace context (`traceparent`, `tracestate`:
+  service_runtime/tracing.py).
 - Initial metadata (the worker's, when it admits the call, before any study byte is sent): `ADMITTED` set
   to `YES`; `WORKER`, the worker's host name (the pod's name in Kubernetes), for the bridge's log; and
   `READS_BUNDLES` set to `YES`: the worker reads `InferRequest.bundle`, so the rest of the request may come

@@ -25,7 +25,8 @@ from contract import inference_pb2 as pb
 # Field tags (field number << 3 | wire type 2, length-delimited; wire type 0, varint).
 REQUEST_CHUNK = 0x1A  # InferRequest.chunk = 3
 REQUEST_BUNDLE = 0x2A  # InferRequest.bundle = 5
-BUNDLE_MESSAGE = 0x0A  # Bundle.messages = 1
+BUNDLE_MESSAGE = 0x0A  # RequestBundle.messages = 1, ResponseBundle.messages = 1
+RESPONSE_BUNDLE = 0x1A  # InferResponse.bundle = 3
 RESPONSE_BINARY = 0x12  # InferResponse.binary = 2
 BINARY_PART_INDEX = 0x08  # BinaryChunk.part_index = 1
 BINARY_DATA = 0x12  # BinaryChunk.data = 2
@@ -104,7 +105,7 @@ def parse_request(raw: bytes):
         if view is not None:
             return view
     elif raw[:1] == b"\x2a":
-        messages = _bundle_messages(raw)
+        messages = _bundle_messages(raw, _request_at)
         if messages is not None:
             return messages
     return pb.InferRequest.FromString(raw)
@@ -119,9 +120,9 @@ def _chunk_view(raw: bytes, start: int, end: int) -> memoryview | None:
     return memoryview(raw)[offset:end] if offset + size == end else None
 
 
-def _bundle_messages(raw: bytes) -> list | None:
-    """The messages of the bundle serialised in `raw` (chunks as views), or None unless `raw` is exactly one
-    bundle of length-delimited messages."""
+def _bundle_messages(raw: bytes, read_message) -> list | None:
+    """The messages of the bundle serialised in `raw`, each read by `read_message(raw, start, end)`, or None
+    unless `raw` is exactly one bundle of length-delimited messages."""
     try:
         size, offset = _read_varint(raw, 1)
         if offset + size != len(raw):
@@ -134,12 +135,16 @@ def _bundle_messages(raw: bytes) -> list | None:
             end = offset + size
             if end > len(raw):
                 return None
-            view = _chunk_view(raw, offset, end) if raw[offset:offset + 1] == b"\x1a" else None
-            messages.append(view if view is not None else pb.InferRequest.FromString(memoryview(raw)[offset:end]))
+            messages.append(read_message(raw, offset, end))
             offset = end
     except (IndexError, ValueError):
         return None
     return messages
+
+
+def _request_at(raw: bytes, start: int, end: int):
+    view = _chunk_view(raw, start, end) if raw[start:start + 1] == b"\x1a" else None
+    return view if view is not None else pb.InferRequest.FromString(memoryview(raw)[start:end])
 
 
 # -------------------------------------------------------------------------------------------- response
@@ -153,13 +158,28 @@ class Binary:
     data: memoryview
 
 
-def response_binary(part_index: int, data) -> bytes:
-    """The serialised `InferResponse{binary: {part_index, data}}`, with one copy of `data`. Like the generated
-    classes, fields at their default (index 0, empty data) are left out."""
+def _binary_frame(part_index: int, data) -> list:
+    # Like the generated classes, fields at their default (index 0, empty data) are left out.
     index = bytes((BINARY_PART_INDEX,)) + varint(part_index) if part_index else b""
     data_head = bytes((BINARY_DATA,)) + varint(len(data)) if len(data) else b""
-    inner = len(index) + len(data_head) + len(data)
-    return b"".join((bytes((RESPONSE_BINARY,)), varint(inner), index, data_head, data))
+    return [bytes((RESPONSE_BINARY,)), varint(len(index) + len(data_head) + len(data)), index, data_head, data]
+
+
+def response_binary(part_index: int, data) -> bytes:
+    """The serialised `InferResponse{binary: {part_index, data}}`, with one copy of `data`."""
+    return b"".join(_binary_frame(part_index, data))
+
+
+def response_binaries(pieces: Sequence[tuple[int, object]]) -> bytes:
+    """One serialised `InferResponse` carrying the binary chunks `pieces` ((part_index, data) each), with one
+    copy of the data: the chunk itself when there is one, else `InferResponse{bundle: {messages}}`."""
+    if len(pieces) == 1:
+        return response_binary(*pieces[0])
+    out: list = []
+    for part_index, data in pieces:
+        frame = _binary_frame(part_index, data)
+        out += (bytes((BUNDLE_MESSAGE,)), varint(sum(len(piece) for piece in frame)), *frame)
+    return b"".join((bytes((RESPONSE_BUNDLE,)), varint(sum(len(piece) for piece in out)), *out))
 
 
 def serialize_response(message) -> bytes:
@@ -167,19 +187,38 @@ def serialize_response(message) -> bytes:
 
 
 def parse_response(raw: bytes):
-    """gRPC response deserializer: a `Binary` for a binary chunk in the generated classes' exact layout,
-    else an `InferResponse`."""
+    """gRPC response deserializer: a `Binary` for a binary chunk in the generated classes' exact layout, a list
+    of the messages of a bundle (each a `Binary` or an `InferResponse`), else an `InferResponse`."""
     if raw[:1] == b"\x12":
-        try:
-            inner, offset = _read_varint(raw, 1)
-            if offset + inner == len(raw):
-                index = 0
-                if raw[offset] == BINARY_PART_INDEX:
-                    index, offset = _read_varint(raw, offset + 1)
-                if raw[offset] == BINARY_DATA:
-                    size, offset = _read_varint(raw, offset + 1)
-                    if size and offset + size == len(raw):
-                        return Binary(index, memoryview(raw)[offset:])
-        except (IndexError, ValueError):
-            pass
+        binary = _binary_at(raw, 0, len(raw))
+        if binary is not None:
+            return binary
+    elif raw[:1] == b"\x1a":
+        messages = _bundle_messages(raw, _response_at)
+        if messages is not None:
+            return messages
     return pb.InferResponse.FromString(raw)
+
+
+def _binary_at(raw: bytes, start: int, end: int) -> Binary | None:
+    """The binary chunk serialised in raw[start:end] (its data a view), or None if it is not exactly one in the
+    generated classes' layout."""
+    try:
+        inner, offset = _read_varint(raw, start + 1)
+        if offset + inner != end:
+            return None
+        index = 0
+        if raw[offset] == BINARY_PART_INDEX:
+            index, offset = _read_varint(raw, offset + 1)
+        if raw[offset] == BINARY_DATA:
+            size, offset = _read_varint(raw, offset + 1)
+            if size and offset + size == end:
+                return Binary(index, memoryview(raw)[offset:end])
+    except (IndexError, ValueError):
+        pass
+    return None
+
+
+def _response_at(raw: bytes, start: int, end: int):
+    binary = _binary_at(raw, start, end) if raw[start:start + 1] == b"\x12" else None
+    return binary if binary is not None else pb.InferResponse.FromString(memoryview(raw)[start:end])

@@ -19,6 +19,7 @@ import grpc
 
 from contract import inference_pb2 as pb
 from contract import wire
+from service_runtime.grpc_aio import StreamCall
 
 FOUR_GIB = 4 << 30
 # Bytes an uploader sends each time: above 64 KiB/s in every 20 s window of the bridge's minimum rate (the
@@ -130,8 +131,10 @@ def trickling_streams(address: str, count: int = 130, every: float = 20.0) -> It
     byte = wire.request_chunk((b"x",))
 
     async def one(channel) -> None:
-        call = channel.stream_stream(wire.INFER_METHOD, request_serializer=wire.serialize_request,
-                                     response_deserializer=wire.parse_response)(timeout=7200)
+        # Through StreamCall: a write in flight when the worker ends the call would otherwise put gRPC's INTERNAL
+        # over the worker's status (grpc/grpc#36066; service_runtime/grpc_aio.py).
+        call = StreamCall(channel.stream_stream(wire.INFER_METHOD, request_serializer=wire.serialize_request,
+                                                response_deserializer=wire.parse_response)(timeout=7200))
         try:
             for message in _header_and_part():
                 await call.write(message)

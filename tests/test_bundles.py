@@ -34,7 +34,7 @@ COMMAND = {"inference_command": "get-bounding-box-2d"}
 
 
 def generated(*messages: pb.InferRequest) -> bytes:
-    return pb.InferRequest(bundle=pb.Bundle(messages=messages)).SerializeToString()
+    return pb.InferRequest(bundle=pb.RequestBundle(messages=messages)).SerializeToString()
 
 
 # --------------------------------------------------------------------------------------------- the bytes
@@ -60,7 +60,7 @@ def test_a_bundle_reads_back_into_its_messages_with_chunks_as_views():
 
 @pytest.mark.parametrize("raw", [
     generated(HEADER, END) + b"\x10\x01",  # a field the fast path does not know, after the bundle
-    pb.InferRequest(bundle=pb.Bundle(messages=[HEADER, END])).SerializeToString()[:-1],  # cut short
+    pb.InferRequest(bundle=pb.RequestBundle(messages=[HEADER, END])).SerializeToString()[:-1],  # cut short
     b"\x2a\x05\x0a\x10\x01\x02\x03",  # an inner length past the end
 ])
 def test_a_bundle_not_in_the_exact_layout_is_left_to_protobuf(raw):
@@ -71,6 +71,18 @@ def test_a_bundle_not_in_the_exact_layout_is_left_to_protobuf(raw):
             wire.parse_request(raw)
     else:
         assert wire.parse_request(raw) == expected
+
+
+def test_an_answers_bundle_is_written_as_the_generated_classes_write_it_and_read_back_as_views():
+    pieces = [(0, b"abc"), (1, memoryview(b"defg")), (2, b""), (300, b"h" * 70_000)]
+    written = wire.response_binaries(pieces)
+    assert written == pb.InferResponse(bundle=pb.ResponseBundle(messages=[
+        pb.InferResponse(binary=pb.BinaryChunk(part_index=i, data=bytes(d))) for i, d in pieces])).SerializeToString()
+    read = wire.parse_response(written)
+    assert [type(m) for m in read] == [wire.Binary, wire.Binary, pb.InferResponse, wire.Binary]  # empty: protobuf
+    chunks = [m if isinstance(m, wire.Binary) else m.binary for m in read]
+    assert [(m.part_index, bytes(m.data)) for m in chunks] == [(i, bytes(d)) for i, d in pieces]
+    assert wire.response_binaries(pieces[3:]) == wire.response_binary(300, b"h" * 70_000)
 
 
 # ------------------------------------------------------------------------------------------- the worker
@@ -114,14 +126,51 @@ def bundled(messages: list[pb.InferRequest], sizes: list[int]) -> list[bytes]:
     return out
 
 
-def raw_call(port: int, raw_messages: list[bytes], timeout: float = 60):
+def raw_call(port: int, raw_messages: list[bytes], timeout: float = 60, call_metadata=()):
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=stream_options())
     call = channel.stream_stream(wire.INFER_METHOD, request_serializer=None,
                                  response_deserializer=pb.InferResponse.FromString)
     try:
-        return collect(call(iter(raw_messages), timeout=timeout))
+        return collect(call(iter(raw_messages), timeout=timeout, metadata=call_metadata))
     finally:
         channel.close()
+
+
+def raw_answer(port: int, raw_messages: list[bytes], call_metadata=()) -> list[bytes]:
+    """The answer's gRPC messages as sent."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=stream_options())
+    try:
+        call = channel.stream_stream(wire.INFER_METHOD, request_serializer=None, response_deserializer=None)
+        return list(call(iter(raw_messages), timeout=60, metadata=call_metadata))
+    finally:
+        channel.close()
+
+
+def opened(answer: list[bytes]):
+    """The answer's result and its (part index, bytes) chunks, bundles opened."""
+    result, chunks = None, []
+    for raw in answer:
+        read = wire.parse_response(raw)
+        for message in read if type(read) is list else [read]:
+            if isinstance(message, wire.Binary):
+                chunks.append((message.part_index, bytes(message.data)))
+            elif message.WhichOneof("message") == "result":
+                result = message.result
+    return result, chunks
+
+
+def test_a_caller_that_reads_bundles_gets_small_masks_in_fewer_messages_and_the_same_answer(worker, standard_sent):
+    parts = dicom_parts([i.path for i in standard_sent])
+    stream = [m.SerializeToString() for m in request_messages({"inference_command": "get-probability-mask-2d"},
+                                                              parts)]
+    alone = raw_answer(worker.port, stream)
+    together = raw_answer(worker.port, stream, ((metadata.READS_BUNDLES, metadata.YES),))
+    masks = len(opened(alone)[0].parts)
+    assert masks > len(parts) / 2
+    assert len(alone) == 1 + masks  # the result, then one chunk per mask
+    assert len(together) == 2  # the result, then every mask in one bundle
+    assert pb.InferResponse.FromString(together[0]).WhichOneof("message") == "result"
+    assert opened(together) == opened(alone)
 
 
 @pytest.mark.parametrize("sizes", [[1000], [2], [3, 1], [1, 4]], ids=["all-in-one", "pairs", "threes", "late"])
@@ -135,7 +184,7 @@ def test_the_worker_answers_any_bundling_exactly_as_the_messages_one_by_one(work
 
 
 @pytest.mark.parametrize(("stream", "needle"), [
-    ([HEADER.SerializeToString(), generated(PART, pb.InferRequest(bundle=pb.Bundle(messages=[END])))],
+    ([HEADER.SerializeToString(), generated(PART, pb.InferRequest(bundle=pb.RequestBundle(messages=[END])))],
      "a bundle holds another bundle"),
     ([generated(pb.InferRequest(chunk=b"DICM"), HEADER)], "must start with a header"),
 ])
@@ -159,6 +208,7 @@ class RecordingProxy:
         self.upstream = grpc.insecure_channel(target, options=stream_options())
         self.hide_bundles = hide_bundles
         self.calls: list[list[bytes]] = []
+        self.answers: list[list[bytes]] = []
         self.lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=stream_options())
         handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
@@ -172,24 +222,31 @@ class RecordingProxy:
 
     def infer(self, request_iterator, context):
         seen: list[bytes] = []
+        answered: list[bytes] = []
         with self.lock:
             self.calls.append(seen)
+            self.answers.append(answered)
 
         def forwarded():
             for raw in request_iterator:
                 seen.append(raw)
                 yield raw
 
-        call = self.upstream.stream_stream(wire.INFER_METHOD)(forwarded(), metadata=context.invocation_metadata())
+        call = self.upstream.stream_stream(wire.INFER_METHOD)(forwarded(), metadata=self._kept(
+            context.invocation_metadata()))
         try:
-            context.send_initial_metadata([(key, value) for key, value in call.initial_metadata()
-                                           if not (self.hide_bundles and key == metadata.READS_BUNDLES)])
-            yield from call
+            context.send_initial_metadata(self._kept(call.initial_metadata()))
+            for raw in call:
+                answered.append(raw)
+                yield raw
         except grpc.RpcError:
             pass
         context.set_trailing_metadata(call.trailing_metadata() or ())
         if call.code() != grpc.StatusCode.OK:
             context.abort(call.code(), call.details())
+
+    def _kept(self, pairs) -> list:
+        return [(key, value) for key, value in pairs or () if not (self.hide_bundles and key == metadata.READS_BUNDLES)]
 
     def stop(self) -> None:
         self.server.stop(0)
@@ -214,10 +271,11 @@ def kinds(raw: bytes) -> list[str]:
     return ["chunk" if type(m) is memoryview else m.WhichOneof("message") for m in inner]
 
 
-def post(url: str, paths: list, attachments: list = ()) -> None:
-    response = http.post_like_original_tool(url + "/", COMMAND, paths, attachments)
+def post(url: str, paths: list, attachments: list = (), command: dict = COMMAND):
+    response = http.post_like_original_tool(url + "/", command, paths, attachments)
     answer = http.parse_answer(response)
-    assert answer.hashes == http.expected_hashes_line(http.request_part_contents(COMMAND, paths, attachments), answer)
+    assert answer.hashes == http.expected_hashes_line(http.request_part_contents(command, paths, attachments), answer)
+    return answer
 
 
 def test_a_small_study_goes_in_one_message_after_its_header(proxied, standard_sent):
@@ -254,3 +312,14 @@ def test_a_large_study_streams_in_fewer_messages_than_parts(proxied, standard_se
         read = wire.parse_request(raw)
         received += b"".join(m for m in (read if type(read) is list else (read,)) if type(m) is memoryview)
     assert bytes(received) == b"".join(http.request_part_contents(COMMAND, paths, attachments)[1:])
+
+
+def test_small_masks_come_back_bundled_only_between_services_that_read_bundles(proxied, standard_sent):
+    url, proxy = proxied
+    paths = [i.path for i in standard_sent]
+    proxy.answers.clear()
+    answer = post(url, paths, command={"inference_command": "get-probability-mask-2d"})
+    (answered,) = proxy.answers
+    assert len(answer.binaries) >= len(paths)  # a mask per frame
+    assert len(answered) == (1 + len(answer.binaries) if proxy.hide_bundles else 2)
+    assert [bytes(data) for _, data in opened(answered)[1]] == answer.binaries

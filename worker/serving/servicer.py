@@ -448,13 +448,23 @@ class _Call:
         result = to_proto(wire.json, sizes)
         result.input_hash = self.input_hash
         await self.context.write(pb.InferResponse(result=result))
-        step = CHUNK_BYTES
+        # Chunks of about CHUNK_BYTES; small parts together in one message for a caller that reads bundles.
+        bundles = metadata.value(self.context.invocation_metadata(), metadata.READS_BUNDLES) == metadata.YES
+        step, pieces, size = CHUNK_BYTES, [], 0
         for index, view in enumerate(wire.binaries):
             for start in range(0, len(view), step):
-                piece = view[start : start + step]
-                await self.context.write(contract_wire.response_binary(index, piece))  # framed with one copy
-                self.s.metrics.sent_bytes.inc(len(piece))
+                pieces.append((index, view[start : start + step]))
+                size += len(pieces[-1][1])
+                if size >= step or not bundles:
+                    await self._send_binaries(pieces, size)
+                    pieces, size = [], 0
+        if pieces:
+            await self._send_binaries(pieces, size)
         self.context.set_trailing_metadata(self.trailers(""))
+
+    async def _send_binaries(self, pieces: list, size: int) -> None:
+        await self.context.write(contract_wire.response_binaries(pieces))  # framed with one copy
+        self.s.metrics.sent_bytes.inc(size)
 
     # ------------------------------------------------------------------------------------- endings
 
