@@ -123,3 +123,41 @@ def test_a_frames_own_attribute_can_be_asked_without_the_instances():
     assert frame_attribute(ds, 1, "PlanePositionSequence", "ImagePositionPatient", top_level=False) is None
     assert [(keyword, frame) for keyword, frame, _ in geometry_values(ds)] == [
         ("ImagePositionPatient", None), ("ImagePositionPatient", 0)]
+
+
+def _read_back(ds: Dataset, implicit: bool = False) -> Dataset:
+    """`ds` written as a file and read again as the worker reads one: elements not decoded yet."""
+    import io
+
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3"
+    ds.file_meta = Dataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, "1.2.3"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return dcmread(buffer, stop_before_pixels=True)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit VR", "implicit VR"])
+def test_top_level_values_not_decoded_yet_are_given_as_their_text_and_left_undecoded(implicit):
+    ds = Dataset()
+    ds.ImagePositionPatient = ["-100.5", "NaN", " 3 "]
+    ds.PixelSpacing = ["0.8", "0.7"]
+    read = _read_back(ds, implicit)
+    assert list(geometry_values(read)) == [("ImagePositionPatient", None, ["-100.5", "NaN", "3"]),
+                                           ("PixelSpacing", None, ["0.8", "0.7"])]
+    assert type(read.get_item("ImagePositionPatient")).__name__ == "RawDataElement"  # nothing decoded
+
+
+def test_a_value_in_another_encoding_is_decoded_so_that_a_nan_in_it_is_seen():
+    from pydicom.dataelem import DataElement
+
+    ds = Dataset()
+    ds.add(DataElement(0x00200032, "FD", [0.0, float("nan"), 1.0]))  # ImagePositionPatient, binary doubles
+    ((keyword, frame, value),) = geometry_values(_read_back(ds))
+    assert keyword == "ImagePositionPatient" and frame is None
+    assert np.isnan(list(value)[1])
