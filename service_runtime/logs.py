@@ -18,6 +18,7 @@ logged while the request is handled.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import logging
@@ -27,7 +28,7 @@ import re
 import sys
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import yaml
@@ -106,6 +107,8 @@ def hide_values(text: str) -> str:
 # for the prefix of a longer one.
 _UID_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)+")
 MIN_NAME_CHARACTERS = 4  # shorter values ("1", "ct") are not identifying, and replacing them would garble lines
+# What StudyNames.add_source takes: called with the StudyNames, it yields (value, name) pairs to add.
+Source = Callable[["StudyNames"], Iterable[tuple[object, str]]]
 
 
 class StudyNames:
@@ -125,6 +128,11 @@ class StudyNames:
         self._longest_first: list[tuple[str, str]] | None = []
         self._patterns: dict[str, re.Pattern] = {}
         self._noted: set = set()
+        # Sources not read yet, oldest first; one leaves only once its values are added, so that whoever finds
+        # none left knows every value given so far is here.
+        self._sources: collections.deque[Source] = collections.deque()
+        self._reading = threading.RLock()  # one thread reads the sources; the others wait for its values
+        self._reading_now = False  # set by the thread holding _reading (re-entered when a source logs a warning)
 
     def add(self, value, name: str) -> None:
         """Hides `value` (if it has MIN_NAME_CHARACTERS or more) as <name> from now on; the first name given to
@@ -139,31 +147,67 @@ class StudyNames:
                 self._texts[value] = name
                 self._longest_first = None
 
+    def add_source(self, source: Source) -> None:
+        """Values that cost time to find (those of an instance's header), found only when first needed: `source`
+        is called with this StudyNames the first time a record is checked or a batch's names are read, and each
+        (value, name) it yields is added as `add` does. Most calls log nothing while they are handled, and
+        then nothing is found at all. Values added directly are in place at once: a value both added and given
+        by a source keeps the name it was added with. `source` must not log; what a library warns while it
+        runs is checked with the values found so far."""
+        with self._lock:
+            self._sources.append(source)
+
     def noted_before(self, key) -> bool:
-        """Whether `key` was given here before (it is noted now): lets whoever adds values skip the work of
-        finding those of a part when an earlier part had the same (a study's parts share most of theirs)."""
+        """Whether `key` was given here before (it is noted now): lets a source skip the work of finding the
+        values of a part when an earlier part had the same (a study's parts share most of theirs)."""
         with self._lock:
             if key in self._noted:
                 return True
             self._noted.add(key)
             return False
 
+    def values(self) -> list[tuple[str, str]]:
+        """Every (value, name) given so far, the sources' included."""
+        self._read_sources()
+        with self._lock:
+            return [*self._uids.items(), *self._texts.items()]
+
     @classmethod
     def joined(cls, each: Iterable[StudyNames | None]) -> StudyNames:
-        """One StudyNames holding the values of several (a batch of studies, which the model sees at once)."""
+        """One StudyNames holding the values of several (a batch of studies, which the model sees at once). Each
+        one's values are read, its sources with them, when the joined one's are first needed."""
         joined = cls()
         for names in each:
             if names is not None:
-                with names._lock:
-                    for value, name in (*names._uids.items(), *names._texts.items()):
-                        joined.add(value, name)
+                joined.add_source(lambda _, names=names: names.values())
         return joined
 
     def __bool__(self) -> bool:
-        return bool(self._uids or self._texts)
+        # Without reading the sources: one not read yet may hold values, and `replace` reads it.
+        return bool(self._sources or self._uids or self._texts)
+
+    def _read_sources(self) -> None:
+        if not self._sources:  # none left: every source added before has its values in place
+            return
+        with self._reading:
+            if self._reading_now:  # a source's own warning, checked in its thread: with the values so far
+                return
+            self._reading_now = True
+            try:
+                while self._sources:
+                    try:
+                        for value, name in self._sources[0](self):
+                            self.add(value, name)
+                    except Exception as error:  # a source's bug must not break the logging call that needed it
+                        logging.getLogger(__name__).error("a source of a request's study identifiers failed (%s); "
+                                                          "its other values are not hidden", type(error).__name__)
+                    self._sources.popleft()
+            finally:
+                self._reading_now = False
 
     def replace(self, text: str) -> str:
-        """`text` with every value added so far replaced by its name."""
+        """`text` with every value given so far (the sources' included) replaced by its name."""
+        self._read_sources()
         with self._lock:
             if self._longest_first is None:  # a longer value first: a name may hold a shorter one
                 self._longest_first = sorted(self._texts.items(), key=lambda item: -len(item[0]))
