@@ -171,6 +171,40 @@ def test_a_requests_study_identifiers_are_named_in_every_record_of_the_request_a
     assert text.count("DOE_JOHN") == 1 and text.splitlines()[-1].endswith("after: DOE_JOHN.dcm")
 
 
+def test_a_sources_values_are_found_once_when_a_record_needs_them_whatever_the_source_does():
+    """Sources (worker/serving/identifiers.py gives one per DICOM header) are read when the first record is
+    checked, in order: one that logs while it runs (a library's warning) is not read again for its own record;
+    one that raises costs its remaining values, not the logging call nor the sources after it."""
+    stream = capture()
+    read = []
+
+    def source(*pairs, warn=False, fail=False):
+        def values(names):
+            read.append(pairs)
+            if warn:
+                logging.getLogger("pydicom").warning("odd value: '%s'", "LIBRARY_QUOTED")
+            yield from pairs
+            if fail:
+                raise ValueError("a bug")
+        return values
+
+    with request_tags(request_id="r4"), study_names_scope() as names:
+        names.add("DOE_JOHN.dcm", "file name of part 1")
+        names.add_source(source(("1.2.840.99.1", "SOPInstanceUID of part 1"), warn=True))
+        names.add_source(source(("BROKEN_ONE", "PatientID of part 2"), fail=True))
+        names.add_source(source(("1.2.840.99.3", "SOPInstanceUID of part 3"), ("SMITH^ANN", "PatientName of part 3")))
+        assert names and read == []
+        logging.getLogger("a.model").info("DOE_JOHN.dcm 1.2.840.99.1 BROKEN_ONE 1.2.840.99.3 SMITH^ANN")
+        logging.getLogger("a.model").info("again 1.2.840.99.3")
+    lines = stream.getvalue().splitlines()
+    assert len(read) == 3, read
+    assert "WARNING pydicom [input_hash=- request_id=r4 trace_id=-] odd value: <14 characters>" in lines[0]
+    assert "ERROR service_runtime.logs" in lines[1] and "failed (ValueError)" in lines[1]
+    assert lines[2].endswith("<file name of part 1> <SOPInstanceUID of part 1> <PatientID of part 2> "
+                             "<SOPInstanceUID of part 3> <PatientName of part 3>"), lines[2]
+    assert lines[3].endswith("again <SOPInstanceUID of part 3>") and len(lines) == 4
+
+
 def test_the_names_of_a_batch_are_those_of_each_of_its_studies():
     stream = capture()
     each = []
