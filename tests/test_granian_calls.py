@@ -1,7 +1,7 @@
 """What the bridge asks of granian per request, recorded on the real server: granian, the bridge's middleware
 and application in-process (bridge.server.create_server) in front of a real mock-model worker, spoken to
 over raw sockets. Every `receive()` and `send()` is a call into granian (docs/decisions.md): a small answer
-goes out in a single send after its head."""
+goes out in a single send after its head, and a body framed by Content-Length ends on its last piece."""
 
 from __future__ import annotations
 
@@ -106,6 +106,17 @@ def test_a_small_answer_goes_out_in_one_send_after_its_head(recorded, bbox_body)
     assert status == 200 and answer.endswith(b"--\r\n")
     assert [(m["type"], m.get("more_body", False)) for m in recorder.sent] == [
         ("http.response.start", False), ("http.response.body", False)]
+
+
+def test_a_body_framed_by_content_length_ends_on_its_last_piece(recorded, bbox_body):
+    """The piece with the body's last bytes says more_body False: the application learns that the body has
+    ended without asking granian for the empty message it sends after it."""
+    recorder, port = recorded
+    recorder.clear()
+    assert complete_answers(exchange(port, http.raw_post_head(bbox_body) + bbox_body))[0][0] == 200
+    pieces = request_bodies(recorder)
+    last = next(n for n, m in enumerate(pieces) if not m.get("more_body", False))
+    assert pieces[last]["body"] and sum(len(m["body"]) for m in pieces[: last + 1]) == len(bbox_body)
 
 
 def test_a_chunked_body_ends_with_the_servers_empty_message(recorded, bbox_body):
