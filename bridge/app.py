@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -258,48 +259,70 @@ async def send_response(request: Request, response: Response, send: Send, watche
     if length is not None:
         headers.append((b"content-length", str(length).encode()))
     try:
+        # granian keeps the status line and headers until the first body bytes (its send() of them costs no
+        # round trip to its thread), so they go out with the first piece below in any case.
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         if isinstance(body, (bytes, bytearray)):
             watcher.answered = True
             await send({"type": "http.response.body", "body": bytes(body)})
             return
-        sent, ended = 0, False
-        pieces: list = []
-        gathered = 0
-
-        async def send_gathered() -> None:
-            nonlocal sent, ended, gathered
-            # One bytes object, one copy: granian copies bytes at once but reads any other buffer (the
-            # memoryviews gRPC hands over) element by element, 1 s of CPU per 64 MiB
-            # (benchmarks/bench_asgi_body.py).
-            piece = b"".join(pieces)
-            pieces.clear()
-            gathered = 0
-            sent += len(piece)
-            # The last byte says so: a client that has all of Content-Length may hang up at once, before the
-            # body's iterator has ended, and that is not a client gone early.
-            ended = length is not None and sent >= length
-            watcher.answered = watcher.answered or ended
-            await send({"type": "http.response.body", "body": piece, "more_body": not ended})
-
-        async for chunk in body:
-            if chunk:
-                # Small pieces (a part's head, a small mask) go out together: every send() is a round trip to
-                # the server's own thread and back, whatever its size. The first (the JSON) goes at once: the
-                # server sends the status line only with the first body bytes, and an answer that breaks off
-                # must already be a 200 cut short, never a whole answer of the server's own.
-                pieces.append(chunk)
-                gathered += len(chunk)
-                if gathered >= ANSWER_PIECE_BYTES or sent == 0:
-                    await send_gathered()
-        if pieces:
-            await send_gathered()
-        if not ended:
-            watcher.answered = True
-            await send({"type": "http.response.body", "body": b""})
+        await send_streamed(body, length, send, watcher)
     except SendTimeout:
         request.stopped_reading = True
         raise
     finally:
         if hasattr(body, "aclose"):
             await body.aclose()  # at once, not when collected: it may hold a worker call open
+
+
+async def send_streamed(body: AsyncIterator[bytes], length: int | None, send: Send,
+                        watcher: DisconnectWatcher) -> None:
+    """The pieces of a streamed body, gathered into sends of at least ANSWER_PIECE_BYTES: every send() costs
+    a call into the server, whatever its size, and small pieces (a part's head, a small mask) are many.
+
+    The first piece (the answer's JSON) waits for the first such send, so that a small answer goes out in a
+    single one. Should the body break off before that send, the first piece goes out alone before the
+    break is raised: the server sends the status line only with the first body bytes, and an answer that
+    breaks off must be a 200 cut short, never a whole answer of the server's own. The client then sees
+    what it saw when the first piece went at once: the status line, the first piece, each full send."""
+    sent, ended = 0, False
+    pieces: list = []
+    gathered = 0  # bytes in `pieces`, the first piece of the body not counted
+
+    async def send_gathered() -> None:
+        nonlocal sent, ended, gathered
+        # One bytes object, one copy: granian copies bytes at once but reads any other buffer (the
+        # memoryviews gRPC hands over) element by element, 1 s of CPU per 64 MiB
+        # (benchmarks/bench_asgi_body.py).
+        piece = b"".join(pieces)
+        pieces.clear()
+        gathered = 0
+        sent += len(piece)
+        # The last byte says so: a client that has all of Content-Length may hang up at once, before the
+        # body's iterator has ended, and that is not a client gone early.
+        ended = length is not None and sent >= length
+        watcher.answered = watcher.answered or ended
+        await send({"type": "http.response.body", "body": piece, "more_body": not ended})
+
+    pieces_left = aiter(body)
+    while True:
+        try:
+            chunk = await anext(pieces_left)
+        except StopAsyncIteration:
+            break
+        except BaseException:
+            if sent == 0 and pieces:
+                del pieces[1:]
+                await send_gathered()
+            raise
+        if chunk:
+            if sent or pieces:
+                gathered += len(chunk)
+            pieces.append(chunk)
+            if gathered >= ANSWER_PIECE_BYTES:
+                await send_gathered()
+    if pieces:
+        await send_gathered()
+    if not ended:
+        watcher.answered = True
+        await send({"type": "http.response.body", "body": b""})

@@ -57,8 +57,18 @@ def request_path(scope: Scope) -> str:
 
 def declares_body(scope: Scope) -> bool:
     """Whether the request announces a body (chunked, or a Content-Length above 0)."""
+    length = framed_length(scope)
+    return bool(header_value(scope, b"transfer-encoding")) or (length is not None and length > 0)
+
+
+def framed_length(scope: Scope) -> int | None:
+    """The body's length when its Content-Length frames it (no Transfer-Encoding): hyper then hands the
+    application exactly that many bytes as the body (those after it are the next request's; fewer, and the
+    client has gone). None for a chunked body, or a Content-Length that is not a plain number."""
+    if header_value(scope, b"transfer-encoding"):
+        return None
     length = header_value(scope, b"content-length")
-    return bool(header_value(scope, b"transfer-encoding")) or (length.isdigit() and int(length) > 0)
+    return int(length) if length.isdigit() else None
 
 
 @dataclass

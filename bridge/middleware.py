@@ -4,6 +4,7 @@ tested on its own (tests/test_middleware.py) and against the real server (tests/
 bridge/server.py wraps the application in all of them, outermost first (with those of bridge/clients.py:
 the real client behind trusted proxies first, the per-client limits after Conformance):
 
+- `BodyEnd`: a body framed by Content-Length ends on its last piece, not on granian's empty message after it.
 - `UploadRate`: a client must send its body at `min_upload_rate` bytes/s or faster, measured over windows
   of `body_timeout` seconds, counting only time spent *waiting* for the client (a slow worker never makes
   a client time out). A client that stalls is stopped after one window; one that trickles after a fast
@@ -44,6 +45,7 @@ from bridge.http import (
     SendTimeout,
     client_address,
     declares_body,
+    framed_length,
     header_value,
     request_path,
 )
@@ -91,6 +93,34 @@ class LastResort:
                 await send_rejection(scope, send, errors.error("bridge_error", "the bridge failed; see its log"))
         finally:
             channel[:] = [None, None]
+
+
+class BodyEnd:
+    """Says a body framed by Content-Length has ended on its last piece. granian says `more_body: True` of
+    every piece it reads and ends a body with an empty message of its own, which costs one more `receive()`
+    (each a round trip to granian's thread and back); hyper gives the application exactly Content-Length
+    bytes as the body, so once that many have come the body is over: its last piece says `more_body:
+    False`, and no layer inside asks for the empty message to learn that the body has ended."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = framed_length(scope) if scope["type"] == "http" else None
+        if not length:
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def receive_to_length() -> Message:
+            nonlocal received
+            message = await receive()
+            if message.get("more_body", False):
+                received += len(message.get("body", b""))
+                if received >= length:
+                    message["more_body"] = False
+            return message
+
+        await self.app(scope, receive_to_length, send)
 
 
 class UploadRate:

@@ -21,7 +21,7 @@ from bridge.config import BridgeConfig, HttpLimits, parse_networks
 from bridge.front import HttpFront, PortInUse
 from bridge.http import ASGIApp
 from bridge.metrics import BridgeMetrics
-from bridge.middleware import Conformance, EarlyAnswer, LastResort, OnReject, SendDeadline, UploadRate
+from bridge.middleware import BodyEnd, Conformance, EarlyAnswer, LastResort, OnReject, SendDeadline, UploadRate
 from service_runtime import tracing
 
 log = logging.getLogger("bridge")
@@ -35,13 +35,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def protect(app: ASGIApp, limits: HttpLimits, on_reject: OnReject) -> ASGIApp:
     """The application inside the middleware of bridge/middleware.py and bridge/clients.py, outermost first:
-    the last resort for exceptions, the real client (trusted proxies), the upload rate, early answers, RFC
-    checks, per-client limits, the send timeout."""
+    the last resort for exceptions, a body's end at its Content-Length, the real client (trusted proxies), the
+    upload rate, early answers, RFC checks, per-client limits, the send timeout."""
     inner = SendDeadline(app, limits.send_timeout, on_reject)
     inner = ClientLimits(inner, limits.max_uploads_per_client, limits.auth_failures_per_minute, on_reject)
     inner = Conformance(inner, limits, on_reject)
     inner = UploadRate(EarlyAnswer(inner, limits.drain_limit), limits.min_upload_rate, limits.body_timeout)
-    return LastResort(ForwardedFor(inner, parse_networks(limits.trusted_proxies)))
+    return LastResort(BodyEnd(ForwardedFor(inner, parse_networks(limits.trusted_proxies))))
 
 
 async def start(config: BridgeConfig, metrics: BridgeMetrics | None = None) -> tuple[BridgeApp, HttpFront]:

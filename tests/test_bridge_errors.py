@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client as httpclient
 import json
+import re
 import socket
 import threading
 from concurrent import futures
@@ -362,6 +364,25 @@ def test_a_worker_that_breaks_off_mid_answer_never_yields_a_complete_200(rogue_b
         assert len(data) == declared, "a complete body here would be a malformed 200"
         raise AssertionError("unreachable")  # pragma: no cover
     connection.close()
+
+
+@pytest.mark.parametrize("command", ["short-stream", "second-result"])
+def test_an_answer_that_breaks_off_still_starts_with_its_json(rogue_bridge, command):
+    """docs/protocol.md: what arrives before a broken answer ends is its head and its result JSON at least. The
+    JSON waits to leave with what follows it; when the answer breaks first, it leaves alone, so the server
+    never answers with a whole 500 of its own."""
+    host, port = rogue_bridge.removeprefix("http://").split(":")
+    body = rogue_request(command)
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(http.raw_post_head(body) + body)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    head, _, answer = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), received[:300]
+    assert len(answer) < int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)[1])
+    assert b"application/json" in answer.partition(b"\r\n\r\n")[0] and b'"protocol_version"' in answer
 
 
 def test_the_good_answer_of_the_rogue_worker_passes(rogue_bridge):

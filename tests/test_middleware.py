@@ -12,6 +12,7 @@ from bridge import middleware
 from bridge.config import HttpLimits
 from bridge.http import BodyTimeout, SendTimeout
 from bridge.middleware import (
+    BodyEnd,
     Conformance,
     EarlyAnswer,
     LastResort,
@@ -55,6 +56,39 @@ class Sent(list):
 
 def run(coro):
     return asyncio.run(coro)
+
+
+# ------------------------------------------------------------------------------------------- body end
+
+
+def server_body(*pieces):
+    """A receive() as granian's: every piece says more_body True, then an empty message ends the body."""
+    messages = [{"type": "http.request", "body": piece, "more_body": True} for piece in pieces]
+    messages.append({"type": "http.request", "body": b"", "more_body": False})
+    calls = []
+
+    async def receive():
+        calls.append(1)
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    receive.calls = calls
+    return receive
+
+
+def test_a_body_framed_by_content_length_ends_on_its_last_piece():
+    """Its last piece says more_body False: the application never asks for granian's empty message."""
+    app, receive = reading_app(), server_body(b"a" * 60, b"b" * 40)
+    run(BodyEnd(app)(scope(body=True), receive, Sent()))  # Content-Length: 100
+    assert app.got == b"a" * 60 + b"b" * 40 and len(receive.calls) == 2
+
+
+@pytest.mark.parametrize("framing", [[(b"transfer-encoding", b"chunked")],
+                                     [(b"transfer-encoding", b"chunked"), (b"content-length", b"100")]])
+def test_a_chunked_body_ends_with_the_servers_empty_message(framing):
+    """Chunked (Transfer-Encoding frames the body even beside a Content-Length): only its end says so."""
+    app, receive = reading_app(), server_body(b"a" * 60, b"b" * 40)
+    run(BodyEnd(app)(scope(headers=[(b"host", b"x"), *framing]), receive, Sent()))
+    assert app.got == b"a" * 60 + b"b" * 40 and len(receive.calls) == 3
 
 
 # ------------------------------------------------------------------------------------------ upload rate
