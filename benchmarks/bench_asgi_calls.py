@@ -3,7 +3,8 @@ in a process of its own, answering 3,000 bytes to every request, in shapes picke
 
 - how it reads the body: `full` up to granian's empty end-of-body message (what the bridge did), `cl` up to
   Content-Length bytes (what BodyEnd in bridge/middleware.py allows); `w` after either adds a disconnect
-  watcher as the bridge's (bridge/app.py), which waits on receive() while the answer is made;
+  watcher as the bridge's (bridge/app.py), which waits on receive() while the answer is made, and so takes
+  granian's empty message itself after `cl`: granian reports a disconnect only once that message is taken;
 - how it sends the answer: `one` body send (what a small answer takes now), `two` (the JSON, then the rest).
 
 The load client (benchmarks/loadgen.py, its own process) sends bursts of N requests to each shape in turn,

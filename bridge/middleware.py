@@ -97,10 +97,12 @@ class LastResort:
 
 class BodyEnd:
     """Says a body framed by Content-Length has ended on its last piece. granian says `more_body: True` of
-    every piece it reads and ends a body with an empty message of its own, which costs one more `receive()`
-    (each a round trip to granian's thread and back); hyper gives the application exactly Content-Length
-    bytes as the body, so once that many have come the body is over: its last piece says `more_body:
-    False`, and no layer inside asks for the empty message to learn that the body has ended."""
+    every piece it reads and ends a body with an empty message of its own; hyper gives the application
+    exactly Content-Length bytes as the body, so once that many have come the body is over: its last piece
+    says `more_body: False`, and every layer inside knows it then (the request's reader, which sends the
+    study's last messages with its end; the upload rate, the early answer, the per-client uploads), not one
+    `receive()` (a round trip to granian's thread) later. That call is still made, by the disconnect watcher
+    (bridge/app.py): granian reports a disconnect only after its empty message (docs/decisions.md)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
