@@ -41,7 +41,8 @@ sample-study: setup
 
 # Tests spend most of their time waiting on real processes, so they run on 4 xdist workers.
 test: setup system-tools
-	$(PY) -m pytest -n 4 --dist worksteal
+	$(PY) -m pytest -n 4 --dist worksteal -m "not quiet"
+	$(PY) -m pytest -m quiet
 
 # The images built and the compose stack run for real on a Docker engine (tests/container_stack.py): installs
 # docker.io and docker-compose from Debian when missing (as root), starts dockerd when none runs, makes the
