@@ -302,25 +302,16 @@ async def send(call: StreamCall, messages: list, bundles: bool) -> None:
 
 
 async def _binary_chunks(call) -> AsyncIterator:
-    """The answer's binary chunks after its result, bundles opened (each chunk taken out of its bundle as it
-    goes, so that what gRPC still holds keeps none of them)."""
+    """The answer's binary chunks after its result, bundles opened (contract/wire.py `unbundle`)."""
     while True:
         message = await call.read()
         if message is grpc.aio.EOF:
             return
-        if type(message) is list:
-            bundle = message
-        elif not isinstance(message, wire.Binary) and message.WhichOneof("message") == "bundle":
-            bundle = list(message.bundle.messages)
-        else:
-            yield _binary(message)
-            continue
-        bundle.reverse()
-        while bundle:
-            each = bundle.pop()
-            if not isinstance(each, wire.Binary) and each.WhichOneof("message") == "bundle":
-                raise BadWorkerAnswer(["a bundle of binary chunks holds another bundle"])
-            yield _binary(each)
+        try:
+            for each in wire.unbundle(message):
+                yield _binary(each)
+        except wire.NestedBundle:
+            raise BadWorkerAnswer(["a bundle of binary chunks holds another bundle"]) from None
 
 
 def _binary(message):

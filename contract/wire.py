@@ -17,7 +17,7 @@ the one exact shape read here: the fast path never guesses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from contract import inference_pb2 as pb
@@ -81,13 +81,43 @@ def request_chunk(pieces: Sequence) -> bytes:
 def request_message(messages: Sequence) -> bytes:
     """One serialised `InferRequest` carrying `messages` (each an `InferRequest` or a `Chunk`), in one copy of
     the chunks' pieces: the message itself when there is one, else `InferRequest{bundle: {messages}}`."""
-    frames = [_chunk_frame(m) if isinstance(m, Chunk) else [m.SerializeToString()] for m in messages]
+    return _message_or_bundle(REQUEST_BUNDLE, [_chunk_frame(m) if isinstance(m, Chunk) else [m.SerializeToString()]
+                                               for m in messages])
+
+
+def _message_or_bundle(bundle_tag: int, frames: list[list]) -> bytes:
+    """The one message whose pieces are `frames[0]`, or the bundle (field `bundle_tag`) of all of them; one join."""
     if len(frames) == 1:
         return b"".join(frames[0])
     pieces: list = []
     for frame in frames:
         pieces += (bytes((BUNDLE_MESSAGE,)), varint(sum(len(piece) for piece in frame)), *frame)
-    return b"".join((bytes((REQUEST_BUNDLE,)), varint(sum(len(piece) for piece in pieces)), *pieces))
+    return b"".join((bytes((bundle_tag,)), varint(sum(len(piece) for piece in pieces)), *pieces))
+
+
+class NestedBundle(ValueError):
+    """A bundle holds another bundle, which the contract forbids."""
+
+
+def unbundle(message) -> Iterator:
+    """The messages one gRPC message carries, in order: itself, or its bundle's (as read here, a list, or as
+    protobuf read it). Each is taken out of the bundle as it is handed on: gRPC keeps the last message it read
+    until the call's objects are garbage-collected, and would keep a bundle's chunks with it (a worker serving
+    small studies at 8 clients: 90 -> 150 MB). Raises NestedBundle for a bundle inside a bundle."""
+    if type(message) is list:
+        inner = message
+    elif not isinstance(message, (memoryview, Binary)) and message.WhichOneof("message") == "bundle":
+        inner = list(message.bundle.messages)
+        message.ClearField("bundle")
+    else:
+        yield message
+        return
+    inner.reverse()
+    while inner:
+        each = inner.pop()
+        if not isinstance(each, (memoryview, Binary)) and each.WhichOneof("message") == "bundle":
+            raise NestedBundle("a bundle holds another bundle")
+        yield each
 
 
 def serialize_request(message) -> bytes:
@@ -98,17 +128,16 @@ def serialize_request(message) -> bytes:
 def parse_request(raw: bytes):
     """gRPC request deserializer: a memoryview for a chunk message, a list of the messages of a bundle (each a
     memoryview or an `InferRequest`), else an `InferRequest` (a bundle not in the exact layout read here too).
-    A list, so that its reader can take the messages out of it: gRPC keeps the last message it read until the
-    call's objects are garbage-collected, and a bundle's chunks must not stay with it."""
-    if raw[:1] == b"\x1a":
-        view = _chunk_view(raw, 0, len(raw))
-        if view is not None:
-            return view
-    elif raw[:1] == b"\x2a":
-        messages = _bundle_messages(raw, _request_at)
+    A list, so that its reader can take the messages out of it (`unbundle`)."""
+    return _parse(raw, REQUEST_BUNDLE, _request_at)
+
+
+def _parse(raw: bytes, bundle_tag: int, read_message):
+    if raw[:1] == bytes((bundle_tag,)):
+        messages = _bundle_messages(raw, read_message)
         if messages is not None:
             return messages
-    return pb.InferRequest.FromString(raw)
+    return read_message(raw, 0, len(raw))
 
 
 def _chunk_view(raw: bytes, start: int, end: int) -> memoryview | None:
@@ -173,13 +202,7 @@ def response_binary(part_index: int, data) -> bytes:
 def response_binaries(pieces: Sequence[tuple[int, object]]) -> bytes:
     """One serialised `InferResponse` carrying the binary chunks `pieces` ((part_index, data) each), with one
     copy of the data: the chunk itself when there is one, else `InferResponse{bundle: {messages}}`."""
-    if len(pieces) == 1:
-        return response_binary(*pieces[0])
-    out: list = []
-    for part_index, data in pieces:
-        frame = _binary_frame(part_index, data)
-        out += (bytes((BUNDLE_MESSAGE,)), varint(sum(len(piece) for piece in frame)), *frame)
-    return b"".join((bytes((RESPONSE_BUNDLE,)), varint(sum(len(piece) for piece in out)), *out))
+    return _message_or_bundle(RESPONSE_BUNDLE, [_binary_frame(index, data) for index, data in pieces])
 
 
 def serialize_response(message) -> bytes:
@@ -189,15 +212,7 @@ def serialize_response(message) -> bytes:
 def parse_response(raw: bytes):
     """gRPC response deserializer: a `Binary` for a binary chunk in the generated classes' exact layout, a list
     of the messages of a bundle (each a `Binary` or an `InferResponse`), else an `InferResponse`."""
-    if raw[:1] == b"\x12":
-        binary = _binary_at(raw, 0, len(raw))
-        if binary is not None:
-            return binary
-    elif raw[:1] == b"\x1a":
-        messages = _bundle_messages(raw, _response_at)
-        if messages is not None:
-            return messages
-    return pb.InferResponse.FromString(raw)
+    return _parse(raw, RESPONSE_BUNDLE, _response_at)
 
 
 def _binary_at(raw: bytes, start: int, end: int) -> Binary | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from arterys_http.json_text import JsonProblem, load_json_object
 from contract import inference_pb2 as pb
+from contract import wire
 from contract.errors import short
 from worker.sdk.study import part_label
 from worker.serving import identifiers
@@ -96,27 +97,13 @@ class Ingest:
 
 
 async def unbundled(messages: AsyncIterator) -> AsyncIterator:
-    """The request stream with every bundle opened: its messages one by one, as if each had come alone
-    (contract/wire.py reads a bundle into a list; protobuf, into an `InferRequest{bundle}`).
-
-    Each message is taken out of its bundle as it is handed on: gRPC keeps the last message it read (the
-    bundle) until the call's objects are garbage-collected, and would keep its chunks with it (a worker
-    serving small studies at 8 clients: 90 -> 150 MB)."""
+    """The request stream with every bundle opened: its messages one by one, as if each had come alone."""
     async for message in messages:
-        if type(message) is list:
-            inner = message
-        elif type(message) is not memoryview and message.WhichOneof("message") == "bundle":
-            inner = list(message.bundle.messages)
-            message.ClearField("bundle")
-        else:
-            yield message
-            continue
-        inner.reverse()
-        while inner:
-            each = inner.pop()
-            if type(each) is not memoryview and each.WhichOneof("message") == "bundle":
-                raise BadRequest("a bundle holds another bundle; bundle the messages themselves")
-            yield each
+        try:
+            for each in wire.unbundle(message):
+                yield each
+        except wire.NestedBundle:
+            raise BadRequest("a bundle holds another bundle; bundle the messages themselves") from None
 
 
 async def receive_parts(
