@@ -11,6 +11,12 @@ the last asks its worker to keep it, parked, until a place frees there, for what
 waits without asking again; 503 comes when that wait ends. The attempts write no log line of their own,
 except one when a worker did not answer at all: a refusal that ends the request is logged once, with what
 was tried (bridge/inference.py).
+
+A small study read whole goes with its header in one message (an InferWhole call): the worker admits,
+refuses or parks it as it would the header alone (a parked one counts for its study's bytes there), and a
+refused one is sent again whole to the next worker. A worker that answers UNIMPLEMENTED predates
+InferWhole: the try is made again as an Infer call, and the channel sends none for a while
+(bridge/channel.py).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from bridge.channel import WorkerChannel
 from bridge.errors import WorkerFailed
 from contract import errors as contract_errors
 from contract import inference_pb2 as pb
-from contract import metadata
+from contract import metadata, wire
 from service_runtime.grpc_aio import CALL_ENDED, StreamCall
 
 log = logging.getLogger("bridge.workers")  # with readiness.py: the lines about the workers
@@ -37,6 +43,11 @@ ADMISSION_TIMEOUT = 5.0
 # by the server while the client was still writing its header as INTERNAL, with no error code).
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
 MAX_WAIT_MS = (1 << 32) - 1  # admission_wait_ms is a uint32
+
+
+def predates_whole_calls(status: grpc.StatusCode, error_code: str) -> bool:
+    """Whether an InferWhole call ended as a worker that does not have the method ends it. Pure."""
+    return status == grpc.StatusCode.UNIMPLEMENTED and not error_code
 
 
 def ended_free(status: grpc.StatusCode, error_code: str) -> bool:
@@ -76,22 +87,39 @@ def wait_ms(seconds: float) -> int:
     return min(round(seconds * 1000), MAX_WAIT_MS)
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A call a worker has admitted; `whole`: the study went with the header (InferWhole), nothing is left to
+    send."""
+
+    call: StreamCall
+    whole: bool
+
+
 async def admit(channel: WorkerChannel, header: pb.RequestHeader, timeout: float, call_metadata: tuple,
-                queue_wait: float, ready_workers: int) -> StreamCall:
-    """Opens a call that a worker has admitted (its header sent, nothing else), trying the workers as
-    AttemptPlan says; raises WorkerFailed (no worker admitted it), saying what was tried."""
+                queue_wait: float, ready_workers: int, study: list | None = None) -> Admitted:
+    """Opens a call that a worker has admitted (its header sent and, for a `study` read whole, the request
+    messages after the header, when the channel sends whole calls), trying the workers as AttemptPlan says;
+    raises WorkerFailed (no worker admitted it), saying what was tried."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     plan = AttemptPlan.for_workers(ready_workers)
     hung = 0  # workers that neither admitted nor refused
     attempt = 0
+    whole = study is not None and channel.sends_whole_calls()
     while True:
         attempt += 1
         wait = plan.wait(attempt, queue_wait - (loop.time() - started))
         header.admission_wait_ms = wait_ms(wait)
-        call = channel.open_call(max(timeout - (loop.time() - started), 0.001), call_metadata)
+        left = max(timeout - (loop.time() - started), 0.001)
+        if whole:
+            call = channel.open_whole_call(wire.request_message((pb.InferRequest(header=header), *study)), left,
+                                           call_metadata)
+        else:
+            call = channel.open_call(left, call_metadata)
         try:
-            await call.write(pb.InferRequest(header=header))
+            if not whole:
+                await call.write(pb.InferRequest(header=header))
             async with asyncio.timeout(ADMISSION_TIMEOUT + wait):
                 admitted = metadata.value(await call.initial_metadata(), metadata.ADMITTED) == metadata.YES
         except CALL_ENDED:
@@ -109,10 +137,14 @@ async def admit(channel: WorkerChannel, header: pb.RequestHeader, timeout: float
         if admitted:
             if hung:  # the one line about this request's attempts: a hung worker is news
                 log.warning("worker target %s: %s", channel.target, _tried(attempt, hung))
-            return call
+            return Admitted(call, whole)
         status = await call.code()
         details = await call.details() or ""
         error_code = metadata.value(await call.trailing_metadata(), metadata.ERROR_CODE)
+        if whole and predates_whole_calls(status, error_code):
+            channel.whole_calls_unimplemented()
+            whole, attempt = False, attempt - 1  # the same try again, as an Infer call
+            continue
         if plan.again(attempt, ended_free(status, error_code)):
             continue
         raise WorkerFailed(status, details, error_code, tried=_tried(attempt, hung))

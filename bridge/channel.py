@@ -6,11 +6,16 @@ SERVING: a replica still loading its model gets no request. Keepalive pings noti
 -STOP, a frozen VM) within 10 s, and reconnect backoff stays short, so a worker that comes back is used
 within a second or two, however long it was gone. Whether the target is ready is bridge/readiness.py's
 question; getting a call admitted, bridge/admission.py's.
+
+Small studies go in InferWhole calls until a worker of the target answers one UNIMPLEMENTED (it predates
+them): then, for WHOLE_CALLS_PAUSE seconds, as Infer calls only, so that a fleet in the middle of an
+upgrade costs a wasted call a minute, not one per request.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -20,6 +25,7 @@ from contract import limits, wire
 from service_runtime.grpc_aio import StreamCall
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+WHOLE_CALLS_PAUSE = 60.0
 
 
 def channel_options(max_message_bytes: int = limits.MESSAGE_BYTES) -> list[tuple[str, object]]:
@@ -59,11 +65,25 @@ class WorkerChannel:
         # Study and answer chunks are written and read with contract.wire (no copies); the rest as generated.
         self._infer = self.channel.stream_stream(wire.INFER_METHOD, request_serializer=wire.serialize_request,
                                                  response_deserializer=wire.parse_response)
+        self._infer_whole = self.channel.unary_stream(wire.INFER_WHOLE_METHOD, request_serializer=None,
+                                                      response_deserializer=wire.parse_response)
+        self._whole_calls_from = 0.0  # time.monotonic() from which InferWhole calls are sent again
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def open_call(self, timeout: float, metadata: tuple) -> StreamCall:
         """A new Infer call, through the grpc.aio workarounds (service_runtime/grpc_aio.py)."""
         return StreamCall(self._infer(timeout=timeout, metadata=metadata))
+
+    def open_whole_call(self, request: bytes, timeout: float, metadata: tuple) -> StreamCall:
+        """A new InferWhole call with `request` (a serialised InferRequest bundle), through the same workarounds."""
+        return StreamCall(self._infer_whole(request, timeout=timeout, metadata=metadata))
+
+    def sends_whole_calls(self) -> bool:
+        return time.monotonic() >= self._whole_calls_from
+
+    def whole_calls_unimplemented(self) -> None:
+        """A worker of the target does not have InferWhole: none is sent for WHOLE_CALLS_PAUSE seconds."""
+        self._whole_calls_from = time.monotonic() + WHOLE_CALLS_PAUSE
 
     async def close(self) -> None:
         await self.channel.close()

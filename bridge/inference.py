@@ -4,13 +4,14 @@ streams back.
 The JSON part is read first and becomes the call's header; once a worker has admitted the call (see
 bridge/admission.py), a task forwards the rest of the body part by part while this one waits for the
 worker's result. When the worker says it reads bundles (contract/metadata.py), the request messages made
-from one read of the body go as one gRPC message, and a small study's (SMALL_STUDY_BYTES) all go in one:
-each gRPC message costs both ends a round of work. Whichever side fails first decides the answer: a body
-that is malformed, too large, too slow or abandoned is the client's doing; a call that ends early is the
-worker's (WorkerFailed). Either failure is raised as it is and becomes an HTTP answer in one place
-(bridge/errors.py, `for_failure`). The answer's Content-Length is exact before any mask byte arrives, and
-its body (AnswerBody) is counted and reported as it streams. Memory stays at about one chunk each way;
-nothing here imports a model or decodes pixels.
+from one read of the body go as one gRPC message: each gRPC message costs both ends a round of work. A
+small study (SMALL_STUDY_BYTES) is read whole first and goes with its header in one message, an InferWhole
+call, which needs no round trip for the admission either (a studyPath request too: it has no parts).
+Whichever side fails first decides the answer: a body that is malformed, too large, too slow or abandoned
+is the client's doing; a call that ends early is the worker's (WorkerFailed). Either failure is raised as
+it is and becomes an HTTP answer in one place (bridge/errors.py, `for_failure`). The answer's
+Content-Length is exact before any mask byte arrives, and its body (AnswerBody) is counted and reported as
+it streams. Memory stays at about one chunk each way; nothing here imports a model or decodes pixels.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from arterys_http.multipart import (
     parse_content_type,
 )
 from bridge import errors
-from bridge.admission import admit
+from bridge.admission import Admitted, admit
 from bridge.channel import WorkerChannel
 from bridge.config import BridgeLimits
 from bridge.http import Request, Response
@@ -56,8 +57,8 @@ from service_runtime.logs import set_tags
 log = logging.getLogger("bridge.inference")
 
 ACCEPTED_TYPES = (media.MULTIPART_RELATED, media.MULTIPART_FORM_DATA, media.JSON)
-# A body of at most this many bytes (by its Content-Length) is read whole once its call is admitted, and goes in
-# one message after the header; a larger one streams, what each read brings in a message of its own.
+# A body of at most this many bytes (by its Content-Length) is read whole before its call, and goes in one message
+# with its header; a larger one streams once admitted, what each read brings in a message of its own.
 SMALL_STUDY_BYTES = CHUNK_BYTES
 
 
@@ -95,11 +96,15 @@ class InferenceRequest:
             raise errors.too_large(f"the request body is {declared} bytes; this bridge accepts at most "
                                    f"{self.limits.max_body_bytes}")
         if media_type == media.JSON:
-            header, forward = await self._study_path()
+            header, study, forward = await self._study_path()
         else:
-            header, forward = await self._multipart()
-        call = await self._admit(header)
-        return await self._exchange(call, forward)
+            header, study, forward = await self._multipart()
+        admitted = await self._admit(header, study)
+        if admitted.whole:
+            forward = None
+        elif study is not None:  # read whole, but the worker takes no InferWhole call: it follows the header
+            forward = _sender(study)
+        return await self._exchange(admitted.call, forward)
 
     # ---------------------------------------------------------------------------------- request side
 
@@ -127,12 +132,7 @@ class InferenceRequest:
                 "to send the DICOM files themselves use multipart/related"
             )
         header = request_header(body, self.route, self.request_id, study_path=study_path)
-
-        async def forward(call) -> None:
-            await call.write(pb.InferRequest(end=pb.RequestEnd(part_count=0)))
-            await call.done_writing()
-
-        return header, forward
+        return header, [pb.InferRequest(end=pb.RequestEnd(part_count=0))], None
 
     async def _multipart(self):
         limits = self.limits
@@ -143,15 +143,20 @@ class InferenceRequest:
         json_part, leftover = await self._read_json_part(parser)
         header = request_header(json_part, self.route, self.request_id)
         translator = RequestTranslator()
-        small = (self.request.content_length or SMALL_STUDY_BYTES + 1) <= SMALL_STUDY_BYTES
+        if (self.request.content_length or SMALL_STUDY_BYTES + 1) <= SMALL_STUDY_BYTES:
+            messages = list(translator.translate(leftover))
+            while data := await self.read():
+                messages += translator.translate(parser.feed(data))
+            parser.close()
+            return header, [*messages, translator.end()], None
 
         async def forward(call) -> None:
             bundles = await reads_bundles(call)
             messages = list(translator.translate(leftover))
             while True:
-                # What is at hand goes before the next read waits for the client, except a small study's, and
-                # the body's last messages, which go with the end.
-                if messages and not (bundles and (small or self.request.complete)):
+                # What is at hand goes before the next read waits for the client, except the body's last
+                # messages, which go with the end.
+                if messages and not (bundles and self.request.complete):
                     await send(call, messages, bundles)
                     messages = []
                 data = await self.read()
@@ -162,7 +167,7 @@ class InferenceRequest:
             await send(call, [*messages, translator.end()], bundles)
             await call.done_writing()
 
-        return header, forward
+        return header, None, forward
 
     async def _read_json_part(self, parser: MultipartParser) -> tuple[bytes, list]:
         """Reads up to the end of the first part (the request JSON); returns it and the events after it."""
@@ -190,13 +195,13 @@ class InferenceRequest:
 
     # ------------------------------------------------------------------------------------ the call
 
-    async def _admit(self, header: pb.RequestHeader) -> StreamCall:
+    async def _admit(self, header: pb.RequestHeader, study: list | None) -> Admitted:
         traced = self.trace.call(self.channel.target)  # the call's span; its traceparent goes in the metadata
         try:
-            call = await admit(self.channel, header, self.limits.deadline_seconds,
-                               ((metadata.REQUEST_ID, self.request_id), (metadata.READS_BUNDLES, metadata.YES),
-                                *traced.metadata),
-                               self.limits.queue_wait_seconds, self.ready_workers())
+            admitted = await admit(self.channel, header, self.limits.deadline_seconds,
+                                   ((metadata.REQUEST_ID, self.request_id), (metadata.READS_BUNDLES, metadata.YES),
+                                    *traced.metadata),
+                                   self.limits.queue_wait_seconds, self.ready_workers(), study)
         except errors.WorkerFailed as refused:
             traced.end(refused.status)
             self._log_failure(refused)
@@ -204,10 +209,20 @@ class InferenceRequest:
         except BaseException:
             traced.end(None)
             raise
-        traced.follow(call)
-        return call
+        traced.follow(admitted.call)
+        return admitted
 
     async def _exchange(self, call: StreamCall, forward) -> Response:
+        """Waits for the worker's first message while `forward` (None: nothing left to send) sends the study."""
+        if forward is None:
+            try:
+                message = await call.read()
+            except grpc.aio.AioRpcError as error:
+                raise await self._call_error(call) from error
+            except BaseException:
+                call.cancel()
+                raise
+            return await self._answer(call, message, None)
         forwarder = asyncio.ensure_future(forward(call))
         first = asyncio.ensure_future(call.read())
         for task in (forwarder, first):  # either may end with an error after the exchange gave up on it
@@ -236,8 +251,13 @@ class InferenceRequest:
             forwarder.cancel()
             call.cancel()
             raise
+        return await self._answer(call, message, forwarder)
+
+    async def _answer(self, call: StreamCall, message, forwarder: asyncio.Future | None) -> Response:
+        """The answer whose first message is `message` (or EOF), or what ended the call instead."""
         if message is grpc.aio.EOF:
-            forwarder.cancel()
+            if forwarder is not None:
+                forwarder.cancel()
             if call.done() and await call.code() != grpc.StatusCode.OK:
                 raise await self._call_error(call)
             call.cancel()
@@ -290,6 +310,15 @@ class InferenceRequest:
 async def reads_bundles(call: StreamCall) -> bool:
     """Whether the worker that admitted `call` said it reads bundles."""
     return metadata.value(await call.initial_metadata(), metadata.READS_BUNDLES) == metadata.YES
+
+
+def _sender(study: list):
+    """Sends `study` (the request messages after the header, read whole) once its call is admitted."""
+    async def forward(call) -> None:
+        await send(call, study, await reads_bundles(call))
+        await call.done_writing()
+
+    return forward
 
 
 async def send(call: StreamCall, messages: list, bundles: bool) -> None:

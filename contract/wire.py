@@ -32,6 +32,7 @@ BINARY_PART_INDEX = 0x08  # BinaryChunk.part_index = 1
 BINARY_DATA = 0x12  # BinaryChunk.data = 2
 
 INFER_METHOD = "/" + pb.DESCRIPTOR.services_by_name["Inference"].full_name + "/Infer"
+INFER_WHOLE_METHOD = INFER_METHOD + "Whole"
 
 
 def varint(value: int) -> bytes:

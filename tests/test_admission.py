@@ -7,7 +7,7 @@ import asyncio
 from prometheus_client import CollectorRegistry
 
 from worker.serving import admission as admission_module
-from worker.serving.admission import Admission, Ticket
+from worker.serving.admission import RECEIVING_CALL_BYTES, Admission, Ticket
 from worker.serving.metrics import WorkerMetrics
 from worker.serving.spool import StoreBudget
 
@@ -181,6 +181,44 @@ def test_parked_calls_share_the_receiving_calls_bound():
         await asyncio.gather(*waiting, return_exceptions=True)
         assert admission.parked == 0
         end(holder)
+
+    asyncio.run(scenario())
+
+
+def test_a_parked_call_that_keeps_its_study_counts_for_its_bytes():
+    async def scenario():
+        admission, metrics, holder = await full_admission(max_receiving=8)
+        # An InferWhole call of 3 x 64 KiB: one call and three more for its study.
+        whole = asyncio.ensure_future(admission.wait_for_place(30, holds=3 * RECEIVING_CALL_BYTES))
+        await settle()
+        assert admission.parked == 1
+        # 4 + 5 would pass 8: refused at once; a header alone (1) still parks, and one more of 2 (1 byte: 1 + 1).
+        assert await admission.wait_for_place(30, holds=4 * RECEIVING_CALL_BYTES) is None
+        alone = asyncio.ensure_future(admission.wait_for_place(30))
+        tiny = asyncio.ensure_future(admission.wait_for_place(30, holds=1))
+        await settle()
+        assert admission.parked == 3
+        assert await admission.wait_for_place(30, holds=1) is None  # 4 + 1 + 2 + 2 would pass 8
+        assert admission.refusal(holds=1) == ("0 studies are arriving and 3 more wait for a place (this call's study "
+                                              "would count as 1 more) (what its --max-study-memory-mib allows for, "
+                                              "or its --max-receiving)")
+        assert admission.refusal().startswith("1 inference(s) running")  # a header alone would still have parked
+        end(holder)  # a place frees: the first parked call takes it, and gives back what it counted for
+        assert (ticket := await whole) is not None and admission.parked == 2
+        assert admission.receiving == 1
+        later = asyncio.ensure_future(admission.wait_for_place(30, holds=3 * RECEIVING_CALL_BYTES))
+        await settle()
+        assert admission.parked == 3  # 1 receiving + 1 + 2 + 4 = 8: within the bound again
+        for call in (alone, tiny, later):
+            call.cancel()
+        await asyncio.gather(alone, tiny, later, return_exceptions=True)
+        assert admission.parked == 0 and parked(metrics) == 0
+        largest = asyncio.ensure_future(admission.wait_for_place(30, holds=6 * RECEIVING_CALL_BYTES))
+        await settle()
+        assert admission.parked == 1  # 1 receiving + 7 = 8: parks
+        largest.cancel()
+        await asyncio.gather(largest, return_exceptions=True)
+        ticket.leave()
 
     asyncio.run(scenario())
 

@@ -23,6 +23,7 @@ import pydicom.uid
 import pytest
 import requests
 
+from bridge.inference import SMALL_STUDY_BYTES
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
 from tests import http_helpers as http
@@ -377,10 +378,14 @@ def test_aborted_uploads_and_downloads_leave_the_bridge_as_it_was(stack, study):
     """Clients that vanish mid-upload or mid-download: the bridge's memory stays flat over 1,000 of them
     (unshielded, an abandoned read of a worker call keeps ~15 KB per client gone mid-answer, +30% here:
     grpc/grpc#43360, service_runtime/grpc_aio.py),
-    every connection is closed, and both services log each as a cancellation, at INFO, without a traceback."""
+    every connection is closed, and both services log each as a cancellation, at INFO, without a traceback.
+    The body is over 1 MiB (an attachment pads it), so that it streams to the worker while it arrives: a
+    smaller one is read whole before any call, and a client gone mid-upload never reaches the worker."""
     paths = [i.path for i in study.instances]
     body = http.hand_built_body([("application/json", json.dumps({"inference_command": "get-boolean-mask"}).encode())]
+                                + [("application/octet-stream", bytes(SMALL_STUDY_BYTES))]
                                 + [("application/dicom", p.read_bytes()) for p in paths], "b")
+    assert len(body) > SMALL_STUDY_BYTES
     head = http.raw_post_head(body)
     pid = stack["bridge"].process.pid
 

@@ -1,11 +1,15 @@
 """Request messages bundled in one gRPC message (`InferRequest.bundle`): the bytes contract/wire.py writes and
 reads, a real worker answering any bundling of a stream exactly as the messages one by one, and a real bridge
-bundling only for a worker that says it reads bundles, seen through a recording proxy between the two."""
+bundling only for a worker that says it reads bundles, seen through a recording proxy between the two. A
+small study's whole stream in one InferWhole call: the worker reads it as Infer reads the same messages; the
+bridge sends it so, and falls back to Infer for a worker that predates the method."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -13,6 +17,7 @@ import pytest
 import requests
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from bridge import channel as bridge_channel
 from bridge.config import BridgeConfig
 from bridge.inference import SMALL_STUDY_BYTES
 from bridge.server import create_server
@@ -183,6 +188,33 @@ def test_the_worker_answers_any_bundling_exactly_as_the_messages_one_by_one(work
     assert together.binaries == alone.binaries
 
 
+def test_a_whole_call_is_answered_exactly_as_its_messages_streamed(worker, standard_sent):
+    parts = dicom_parts([i.path for i in standard_sent[:4]])
+    messages = list(request_messages({"inference_command": "get-probability-mask"}, parts, chunk=20_000))
+    alone = collect(stub_for(worker.port).Infer(iter(messages), timeout=60))
+    whole = collect(stub_for(worker.port).InferWhole(pb.InferRequest(bundle=pb.RequestBundle(messages=messages)),
+                                                     timeout=60))
+    assert whole.result == alone.result  # the input hash included: every byte arrived, in order
+    assert whole.binaries == alone.binaries and whole.binaries
+
+
+@pytest.mark.parametrize(("request_message", "status", "needle"), [
+    (pb.InferRequest(bundle=pb.RequestBundle(messages=[HEADER, PART, pb.InferRequest(chunk=b"DICM")])),
+     grpc.StatusCode.INVALID_ARGUMENT, "ended without an end message"),
+    (HEADER, grpc.StatusCode.INVALID_ARGUMENT, "ended without an end message"),  # not a bundle: the header alone
+    (PART, grpc.StatusCode.INVALID_ARGUMENT, "must start with a header"),
+], ids=["no-end", "header-alone", "no-header"])
+def test_a_whole_call_that_is_not_a_whole_stream_is_refused_and_the_worker_keeps_serving(
+        worker, standard_sent, request_message, status, needle):
+    with pytest.raises(grpc.RpcError) as refused:
+        collect(stub_for(worker.port).InferWhole(request_message, timeout=60))
+    assert refused.value.code() == status
+    assert needle in refused.value.details()
+    parts = dicom_parts([standard_sent[0].path])
+    request = pb.InferRequest(bundle=pb.RequestBundle(messages=list(request_messages({}, parts))))
+    assert collect(stub_for(worker.port).InferWhole(request, timeout=60)).result.input_hash
+
+
 @pytest.mark.parametrize(("stream", "needle"), [
     ([HEADER.SerializeToString(), generated(PART, pb.InferRequest(bundle=pb.RequestBundle(messages=[END])))],
      "a bundle holds another bundle"),
@@ -201,18 +233,25 @@ def test_a_misshapen_bundle_is_invalid_argument_and_the_worker_keeps_serving(wor
 
 
 class RecordingProxy:
-    """A gRPC proxy in front of a worker that keeps every request message of every Infer call as sent (raw
-    bytes), and can hide the worker's `reads-bundles` from the caller (a worker that predates bundles)."""
+    """A gRPC proxy in front of a worker that keeps every request message of every Infer and InferWhole call as
+    sent (raw bytes; `methods` says which each was). As a worker that predates InferWhole (`whole_calls`
+    False) it answers those UNIMPLEMENTED, as gRPC does for a method it does not have, and counts them
+    (`unimplemented`); it can also hide the worker's `reads-bundles` from the caller (a worker that predates
+    bundles)."""
 
-    def __init__(self, target: str, hide_bundles: bool = False) -> None:
+    def __init__(self, target: str, hide_bundles: bool = False, whole_calls: bool = True) -> None:
         self.upstream = grpc.insecure_channel(target, options=stream_options())
         self.hide_bundles = hide_bundles
+        self.whole_calls = whole_calls
         self.calls: list[list[bytes]] = []
+        self.methods: list[str] = []
         self.answers: list[list[bytes]] = []
+        self.unimplemented = 0
         self.lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=stream_options())
         handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            "Infer": grpc.stream_stream_rpc_method_handler(self.infer)})
+            "Infer": grpc.stream_stream_rpc_method_handler(self.infer),
+            "InferWhole": grpc.unary_stream_rpc_method_handler(self.infer_whole)})
         self.server.add_generic_rpc_handlers((handler,))
         checks = health.HealthServicer()
         checks.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -225,6 +264,7 @@ class RecordingProxy:
         answered: list[bytes] = []
         with self.lock:
             self.calls.append(seen)
+            self.methods.append("Infer")
             self.answers.append(answered)
 
         def forwarded():
@@ -234,6 +274,23 @@ class RecordingProxy:
 
         call = self.upstream.stream_stream(wire.INFER_METHOD)(forwarded(), metadata=self._kept(
             context.invocation_metadata()))
+        yield from self._relay(call, context, answered)
+
+    def infer_whole(self, request, context):
+        if not self.whole_calls:
+            with self.lock:
+                self.unimplemented += 1
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        answered: list[bytes] = []
+        with self.lock:
+            self.calls.append([request])
+            self.methods.append("InferWhole")
+            self.answers.append(answered)
+        call = self.upstream.unary_stream(wire.INFER_WHOLE_METHOD)(request, metadata=self._kept(
+            context.invocation_metadata()))
+        yield from self._relay(call, context, answered)
+
+    def _relay(self, call, context, answered: list[bytes]):
         try:
             context.send_initial_metadata(self._kept(call.initial_metadata()))
             for raw in call:
@@ -253,15 +310,31 @@ class RecordingProxy:
         self.upstream.close()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["reads-bundles", "predates-bundles"])
-def proxied(request, worker):
-    proxy = RecordingProxy(f"127.0.0.1:{worker.port}", hide_bundles=request.param)
+GENERATIONS = {  # workers the bridge may meet: (hides reads-bundles, has InferWhole)
+    "takes-whole-calls": (False, True),
+    "predates-whole-calls": (False, False),
+    "predates-bundles": (True, False),
+}
+
+
+@contextlib.contextmanager
+def bridge_through_proxy(worker, generation: str):
+    hide_bundles, whole_calls = GENERATIONS[generation]
+    proxy = RecordingProxy(f"127.0.0.1:{worker.port}", hide_bundles=hide_bundles, whole_calls=whole_calls)
     bridge = create_server(BridgeConfig(routes={"/": f"127.0.0.1:{proxy.port}"}, listen="127.0.0.1:0"))
     url = f"http://127.0.0.1:{bridge.port}"
-    wait_for(lambda: requests.get(url + "/healthcheck", timeout=5).text == "READY", what="READY")
-    yield url, proxy
-    bridge.stop(0)
-    proxy.stop()
+    try:
+        wait_for(lambda: requests.get(url + "/healthcheck", timeout=5).text == "READY", what="READY")
+        yield url, proxy
+    finally:
+        bridge.stop(0)
+        proxy.stop()
+
+
+@pytest.fixture(scope="module", params=list(GENERATIONS))
+def proxied(request, worker):
+    with bridge_through_proxy(worker, request.param) as (url, proxy):
+        yield url, proxy
 
 
 def kinds(raw: bytes) -> list[str]:
@@ -278,17 +351,48 @@ def post(url: str, paths: list, attachments: list = (), command: dict = COMMAND)
     return answer
 
 
-def test_a_small_study_goes_in_one_message_after_its_header(proxied, standard_sent):
+def test_a_small_study_goes_whole_in_one_message_or_after_its_header(proxied, standard_sent):
     url, proxy = proxied
     paths = [i.path for i in standard_sent[:3]]
     assert sum(len(open(p, "rb").read()) for p in paths) < SMALL_STUDY_BYTES // 2
     proxy.calls.clear()
+    proxy.methods.clear()
     post(url, paths)
     (sent,) = proxy.calls
-    if proxy.hide_bundles:  # each message alone, as before bundles
+    if proxy.whole_calls:  # the header, the parts and the end: one gRPC message, one call
+        assert proxy.methods == ["InferWhole"]
+        assert [kinds(raw) for raw in sent] == [["header"] + ["part", "chunk"] * 3 + ["end"]]
+    elif proxy.hide_bundles:  # each message alone, as before bundles
+        assert proxy.methods == ["Infer"]
         assert [kinds(raw) for raw in sent] == [["header"], *(["part"], ["chunk"]) * 3, ["end"]]
     else:
+        assert proxy.methods == ["Infer"]
         assert [kinds(raw) for raw in sent] == [["header"], ["part", "chunk"] * 3 + ["end"]]
+
+
+def test_a_study_path_request_goes_whole_too(proxied, tmp_path):
+    url, proxy = proxied
+    proxy.calls.clear()
+    proxy.methods.clear()
+    response = requests.post(url + "/", json={"studyPath": "anywhere", **COMMAND}, timeout=30)
+    assert response.status_code in (400, 403, 404), response.text  # this worker has no study root: refused
+    (sent,) = proxy.calls
+    assert proxy.methods == ["InferWhole" if proxy.whole_calls else "Infer"]
+    assert [kind for raw in sent for kind in kinds(raw)] == ["header", "end"]
+
+
+def test_a_worker_that_predates_whole_calls_costs_one_wasted_call_a_pause(worker, standard_sent, monkeypatch):
+    paths = [i.path for i in standard_sent[:2]]
+    monkeypatch.setattr(bridge_channel, "WHOLE_CALLS_PAUSE", 5.0)  # 60 s in service
+    with bridge_through_proxy(worker, "predates-whole-calls") as (url, proxy):
+        for _ in range(3):
+            post(url, paths)
+        assert proxy.unimplemented == 1  # the first request's; the next two went as Infer calls at once
+        assert proxy.methods == ["Infer"] * 3
+        # The pause over, the channel tries again: the worker may have been upgraded since.
+        time.sleep(5.1)
+        post(url, paths)
+        assert proxy.unimplemented == 2 and proxy.methods == ["Infer"] * 4
 
 
 def test_a_large_study_streams_in_fewer_messages_than_parts(proxied, standard_sent):

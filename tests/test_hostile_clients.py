@@ -21,6 +21,7 @@ import grpc
 import pytest
 import requests
 
+from bridge.inference import SMALL_STUDY_BYTES
 from contract import inference_pb2 as pb
 from contract import inference_pb2_grpc as pb_grpc
 from tests import hostile
@@ -181,29 +182,35 @@ def test_slow_uploads_hold_no_model_slot_and_are_cut(tmp_path, study):
         worker.stop()
 
 
-def test_forty_stalled_uploads_do_not_shut_out_a_normal_request(tmp_path, study):
-    """Default settings. 40 clients send their headers and 64 KiB, then nothing: they hold places for
-    studies still arriving, which are bounded apart from the model's queue (32), so a normal request is
-    answered at once (it got 503 worker_busy after 10 s while they held the queue)."""
+@pytest.mark.parametrize(("images", "receiving"), [(16, 40), (4, 0)], ids=["2-MB-bodies", "half-MB-bodies"])
+def test_forty_stalled_uploads_do_not_shut_out_a_normal_request(tmp_path, study, images, receiving):
+    """Default settings. 40 clients send their headers and 64 KiB, then nothing. Bodies over 1 MiB stream to
+    the worker as they arrive: the stalled ones hold places for studies still arriving, which are bounded
+    apart from the model's queue (32), so a normal request is answered at once (it got 503 worker_busy after
+    10 s while they held the queue). Smaller bodies are read whole before any call: they hold nothing there."""
     metrics_port = free_port()
     worker = start_worker(tmp_path, "mock_model", "--metrics-listen", f"127.0.0.1:{metrics_port}")
     bridge = start_bridge(tmp_path, worker.address)
     stalled = []
     try:
-        big = write_study(tmp_path / "big", [SeriesSpec("big", rows=256, cols=256, count=4)])
+        big = write_study(tmp_path / "big", [SeriesSpec("big", rows=256, cols=256, count=images)])
         parts = [("application/json", b"{}")] + [("application/dicom", i.path.read_bytes()) for i in big.instances]
         body = http.hand_built_body(parts, "b")
+        assert (len(body) > SMALL_STUDY_BYTES) == (receiving > 0)
         head = http.raw_post_head(body)
         for index in range(40):  # 40 clients, each from an address of its own (one address may send 32 at once)
             sock = hostile.connect(bridge.port, hostile.source_address(index))
             sock.sendall(head + body[: 64 << 10])
             stalled.append(sock)
-        wait_for(lambda: metric(metrics_port, "worker_receiving_calls") == 40, timeout=15,
-                 what="40 stalled uploads admitted")
+        wait_for(lambda: metric(bridge.port, "bridge_inflight_requests") == 40, timeout=15,
+                 what="40 stalled uploads in the bridge")
+        wait_for(lambda: metric(metrics_port, "worker_receiving_calls") == receiving, timeout=15,
+                 what=f"{receiving} stalled uploads admitted")
         response, seconds = timed(http.post_like_original_tool, f"http://{bridge.address}/", {}, instances(study),
                                   timeout=30)
         assert response.status_code == 200, response.text
         assert seconds < 3, seconds
+        assert metric(metrics_port, "worker_receiving_calls") == receiving
     finally:
         for sock in stalled:
             sock.close()

@@ -130,7 +130,7 @@ def test_reflection_lists_the_services(worker_channel):
     services = set(database.get_services())
     assert {SERVICE, "grpc.health.v1.Health"} <= services
     service = descriptor_pool.DescriptorPool(database).FindServiceByName(SERVICE)
-    assert {m.name for m in service.methods} == {"Infer", "Describe"}
+    assert {m.name for m in service.methods} == {"Infer", "InferWhole", "Describe"}
 
 
 # ----------------------------------------------------------------------------- limits and deadlines

@@ -25,7 +25,9 @@ study arrives, spool bytes are given back: each wakes the first parked call, not
 when its wait ends first, it is refused as it would have been at once. While calls are parked a new call is
 never admitted ahead of them. A parked call has sent only its header and costs about what a call receiving
 its study does (its stream, its header), so both share one bound: at most `max_receiving` calls receive
-their study or are parked, and a call that would pass it is refused at once.
+their study or are parked, and a call that would pass it is refused at once. A parked InferWhole call holds
+its whole (small) study too, and counts as one call more per RECEIVING_CALL_BYTES of it: the bound stays one
+of memory.
 
 A parked call that is admitted keeps the place it was woken for while its study arrives (else every parked
 call would be admitted by the first place that frees, and all would then queue for the model beyond
@@ -52,6 +54,12 @@ CALLS_SHARE = 8  # 1/8 of the memory budget is kept for the receiving calls' own
 RESERVED_SECONDS = 5.0
 
 
+def parking_weight(holds: int) -> int:
+    """What a parked call that keeps `holds` study bytes counts for against max_receiving: one call, and one
+    more per RECEIVING_CALL_BYTES (or part of it) of study. Pure."""
+    return 1 + -(-holds // RECEIVING_CALL_BYTES)
+
+
 class Admission:
     def __init__(self, concurrency: int, queue_size: int, metrics: WorkerMetrics, max_receiving: int = 0,
                  store: StoreBudget | None = None) -> None:
@@ -70,6 +78,7 @@ class Admission:
         self.reserved = 0  # places kept for admitted parked calls whose study is arriving (RESERVED_SECONDS)
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
         self._parked: collections.deque[asyncio.Future] = collections.deque()  # calls waiting for a place
+        self._parked_weight = 0  # what the parked calls count for against max_receiving (see parking_weight)
         self.closed = False  # shutting down: nothing more is admitted or parked
         self.store.when_room(self._wake)
 
@@ -94,17 +103,20 @@ class Admission:
             return None
         return self._ticket()
 
-    async def wait_for_place(self, seconds: float) -> Ticket | None:
+    async def wait_for_place(self, seconds: float, holds: int = 0) -> Ticket | None:
         """A place for a new call, waiting up to `seconds` for one behind the calls already parked; None at once
         when parking it too would pass `max_receiving` or the worker is shutting down, None when the wait ends
-        first. A call cancelled while parked (its caller gone) is forgotten; a place handed to it just then is
-        passed on."""
+        first. `holds`: the study bytes the call keeps while parked (an InferWhole call's). A call cancelled
+        while parked (its caller gone) is forgotten; a place handed to it just then is passed on."""
         if ticket := self.admit():
             return ticket
-        if self.closed or self.receiving + len(self._parked) >= self.max_receiving or seconds <= 0:
+        weight = parking_weight(holds)
+        if self.closed or self.receiving + self._parked_weight + weight > self.max_receiving or seconds <= 0:
             return None
         waiter = asyncio.get_running_loop().create_future()
+        waiter.weight = weight
         self._parked.append(waiter)
+        self._parked_weight += weight
         self._publish()
         try:
             # asyncio.wait, not a timeout: a place handed over as the wait ends is taken, never lost.
@@ -117,6 +129,7 @@ class Admission:
             if not waiter.done():
                 waiter.cancel()
                 self._parked.remove(waiter)
+                self._parked_weight -= waiter.weight
                 self._publish()
         return None if waiter.cancelled() else waiter.result()
 
@@ -125,6 +138,7 @@ class Admission:
         self.closed = True
         while self._parked:
             self._parked.popleft().set_result(None)
+        self._parked_weight = 0
         self._publish()
 
     def _wake(self) -> None:
@@ -134,7 +148,9 @@ class Admission:
             ticket = self._ticket()
             self.reserved += 1
             ticket._reservation = asyncio.get_running_loop().call_later(RESERVED_SECONDS, ticket._unreserve, True)
-            self._parked.popleft().set_result(ticket)
+            waiter = self._parked.popleft()
+            self._parked_weight -= waiter.weight
+            waiter.set_result(ticket)
         self._publish()
 
     def _ticket(self) -> Ticket:
@@ -143,14 +159,16 @@ class Admission:
         self._publish()
         return Ticket(self)
 
-    def refusal(self) -> str:
-        """Why admit() returned None, with the numbers and the settings that bound them."""
+    def refusal(self, holds: int = 0) -> str:
+        """Why admit() returned None, or wait_for_place() for a call keeping `holds` study bytes, with the numbers
+        and the settings that bound them."""
         if self.store.spool_full:
             return self.store.spool_full_message()
-        if self.receiving + len(self._parked) >= self.max_receiving:
+        if self.receiving + self._parked_weight + parking_weight(holds) > self.max_receiving:
             parked = f" and {len(self._parked)} more wait for a place" if self._parked else ""
-            return (f"{self.receiving} studies are arriving{parked} (what its --max-study-memory-mib allows for, or "
-                    "its --max-receiving)")
+            kept = f" (this call's study would count as {parking_weight(holds) - 1} more)" if holds else ""
+            return (f"{self.receiving} studies are arriving{parked}{kept} (what its --max-study-memory-mib allows "
+                    "for, or its --max-receiving)")
         return (f"{self.running} inference(s) running and {self.arrived - self.running} waiting for the model "
                 f"(its --concurrency and --queue-size)")
 

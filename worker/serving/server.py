@@ -127,6 +127,8 @@ def inference_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE_NAME, {
         "Infer": grpc.stream_stream_rpc_method_handler(
             servicer.Infer, request_deserializer=wire.parse_request, response_serializer=wire.serialize_response),
+        "InferWhole": grpc.unary_stream_rpc_method_handler(
+            servicer.InferWhole, request_deserializer=wire.parse_request, response_serializer=wire.serialize_response),
         "Describe": grpc.unary_unary_rpc_method_handler(
             servicer.Describe, request_deserializer=pb.DescribeRequest.FromString,
             response_serializer=pb.ModelDescription.SerializeToString),

@@ -112,8 +112,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     # ------------------------------------------------------------------------------------------ Infer
 
-    async def Infer(self, request_iterator: AsyncIterator[pb.InferRequest], context) -> None:
-        call = _Call(self, context)
+    async def InferWhole(self, request, context) -> None:
+        """Infer, with the whole request stream in one message (a bundle): read exactly as Infer reads it. Parked,
+        the call keeps its study: admission counts it (worker/serving/admission.py)."""
+        holds = sum(len(m) for m in request if type(m) is memoryview) if type(request) is list else request.ByteSize()
+
+        async def the_one_message():
+            yield request
+
+        await self.Infer(the_one_message(), context, holds)
+
+    async def Infer(self, request_iterator: AsyncIterator[pb.InferRequest], context, holds: int = 0) -> None:
+        call = _Call(self, context, holds)
         sent_id = metadata.value(context.invocation_metadata(), metadata.REQUEST_ID)
         # study_names_scope: what of the study identifies a patient (file names, UIDs) is kept out of every line
         # logged while the call is handled (worker/serving/identifiers.py).
@@ -196,9 +206,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 class _Call:
     """One Infer call: its stages, timings, ticket, spool and outcome."""
 
-    def __init__(self, servicer: InferenceServicer, context) -> None:
+    def __init__(self, servicer: InferenceServicer, context, holds: int = 0) -> None:
         self.s = servicer
         self.context = context
+        self.holds = holds  # study bytes the call came with (InferWhole), kept while it waits for a place
         self.command: str | None = None  # None until the header has been read
         self.outcome = ""
         self.stage_name = "before its header"
@@ -303,7 +314,7 @@ class _Call:
             wait = min(wait, remaining - DEADLINE_MARGIN)
         if wait > 0:
             self.stage_name = "while waiting for a place"
-            ticket = await admission.wait_for_place(wait)
+            ticket = await admission.wait_for_place(wait, self.holds)
         else:
             ticket = admission.admit()
         if ticket is not None:
@@ -312,7 +323,8 @@ class _Call:
             raise errors.NotReady("the worker is shutting down; retry elsewhere")
         if self.s.store.spool_full:
             raise errors.SpoolFull(self.s.store.spool_full_message())
-        raise errors.Busy(f"the worker is busy: {admission.refusal()}; retry later or elsewhere")
+        raise errors.Busy(f"the worker is busy: {admission.refusal(self.holds if wait > 0 else 0)}; retry later or "
+                          "elsewhere")
 
     async def _receive(self, header: pb.RequestHeader, messages) -> Study:
         config = self.s.config
