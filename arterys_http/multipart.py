@@ -223,9 +223,10 @@ class PartStart:
 
 @dataclass
 class PartData:
-    """Bytes of the current part (never empty)."""
+    """Bytes of the current part (never empty): a read-only view of the chunk fed, not a copy (the bridge
+    copies each byte once, when it frames the chunk for the worker)."""
 
-    data: bytes
+    data: memoryview
 
 
 @dataclass
@@ -527,7 +528,7 @@ class MultipartParser:
                     f"part {self._part} exceeds {self._max_part_size} bytes "
                     "(the configured maximum part size)"
                 )
-            events.append(PartData(self._buf[start:stop]))
+            events.append(PartData(memoryview(self._buf)[start:stop]))
         self._pos = stop
         self._lead = False
 

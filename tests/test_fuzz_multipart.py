@@ -77,7 +77,7 @@ def parts_of(events: list) -> tuple:
             parts.append((event.headers, event.content_type, event.name, event.filename))
             current = []
         elif isinstance(event, PartData):
-            assert current is not None and type(event.data) is bytes and event.data
+            assert current is not None and type(event.data) is memoryview and event.data.readonly and event.data
             current.append(event.data)
         else:
             assert isinstance(event, PartEnd) and current is not None, event

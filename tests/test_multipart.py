@@ -68,7 +68,8 @@ def assemble(events: list) -> list[Part]:
             parts.append(Part(event, b""))
             current = []
         elif isinstance(event, PartData):
-            assert current is not None and isinstance(event.data, bytes) and len(event.data) >= 1
+            assert current is not None and isinstance(event.data, memoryview) and event.data.readonly
+            assert len(event.data) >= 1
             current.append(event.data)
         else:
             assert isinstance(event, PartEnd) and current is not None
