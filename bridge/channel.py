@@ -52,6 +52,22 @@ def channel_options(max_message_bytes: int = limits.MESSAGE_BYTES) -> list[tuple
     ]
 
 
+class SentOnce:
+    """A whole call's request as gRPC gets it: grpc.aio's unary-request call keeps its request object until the
+    call ends, which for a study waiting in a worker's queue, then for its answer, may be minutes; this shell
+    gives gRPC the bytes once, when it serialises them, and keeps nothing after (measured: 32 clients' small
+    studies waiting at a worker kept about 40 MB in the bridge)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def take(self) -> bytes:
+        data, self.data = self.data, None
+        return data
+
+
 class WorkerChannel:
     """The channel to `target` (TLS with `credentials`). Create and use it on the bridge's event loop."""
 
@@ -65,7 +81,7 @@ class WorkerChannel:
         # Study and answer chunks are written and read with contract.wire (no copies); the rest as generated.
         self._infer = self.channel.stream_stream(wire.INFER_METHOD, request_serializer=wire.serialize_request,
                                                  response_deserializer=wire.parse_response)
-        self._infer_whole = self.channel.unary_stream(wire.INFER_WHOLE_METHOD, request_serializer=None,
+        self._infer_whole = self.channel.unary_stream(wire.INFER_WHOLE_METHOD, request_serializer=SentOnce.take,
                                                       response_deserializer=wire.parse_response)
         self._whole_calls_from = 0.0  # time.monotonic() from which InferWhole calls are sent again
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -76,7 +92,7 @@ class WorkerChannel:
 
     def open_whole_call(self, request: bytes, timeout: float, metadata: tuple) -> StreamCall:
         """A new InferWhole call with `request` (a serialised InferRequest bundle), through the same workarounds."""
-        return StreamCall(self._infer_whole(request, timeout=timeout, metadata=metadata))
+        return StreamCall(self._infer_whole(SentOnce(request), timeout=timeout, metadata=metadata))
 
     def sends_whole_calls(self) -> bool:
         return time.monotonic() >= self._whole_calls_from

@@ -104,6 +104,7 @@ class InferenceRequest:
             forward = None
         elif study is not None:  # read whole, but the worker takes no InferWhole call: it follows the header
             forward = _sender(study)
+        del study  # sent or handed to the sender: not kept while the answer is awaited
         return await self._exchange(admitted.call, forward)
 
     # ---------------------------------------------------------------------------------- request side
@@ -313,9 +314,13 @@ async def reads_bundles(call: StreamCall) -> bool:
 
 
 def _sender(study: list):
-    """Sends `study` (the request messages after the header, read whole) once its call is admitted."""
+    """Sends `study` (the request messages after the header, read whole) once its call is admitted, keeping
+    none of it after."""
     async def forward(call) -> None:
-        await send(call, study, await reads_bundles(call))
+        nonlocal study
+        messages, study = study, None
+        await send(call, messages, await reads_bundles(call))
+        del messages
         await call.done_writing()
 
     return forward

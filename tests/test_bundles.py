@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
+import tracemalloc
 from concurrent import futures
 
 import grpc
@@ -26,8 +28,10 @@ from contract import metadata, wire
 from contract.limits import stream_options
 from mock_model import MockModel
 from tests import http_helpers as http
+from tests import services
 from tests.conftest import start_worker
-from tests.services import wait_for
+from tests.services import free_port, wait_for
+from tests.test_hostile_clients import metric
 from tests.worker_client import collect, dicom_parts, request_messages, stub_for
 from worker.serving.receive import unbundled
 from worker.serving.server import SERVICE_NAME
@@ -427,3 +431,38 @@ def test_small_masks_come_back_bundled_only_between_services_that_read_bundles(p
     assert len(answer.binaries) >= len(paths)  # a mask per frame
     assert len(answered) == (1 + len(answer.binaries) if proxy.hide_bundles else 2)
     assert [bytes(data) for _, data in opened(answered)[1]] == answer.binaries
+
+
+def test_the_bridge_keeps_no_small_study_while_its_answer_is_awaited(tmp_path, standard_sent):
+    """grpc.aio keeps a unary-request call's request until the call ends: a whole call's study stayed in the
+    bridge while it waited in the worker's queue (32 clients of one-image studies: about 40 MB more). The
+    bridge's own allocations (it runs in this process, the worker in its own) are traced while 12 small
+    studies wait at a worker whose model is busy."""
+    metrics_port = free_port()
+    worker = services.start_worker(tmp_path, "mock_model.faults:SlowModel", "--concurrency", "1",
+                                   "--metrics-listen", f"127.0.0.1:{metrics_port}", env={"MOCK_INFER_SECONDS": "120"})
+    bridge = create_server(BridgeConfig(routes={"/": worker.address}, listen="127.0.0.1:0"))
+    parts = [("application/json", b"{}"), ("application/octet-stream", bytes(range(256)) * 2_400)]
+    parts += [("application/dicom", i.path.read_bytes()) for i in standard_sent[:1]]
+    body = http.hand_built_body(parts, "b")
+    head = http.raw_post_head(body)
+    assert 600_000 < len(body) <= SMALL_STUDY_BYTES
+    sockets = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(12):
+            sock = socket.create_connection(("127.0.0.1", bridge.port), timeout=30)
+            sock.sendall(head)
+            sock.sendall(body)
+            sockets.append(sock)
+        wait_for(lambda: metric(metrics_port, "worker_inflight_inferences") == 1
+                 and metric(metrics_port, "worker_queue_depth") == 11, timeout=60, what="12 studies at the worker")
+        held = tracemalloc.get_traced_memory()[0] - before
+        assert held < 12 * len(body) // 4, f"the bridge holds {held} bytes for 12 studies of {len(body)} waiting"
+    finally:
+        tracemalloc.stop()
+        for sock in sockets:
+            sock.close()
+        bridge.stop(0)
+        worker.stop()
