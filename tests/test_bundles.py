@@ -33,6 +33,7 @@ from tests.conftest import start_worker
 from tests.services import free_port, wait_for
 from tests.test_hostile_clients import metric
 from tests.worker_client import collect, dicom_parts, request_messages, stub_for
+from worker.serving.admission import RECEIVING_CALL_BYTES
 from worker.serving.receive import unbundled
 from worker.serving.server import SERVICE_NAME
 
@@ -207,7 +208,8 @@ def test_a_whole_call_is_answered_exactly_as_its_messages_streamed(worker, stand
      grpc.StatusCode.INVALID_ARGUMENT, "ended without an end message"),
     (HEADER, grpc.StatusCode.INVALID_ARGUMENT, "ended without an end message"),  # not a bundle: the header alone
     (PART, grpc.StatusCode.INVALID_ARGUMENT, "must start with a header"),
-], ids=["no-end", "header-alone", "no-header"])
+    (pb.InferRequest(chunk=b"DICM"), grpc.StatusCode.INVALID_ARGUMENT, "must start with a header"),  # read as a view
+], ids=["no-end", "header-alone", "no-header", "chunk-alone"])
 def test_a_whole_call_that_is_not_a_whole_stream_is_refused_and_the_worker_keeps_serving(
         worker, standard_sent, request_message, status, needle):
     with pytest.raises(grpc.RpcError) as refused:
@@ -217,6 +219,35 @@ def test_a_whole_call_that_is_not_a_whole_stream_is_refused_and_the_worker_keeps
     parts = dicom_parts([standard_sent[0].path])
     request = pb.InferRequest(bundle=pb.RequestBundle(messages=list(request_messages({}, parts))))
     assert collect(stub_for(worker.port).InferWhole(request, timeout=60)).result.input_hash
+
+
+def test_a_parked_whole_call_counts_its_part_headers_bytes_too(tmp_path, standard_sent):
+    """A whole call keeps all of its one message while it is parked: a part header as long as its sender makes it
+    (here a file name of 3 x 64 KiB) counts as chunk bytes do, so that the parking bound stays one of memory.
+    With --max-receiving 3 such a call (one call and three more for its bytes) cannot park: it is refused at
+    once, saying so; counted as a call alone, it would park until its wait ends."""
+    metrics_port = free_port()
+    worker = services.start_worker(tmp_path, "mock_model.faults:SlowModel", "--concurrency", "1", "--queue-size", "0",
+                                   "--max-receiving", "3", "--idle-timeout-seconds", "5",
+                                   "--metrics-listen", f"127.0.0.1:{metrics_port}", env={"MOCK_INFER_SECONDS": "120"})
+    stub = stub_for(worker.port)
+    occupying = stub.Infer(request_messages({}, dicom_parts([standard_sent[0].path])), timeout=120)
+    try:
+        wait_for(lambda: metric(metrics_port, "worker_inflight_inferences") == 1, 20, "the model slot taken",
+                 service=worker)
+        header = pb.InferRequest(header=pb.RequestHeader(request_json=b"{}", request_id="parked",
+                                                         admission_wait_ms=60_000))
+        named = pb.InferRequest(part=pb.PartHeader(kind=pb.PART_KIND_DICOM, content_type="application/dicom",
+                                                   filename="f" * (3 * RECEIVING_CALL_BYTES - 100)))
+        with pytest.raises(grpc.RpcError) as refused:
+            collect(stub.InferWhole(pb.InferRequest(bundle=pb.RequestBundle(messages=[header, named, END])),
+                                    timeout=60))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "this call's study would count as 3 more" in refused.value.details(), refused.value.details()
+        assert metric(metrics_port, "worker_parked_calls") == 0
+    finally:
+        occupying.cancel()
+        worker.stop()
 
 
 @pytest.mark.parametrize(("stream", "needle"), [

@@ -26,8 +26,8 @@ when its wait ends first, it is refused as it would have been at once. While cal
 never admitted ahead of them. A parked call has sent only its header and costs about what a call receiving
 its study does (its stream, its header), so both share one bound: at most `max_receiving` calls receive
 their study or are parked, and a call that would pass it is refused at once. A parked InferWhole call holds
-its whole (small) study too, and counts as one call more per RECEIVING_CALL_BYTES of it: the bound stays one
-of memory.
+its whole (small) study too, and counts as one call more per RECEIVING_CALL_BYTES of its message (part
+headers included: worker/serving/servicer.py `held_bytes`): the bound stays one of memory.
 
 A parked call that is admitted keeps the place it was woken for while its study arrives (else every parked
 call would be admitted by the first place that frees, and all would then queue for the model beyond

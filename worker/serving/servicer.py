@@ -115,12 +115,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def InferWhole(self, request, context) -> None:
         """Infer, with the whole request stream in one message (a bundle): read exactly as Infer reads it. Parked,
         the call keeps its study: admission counts it (worker/serving/admission.py)."""
-        holds = sum(len(m) for m in request if type(m) is memoryview) if type(request) is list else request.ByteSize()
-
         async def the_one_message():
             yield request
 
-        await self.Infer(the_one_message(), context, holds)
+        await self.Infer(the_one_message(), context, held_bytes(request))
 
     async def Infer(self, request_iterator: AsyncIterator[pb.InferRequest], context, holds: int = 0) -> None:
         call = _Call(self, context, holds)
@@ -201,6 +199,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 return command
             return "other"
         return "unknown"
+
+
+def held_bytes(request) -> int:
+    """The bytes an InferWhole call's one message keeps while the call is parked: each message's, part headers
+    included (their names are as long as the sender makes them), as read (contract/wire.py `parse_request`: a
+    bundle as a list, a chunk alone as a view, else an InferRequest). Pure."""
+    if type(request) is list:
+        return sum(len(m) if type(m) is memoryview else m.ByteSize() for m in request)
+    return len(request) if type(request) is memoryview else request.ByteSize()
 
 
 class _Call:
