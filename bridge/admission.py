@@ -32,6 +32,7 @@ from bridge.errors import WorkerFailed
 from contract import errors as contract_errors
 from contract import inference_pb2 as pb
 from contract import metadata, wire
+from contract.limits import BUNDLE_MESSAGES
 from service_runtime.grpc_aio import CALL_ENDED, StreamCall
 
 log = logging.getLogger("bridge.workers")  # with readiness.py: the lines about the workers
@@ -106,7 +107,8 @@ async def admit(channel: WorkerChannel, header: pb.RequestHeader, timeout: float
     plan = AttemptPlan.for_workers(ready_workers)
     hung = 0  # workers that neither admitted nor refused
     attempt = 0
-    whole = study is not None and channel.sends_whole_calls()
+    # A study of more messages than one bundle holds (tiny parts past the default --max-parts) streams.
+    whole = study is not None and len(study) < BUNDLE_MESSAGES and channel.sends_whole_calls()
     while True:
         attempt += 1
         wait = plan.wait(attempt, queue_wait - (loop.time() - started))

@@ -327,9 +327,11 @@ def _sender(study: list):
 
 
 async def send(call: StreamCall, messages: list, bundles: bool) -> None:
-    """Writes request `messages` in one gRPC message when the worker reads bundles, else one by one."""
+    """Writes request `messages` in one gRPC message when the worker reads bundles (or one per BUNDLE_MESSAGES),
+    else one by one."""
     if bundles:
-        await call.write(wire.request_message(messages))
+        for group in wire.bundles_of(messages):
+            await call.write(wire.request_message(group))
     else:
         for message in messages:
             await call.write(wire.request_message((message,)))
@@ -346,6 +348,8 @@ async def _binary_chunks(call) -> AsyncIterator:
                 yield _binary(each)
         except wire.NestedBundle:
             raise BadWorkerAnswer(["a bundle of binary chunks holds another bundle"]) from None
+        except wire.OverfullBundle as refused:
+            raise BadWorkerAnswer([f"the worker's answer: {refused}"]) from None
 
 
 def _binary(message):

@@ -26,6 +26,14 @@ RATE_WINDOW_SECONDS = 20.0
 # this much lag.
 CHUNK_BYTES = 1 << 20
 MESSAGE_BYTES = 16 << 20  # the largest gRPC message either end sends or receives: a chunk, a result header
+# The most messages one bundle may hold: each is read into a Python object of a few hundred bytes however short
+# it is on the wire (a 16 MiB bundle of empty chunks held over 1 GB and kept a worker's loop busy for 10 s).
+# Senders start a new bundle past it; a receiver refuses a bundle that holds more. A small study sent whole
+# (at most 1 MiB and --max-parts 20,000 by default) holds at most 40,002.
+BUNDLE_MESSAGES = 65_536
+# What one message read out of a bundle costs in memory besides its bytes (a view or a generated message,
+# measured: 300-560 bytes), for the worker's count of what a parked call holds.
+MESSAGE_OBJECT_BYTES = 512
 PING_EVERY_MS = 5_000  # the bridge's keepalive pings; the worker accepts them down to a second less
 
 

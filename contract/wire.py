@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from contract import inference_pb2 as pb
+from contract.limits import BUNDLE_MESSAGES
 
 # Field tags (field number << 3 | wire type 2, length-delimited; wire type 0, varint).
 REQUEST_CHUNK = 0x1A  # InferRequest.chunk = 3
@@ -96,18 +97,39 @@ def _message_or_bundle(bundle_tag: int, frames: list[list]) -> bytes:
     return b"".join((bytes((bundle_tag,)), varint(sum(len(piece) for piece in pieces)), *pieces))
 
 
-class NestedBundle(ValueError):
-    """A bundle holds another bundle, which the contract forbids."""
+class BadBundle(ValueError):
+    """A bundle the contract forbids; its message says why, for the sender."""
+
+
+class NestedBundle(BadBundle):
+    """A bundle holds another bundle."""
+
+
+class OverfullBundle(BadBundle):
+    """A bundle holds more than BUNDLE_MESSAGES messages."""
+
+
+OVERFULL = f"a bundle holds more than {BUNDLE_MESSAGES} messages; start another bundle"
+
+
+class _Overfull:
+    """What the deserializer returns for a bundle past BUNDLE_MESSAGES (it must not raise: gRPC would end the
+    call with its own message); `unbundle` raises OverfullBundle for it."""
 
 
 def unbundle(message) -> Iterator:
     """The messages one gRPC message carries, in order: itself, or its bundle's (as read here, a list, or as
     protobuf read it). Each is taken out of the bundle as it is handed on: gRPC keeps the last message it read
     until the call's objects are garbage-collected, and would keep a bundle's chunks with it (a worker serving
-    small studies at 8 clients: 90 -> 150 MB). Raises NestedBundle for a bundle inside a bundle."""
+    small studies at 8 clients: 90 -> 150 MB). Raises NestedBundle for a bundle inside a bundle, OverfullBundle
+    for one of more than BUNDLE_MESSAGES."""
     if type(message) is list:
         inner = message
+    elif type(message) is _Overfull:
+        raise OverfullBundle(OVERFULL)
     elif not isinstance(message, (memoryview, Binary)) and message.WhichOneof("message") == "bundle":
+        if len(message.bundle.messages) > BUNDLE_MESSAGES:
+            raise OverfullBundle(OVERFULL)
         inner = list(message.bundle.messages)
         message.ClearField("bundle")
     else:
@@ -141,6 +163,12 @@ def _parse(raw: bytes, bundle_tag: int, read_message):
     return read_message(raw, 0, len(raw))
 
 
+def bundles_of(messages: Sequence) -> Iterator[Sequence]:
+    """`messages` in consecutive groups of at most BUNDLE_MESSAGES, for a sender to bundle each. Pure."""
+    for start in range(0, len(messages), BUNDLE_MESSAGES):
+        yield messages[start:start + BUNDLE_MESSAGES]
+
+
 def _chunk_view(raw: bytes, start: int, end: int) -> memoryview | None:
     """The data of the chunk message serialised in raw[start:end], or None if it is not exactly one."""
     try:
@@ -150,15 +178,18 @@ def _chunk_view(raw: bytes, start: int, end: int) -> memoryview | None:
     return memoryview(raw)[offset:end] if offset + size == end else None
 
 
-def _bundle_messages(raw: bytes, read_message) -> list | None:
+def _bundle_messages(raw: bytes, read_message) -> list | _Overfull | None:
     """The messages of the bundle serialised in `raw`, each read by `read_message(raw, start, end)`, or None
-    unless `raw` is exactly one bundle of length-delimited messages."""
+    unless `raw` is exactly one bundle of length-delimited messages; _Overfull (read no further) past
+    BUNDLE_MESSAGES."""
     try:
         size, offset = _read_varint(raw, 1)
         if offset + size != len(raw):
             return None
         messages = []
         while offset < len(raw):
+            if len(messages) == BUNDLE_MESSAGES:
+                return _Overfull()
             if raw[offset] != BUNDLE_MESSAGE:
                 return None
             size, offset = _read_varint(raw, offset + 1)

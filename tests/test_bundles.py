@@ -25,7 +25,7 @@ from bridge.inference import SMALL_STUDY_BYTES
 from bridge.server import create_server
 from contract import inference_pb2 as pb
 from contract import metadata, wire
-from contract.limits import stream_options
+from contract.limits import BUNDLE_MESSAGES, stream_options
 from mock_model import MockModel
 from tests import http_helpers as http
 from tests import services
@@ -81,6 +81,25 @@ def test_a_bundle_not_in_the_exact_layout_is_left_to_protobuf(raw):
             wire.parse_request(raw)
     else:
         assert wire.parse_request(raw) == expected
+
+
+def test_a_bundle_holds_at_most_bundle_messages_however_it_is_laid_out():
+    full = [pb.InferRequest(chunk=b"")] * BUNDLE_MESSAGES
+    read = wire.parse_request(generated(*full))
+    assert type(read) is list and len(list(wire.unbundle(read))) == BUNDLE_MESSAGES
+    for raw in (generated(*full, END), generated(*full, END) + b"\x10\x01"):  # exact layout; protobuf's
+        with pytest.raises(wire.OverfullBundle, match=f"more than {BUNDLE_MESSAGES} messages"):
+            list(wire.unbundle(wire.parse_request(raw)))
+    answer = pb.InferResponse(bundle=pb.ResponseBundle(messages=[pb.InferResponse(binary=pb.BinaryChunk(data=b"x"))]
+                                                       * (BUNDLE_MESSAGES + 1))).SerializeToString()
+    with pytest.raises(wire.OverfullBundle):
+        list(wire.unbundle(wire.parse_response(answer)))
+
+
+def test_senders_start_another_bundle_past_bundle_messages():
+    messages = list(range(2 * BUNDLE_MESSAGES + 1))
+    assert [len(group) for group in wire.bundles_of(messages)] == [BUNDLE_MESSAGES, BUNDLE_MESSAGES, 1]
+    assert list(wire.bundles_of([])) == []
 
 
 def test_an_answers_bundle_is_written_as_the_generated_classes_write_it_and_read_back_as_views():
@@ -238,13 +257,51 @@ def test_a_parked_whole_call_counts_its_part_headers_bytes_too(tmp_path, standar
         header = pb.InferRequest(header=pb.RequestHeader(request_json=b"{}", request_id="parked",
                                                          admission_wait_ms=60_000))
         named = pb.InferRequest(part=pb.PartHeader(kind=pb.PART_KIND_DICOM, content_type="application/dicom",
-                                                   filename="f" * (3 * RECEIVING_CALL_BYTES - 100)))
+                                                   filename="f" * (3 * RECEIVING_CALL_BYTES - 2_000)))
         with pytest.raises(grpc.RpcError) as refused:
             collect(stub.InferWhole(pb.InferRequest(bundle=pb.RequestBundle(messages=[header, named, END])),
                                     timeout=60))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "this call's study would count as 3 more" in refused.value.details(), refused.value.details()
         assert metric(metrics_port, "worker_parked_calls") == 0
+    finally:
+        occupying.cancel()
+        worker.stop()
+
+
+@pytest.mark.parametrize(("empties", "status"), [
+    (60_000, grpc.StatusCode.RESOURCE_EXHAUSTED),  # counted for what its messages hold: more than 3 places' worth
+    (200_000, grpc.StatusCode.INVALID_ARGUMENT),  # past the contract's messages per bundle: refused as it is read
+])
+def test_a_whole_call_of_countless_empty_messages_counts_for_what_it_holds(tmp_path, standard_sent, empties, status):
+    """Found in review: a bundle's messages are each read into a Python object (a view, an InferRequest) of a
+    few hundred bytes, however few bytes each is on the wire (1,000,000 empty chunks, 4 MB sent: +320 MB of the
+    worker's RSS; a 16 MiB bundle of them kept its event loop busy for 10 s). Parked, such a call counted for
+    its data bytes, none, so --max-receiving (a bound of memory) let ~1,000 of them hold tens of GB. Now each
+    message counts MESSAGE_OBJECT_BYTES, and a bundle may hold BUNDLE_MESSAGES at most: with --max-receiving
+    3, neither call parks."""
+    assert (empties < BUNDLE_MESSAGES) == (status == grpc.StatusCode.RESOURCE_EXHAUSTED)
+    metrics_port = free_port()
+    worker = services.start_worker(tmp_path, "mock_model.faults:SlowModel", "--concurrency", "1", "--queue-size", "0",
+                                   "--max-receiving", "3", "--idle-timeout-seconds", "5",
+                                   "--metrics-listen", f"127.0.0.1:{metrics_port}", env={"MOCK_INFER_SECONDS": "120"})
+    stub = stub_for(worker.port)
+    occupying = stub.Infer(request_messages({}, dicom_parts([standard_sent[0].path])), timeout=120)
+    try:
+        wait_for(lambda: metric(metrics_port, "worker_inflight_inferences") == 1, 20, "the model slot taken",
+                 service=worker)
+        header = pb.InferRequest(header=pb.RequestHeader(request_json=b"{}", request_id="parked",
+                                                         admission_wait_ms=60_000))
+        chunks = [pb.InferRequest(chunk=b"")] * empties
+        call = stub.InferWhole(pb.InferRequest(bundle=pb.RequestBundle(messages=[header, *chunks, END])), timeout=60)
+        wait_for(lambda: call.done() or metric(metrics_port, "worker_parked_calls") >= 1, 30,
+                 "the call refused or parked", service=worker)
+        assert metric(metrics_port, "worker_parked_calls") == 0, "parked, counted as holding nothing"
+        with pytest.raises(grpc.RpcError) as refused:
+            collect(call)
+        assert refused.value.code() == status, refused.value.details()
+        if status == grpc.StatusCode.INVALID_ARGUMENT:
+            assert f"a bundle holds more than {BUNDLE_MESSAGES} messages" in refused.value.details()
     finally:
         occupying.cancel()
         worker.stop()

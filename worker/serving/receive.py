@@ -104,6 +104,8 @@ async def unbundled(messages: AsyncIterator) -> AsyncIterator:
                 yield each
         except wire.NestedBundle:
             raise BadRequest("a bundle holds another bundle; bundle the messages themselves") from None
+        except wire.OverfullBundle as refused:
+            raise BadRequest(str(refused)) from None
 
 
 async def receive_parts(

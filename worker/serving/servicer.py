@@ -28,7 +28,7 @@ from contract import inference_pb2_grpc as pb_grpc
 from contract import metadata
 from contract import wire as contract_wire
 from contract.errors import short, status_message
-from contract.limits import CHUNK_BYTES
+from contract.limits import BUNDLE_MESSAGES, CHUNK_BYTES, MESSAGE_OBJECT_BYTES
 from contract.result_json import to_proto
 from service_runtime.grpc_aio import STREAM_BROKE
 from service_runtime.logs import clean_request_id, request_tags, set_tags, study_names_scope
@@ -203,11 +203,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
 def held_bytes(request) -> int:
     """The bytes an InferWhole call's one message keeps while the call is parked: each message's, part headers
-    included (their names are as long as the sender makes them), as read (contract/wire.py `parse_request`: a
-    bundle as a list, a chunk alone as a view, else an InferRequest). Pure."""
+    included (their names are as long as the sender makes them), and the object each is read into, as read
+    (contract/wire.py `parse_request`: a bundle as a list, a chunk alone as a view, else an InferRequest; an
+    overfull bundle, refused when it is read, holds nothing). Pure."""
     if type(request) is list:
-        return sum(len(m) if type(m) is memoryview else m.ByteSize() for m in request)
-    return len(request) if type(request) is memoryview else request.ByteSize()
+        return sum((len(m) if type(m) is memoryview else m.ByteSize()) + MESSAGE_OBJECT_BYTES for m in request)
+    if type(request) is memoryview:
+        return len(request)
+    if isinstance(request, pb.InferRequest):
+        return request.ByteSize() + len(request.bundle.messages) * MESSAGE_OBJECT_BYTES
+    return 0
 
 
 class _Call:
@@ -474,7 +479,7 @@ class _Call:
             for start in range(0, len(view), step):
                 pieces.append((index, view[start : start + step]))
                 size += len(pieces[-1][1])
-                if size >= step or not bundles:
+                if size >= step or not bundles or len(pieces) == BUNDLE_MESSAGES:
                     await self._send_binaries(pieces, size)
                     pieces, size = [], 0
         if pieces:
