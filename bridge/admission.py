@@ -144,7 +144,10 @@ async def admit(channel: WorkerChannel, header: pb.RequestHeader, timeout: float
         details = await call.details() or ""
         error_code = metadata.value(await call.trailing_metadata(), metadata.ERROR_CODE)
         if whole and predates_whole_calls(status, error_code):
-            channel.whole_calls_unimplemented()
+            pause = channel.whole_calls_unimplemented()
+            # Once a pause (a minute): a fleet in the middle of an upgrade is news, each request of it is not.
+            log.info("worker target %s: a worker does not take InferWhole calls (it predates them); small studies "
+                     "go as Infer calls for %g s", channel.target, pause)
             whole, attempt = False, attempt - 1  # the same try again, as an Infer call
             continue
         if plan.again(attempt, ended_free(status, error_code)):

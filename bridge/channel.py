@@ -97,9 +97,10 @@ class WorkerChannel:
     def sends_whole_calls(self) -> bool:
         return time.monotonic() >= self._whole_calls_from
 
-    def whole_calls_unimplemented(self) -> None:
-        """A worker of the target does not have InferWhole: none is sent for WHOLE_CALLS_PAUSE seconds."""
+    def whole_calls_unimplemented(self) -> float:
+        """A worker of the target does not have InferWhole: none is sent for WHOLE_CALLS_PAUSE seconds (returned)."""
         self._whole_calls_from = time.monotonic() + WHOLE_CALLS_PAUSE
+        return WHOLE_CALLS_PAUSE
 
     async def close(self) -> None:
         await self.channel.close()

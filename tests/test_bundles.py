@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -473,14 +474,18 @@ def test_a_study_path_request_goes_whole_too(proxied, tmp_path):
     assert [kind for raw in sent for kind in kinds(raw)] == ["header", "end"]
 
 
-def test_a_worker_that_predates_whole_calls_costs_one_wasted_call_a_pause(worker, standard_sent, monkeypatch):
+def test_a_worker_that_predates_whole_calls_costs_one_wasted_call_a_pause(worker, standard_sent, monkeypatch,
+                                                                         caplog):
     paths = [i.path for i in standard_sent[:2]]
     monkeypatch.setattr(bridge_channel, "WHOLE_CALLS_PAUSE", 5.0)  # 60 s in service
+    caplog.set_level(logging.INFO, logger="bridge.workers")
     with bridge_through_proxy(worker, "predates-whole-calls") as (url, proxy):
         for _ in range(3):
             post(url, paths)
         assert proxy.unimplemented == 1  # the first request's; the next two went as Infer calls at once
         assert proxy.methods == ["Infer"] * 3
+        said = [r.getMessage() for r in caplog.records if "does not take InferWhole calls" in r.getMessage()]
+        assert len(said) == 1 and f"127.0.0.1:{proxy.port}" in said[0] and "for 5 s" in said[0], said  # once a pause
         # The pause over, the channel tries again: the worker may have been upgraded since.
         time.sleep(5.1)
         post(url, paths)
