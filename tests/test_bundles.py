@@ -241,11 +241,13 @@ def test_a_whole_call_that_is_not_a_whole_stream_is_refused_and_the_worker_keeps
     assert collect(stub_for(worker.port).InferWhole(request, timeout=60)).result.input_hash
 
 
-def test_a_parked_whole_call_counts_its_part_headers_bytes_too(tmp_path, standard_sent):
-    """A whole call keeps all of its one message while it is parked: a part header as long as its sender makes it
-    (here a file name of 3 x 64 KiB) counts as chunk bytes do, so that the parking bound stays one of memory.
-    With --max-receiving 3 such a call (one call and three more for its bytes) cannot park: it is refused at
-    once, saying so; counted as a call alone, it would park until its wait ends."""
+PARKING = pb.InferRequest(header=pb.RequestHeader(request_json=b"{}", request_id="parked", admission_wait_ms=60_000))
+
+
+@contextlib.contextmanager
+def full_worker_with_three_places(tmp_path, standard_sent):
+    """A worker process whose one model slot is taken and whose calls receiving or parked are bounded at 3
+    (--max-receiving): yields its stub and its metrics port."""
     metrics_port = free_port()
     worker = services.start_worker(tmp_path, "mock_model.faults:SlowModel", "--concurrency", "1", "--queue-size", "0",
                                    "--max-receiving", "3", "--idle-timeout-seconds", "5",
@@ -255,19 +257,26 @@ def test_a_parked_whole_call_counts_its_part_headers_bytes_too(tmp_path, standar
     try:
         wait_for(lambda: metric(metrics_port, "worker_inflight_inferences") == 1, 20, "the model slot taken",
                  service=worker)
-        header = pb.InferRequest(header=pb.RequestHeader(request_json=b"{}", request_id="parked",
-                                                         admission_wait_ms=60_000))
+        yield stub, metrics_port
+    finally:
+        occupying.cancel()
+        worker.stop()
+
+
+def test_a_parked_whole_call_counts_its_part_headers_bytes_too(tmp_path, standard_sent):
+    """A whole call keeps all of its one message while it is parked: a part header as long as its sender makes it
+    (here a file name of 3 x 64 KiB) counts as chunk bytes do, so that the parking bound stays one of memory.
+    With --max-receiving 3 such a call (one call and three more for its bytes) cannot park: it is refused at
+    once, saying so; counted as a call alone, it would park until its wait ends."""
+    with full_worker_with_three_places(tmp_path, standard_sent) as (stub, metrics_port):
         named = pb.InferRequest(part=pb.PartHeader(kind=pb.PART_KIND_DICOM, content_type="application/dicom",
                                                    filename="f" * (3 * RECEIVING_CALL_BYTES - 2_000)))
         with pytest.raises(grpc.RpcError) as refused:
-            collect(stub.InferWhole(pb.InferRequest(bundle=pb.RequestBundle(messages=[header, named, END])),
+            collect(stub.InferWhole(pb.InferRequest(bundle=pb.RequestBundle(messages=[PARKING, named, END])),
                                     timeout=60))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "this call's study would count as 3 more" in refused.value.details(), refused.value.details()
         assert metric(metrics_port, "worker_parked_calls") == 0
-    finally:
-        occupying.cancel()
-        worker.stop()
 
 
 @pytest.mark.parametrize(("empties", "status"), [
@@ -282,30 +291,17 @@ def test_a_whole_call_of_countless_empty_messages_counts_for_what_it_holds(tmp_p
     message counts MESSAGE_OBJECT_BYTES, and a bundle may hold BUNDLE_MESSAGES at most: with --max-receiving
     3, neither call parks."""
     assert (empties < BUNDLE_MESSAGES) == (status == grpc.StatusCode.RESOURCE_EXHAUSTED)
-    metrics_port = free_port()
-    worker = services.start_worker(tmp_path, "mock_model.faults:SlowModel", "--concurrency", "1", "--queue-size", "0",
-                                   "--max-receiving", "3", "--idle-timeout-seconds", "5",
-                                   "--metrics-listen", f"127.0.0.1:{metrics_port}", env={"MOCK_INFER_SECONDS": "120"})
-    stub = stub_for(worker.port)
-    occupying = stub.Infer(request_messages({}, dicom_parts([standard_sent[0].path])), timeout=120)
-    try:
-        wait_for(lambda: metric(metrics_port, "worker_inflight_inferences") == 1, 20, "the model slot taken",
-                 service=worker)
-        header = pb.InferRequest(header=pb.RequestHeader(request_json=b"{}", request_id="parked",
-                                                         admission_wait_ms=60_000))
+    with full_worker_with_three_places(tmp_path, standard_sent) as (stub, metrics_port):
         chunks = [pb.InferRequest(chunk=b"")] * empties
-        call = stub.InferWhole(pb.InferRequest(bundle=pb.RequestBundle(messages=[header, *chunks, END])), timeout=60)
+        call = stub.InferWhole(pb.InferRequest(bundle=pb.RequestBundle(messages=[PARKING, *chunks, END])), timeout=60)
         wait_for(lambda: call.done() or metric(metrics_port, "worker_parked_calls") >= 1, 30,
-                 "the call refused or parked", service=worker)
+                 "the call refused or parked")
         assert metric(metrics_port, "worker_parked_calls") == 0, "parked, counted as holding nothing"
         with pytest.raises(grpc.RpcError) as refused:
             collect(call)
         assert refused.value.code() == status, refused.value.details()
         if status == grpc.StatusCode.INVALID_ARGUMENT:
             assert f"a bundle holds more than {BUNDLE_MESSAGES} messages" in refused.value.details()
-    finally:
-        occupying.cancel()
-        worker.stop()
 
 
 @pytest.mark.parametrize(("stream", "needle"), [
