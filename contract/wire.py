@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from contract import inference_pb2 as pb
 from contract.limits import BUNDLE_MESSAGES
 
@@ -117,6 +119,18 @@ class _Overfull:
     call with its own message); `unbundle` raises OverfullBundle for it."""
 
 
+class Unreadable(ValueError):
+    """A request message that is not a valid InferRequest at all (protobuf could not read it)."""
+
+
+class _Unreadable:
+    """What the request deserializer returns for bytes protobuf cannot read (raising there, gRPC would answer a
+    unary call UNKNOWN and log its own traceback); `unbundle` raises Unreadable for it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 def unbundle(message) -> Iterator:
     """The messages one gRPC message carries, in order: itself, or its bundle's (as read here, a list, or as
     protobuf read it). Each is taken out of the bundle as it is handed on: gRPC keeps the last message it read
@@ -127,6 +141,8 @@ def unbundle(message) -> Iterator:
         inner = message
     elif type(message) is _Overfull:
         raise OverfullBundle(OVERFULL)
+    elif type(message) is _Unreadable:
+        raise Unreadable(f"a request message is not a valid InferRequest ({message.reason[:200]})")
     elif not isinstance(message, (memoryview, Binary)) and message.WhichOneof("message") == "bundle":
         if len(message.bundle.messages) > BUNDLE_MESSAGES:
             raise OverfullBundle(OVERFULL)
@@ -151,8 +167,12 @@ def serialize_request(message) -> bytes:
 def parse_request(raw: bytes):
     """gRPC request deserializer: a memoryview for a chunk message, a list of the messages of a bundle (each a
     memoryview or an `InferRequest`), else an `InferRequest` (a bundle not in the exact layout read here too).
-    A list, so that its reader can take the messages out of it (`unbundle`)."""
-    return _parse(raw, REQUEST_BUNDLE, _request_at)
+    A list, so that its reader can take the messages out of it (`unbundle`), which also raises for what could
+    not be read."""
+    try:
+        return _parse(raw, REQUEST_BUNDLE, _request_at)
+    except DecodeError as error:
+        return _Unreadable(str(error) or "protobuf could not decode it")
 
 
 def _parse(raw: bytes, bundle_tag: int, read_message):

@@ -18,6 +18,7 @@ from concurrent import futures
 import grpc
 import pytest
 import requests
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bridge import channel as bridge_channel
@@ -77,9 +78,9 @@ def test_a_bundle_reads_back_into_its_messages_with_chunks_as_views():
 def test_a_bundle_not_in_the_exact_layout_is_left_to_protobuf(raw):
     try:
         expected = pb.InferRequest.FromString(raw)
-    except Exception as error:  # noqa: BLE001 - protobuf's own DecodeError: the fast path must raise it too
-        with pytest.raises(type(error)):
-            wire.parse_request(raw)
+    except DecodeError:  # what protobuf cannot read is refused when read, never raised by the deserializer
+        with pytest.raises(wire.Unreadable, match="not a valid InferRequest"):
+            list(wire.unbundle(wire.parse_request(raw)))
     else:
         assert wire.parse_request(raw) == expected
 
@@ -221,6 +222,27 @@ def test_a_whole_call_is_answered_exactly_as_its_messages_streamed(worker, stand
                                                      timeout=60))
     assert whole.result == alone.result  # the input hash included: every byte arrived, in order
     assert whole.binaries == alone.binaries and whole.binaries
+
+
+@pytest.mark.parametrize("method", [wire.INFER_METHOD, wire.INFER_WHOLE_METHOD])
+def test_bytes_that_are_no_request_message_are_invalid_argument_and_the_worker_keeps_serving(worker, standard_sent,
+                                                                                           method):
+    garbage = b"\xff\xff\xff\xff garbage"
+    channel = grpc.insecure_channel(f"127.0.0.1:{worker.port}", options=stream_options())
+    try:
+        if method == wire.INFER_METHOD:
+            call = channel.stream_stream(method, request_serializer=None)(iter([garbage]), timeout=30)
+        else:
+            call = channel.unary_stream(method, request_serializer=None)(garbage, timeout=30)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(call)
+    finally:
+        channel.close()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid InferRequest" in refused.value.details()
+    parts = dicom_parts([standard_sent[0].path])
+    request = pb.InferRequest(bundle=pb.RequestBundle(messages=list(request_messages({}, parts))))
+    assert collect(stub_for(worker.port).InferWhole(request, timeout=60)).result.input_hash
 
 
 @pytest.mark.parametrize(("request_message", "status", "needle"), [

@@ -205,7 +205,7 @@ def held_bytes(request) -> int:
     """The bytes an InferWhole call's one message keeps while the call is parked: each message's, part headers
     included (their names are as long as the sender makes them), and the object each is read into, as read
     (contract/wire.py `parse_request`: a bundle as a list, a chunk alone as a view, else an InferRequest; an
-    overfull bundle, refused when it is read, holds nothing). Pure."""
+    overfull bundle or unreadable bytes, refused when read, hold nothing). Pure."""
     if type(request) is list:
         return sum((len(m) if type(m) is memoryview else m.ByteSize()) + MESSAGE_OBJECT_BYTES for m in request)
     if type(request) is memoryview:
