@@ -108,10 +108,10 @@ def test_aborted_uploads_do_not_raise_the_bridges_memory(stack):
     bridge goes 56 -> 83-86 MB (12 runs of 12), but about one run in four under heavy load keeps 34-38 MB more,
     live in a glibc arena of a native thread (not Python objects; malloc_trim frees none of it), once only: it
     grows during one thousand, or is split over two (runs alone: +48 MB then +21 MB; a fresh-clone run: +63 MB
-    then +5.9 MB; hence the least of the last three rises, not the second alone). Even alone, right after the parallel suite, a
-    fresh bridge once went 59 -> 152 MB (then +1 MB), hence 125 MB, not 80: issue 17's deliver 4 (under 100 MB)
-    is not met in those runs, and the note says so. docs/security.md says so too. `make test` runs it alone,
-    after the other tests (the `quiet` mark)."""
+    then +5.9 MB; hence the least of the last three rises, not the second alone). Even alone, right after the
+    parallel suite, a fresh bridge once went 59 -> 152 MB (then +1 MB), hence 125 MB, not 80: issue 17's deliver
+    4 (under 100 MB) is not met in those runs, and the note says so. docs/security.md says so too. `make test`
+    runs it alone, after the other tests (the `quiet` mark)."""
     bridge = stack["bridge"]
 
     def settled() -> bool:
