@@ -41,8 +41,11 @@ log = logging.getLogger("bridge.workers")  # with readiness.py: the lines about 
 # long after is as good as gone.
 ADMISSION_TIMEOUT = 5.0
 # Ended before admission, nothing lost: unreachable, or the transport's own failure (gRPC reports a call ended
-# by the server while the client was still writing its header as INTERNAL, with no error code).
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+# by the server while the client was still writing its header as INTERNAL, with no error code), or a call the
+# worker's gRPC server had taken but not yet handed to the servicer when it began shutting down (CANCELLED,
+# with no error code: seen when a worker was stopped mid-load, 1 request of 400 answered 499; the bridge
+# itself cancels a call only when its request is over or the worker hung, which never gets here).
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED)
 MAX_WAIT_MS = (1 << 32) - 1  # admission_wait_ms is a uint32
 
 
@@ -58,7 +61,7 @@ def ended_free(status: grpc.StatusCode, error_code: str) -> bool:
     # own (an answer over a gRPC limit): an error, never retried.
     if status == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return error_code in contract_errors.FULL
-    return status in RETRYABLE and not (status == grpc.StatusCode.INTERNAL and error_code)
+    return status in RETRYABLE and not (status != grpc.StatusCode.UNAVAILABLE and error_code)
 
 
 @dataclass(frozen=True)

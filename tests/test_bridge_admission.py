@@ -53,6 +53,8 @@ def test_a_failure_that_cost_something_is_never_tried_again():
     (Status.UNAVAILABLE, "worker_unavailable", True),  # loading, shutting down
     (Status.INTERNAL, "", True),  # the transport's race with the header's write
     (Status.INTERNAL, "worker_error", False),
+    (Status.CANCELLED, "", True),  # a worker's gRPC server shutting down with the call not yet handed over
+    (Status.CANCELLED, "client_closed_request", False),
     (Status.INVALID_ARGUMENT, "bad_request", False),
     (Status.DEADLINE_EXCEEDED, "", False),
 ])
