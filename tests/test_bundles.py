@@ -358,6 +358,8 @@ class RecordingProxy:
         self.methods: list[str] = []
         self.answers: list[list[bytes]] = []
         self.unimplemented = 0
+        self.shutting_down = False  # answer every InferWhole call CANCELLED, counted in `cancelled`
+        self.cancelled = 0
         self.lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=stream_options())
         handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
@@ -392,6 +394,10 @@ class RecordingProxy:
             with self.lock:
                 self.unimplemented += 1
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        if self.shutting_down:  # as gRPC's server ends a call it had not handed to the servicer yet
+            with self.lock:
+                self.cancelled += 1
+            context.abort(grpc.StatusCode.CANCELLED, "Cancelled")
         answered: list[bytes] = []
         with self.lock:
             self.calls.append([request])
@@ -490,6 +496,31 @@ def test_a_study_path_request_goes_whole_too(proxied, tmp_path):
     (sent,) = proxy.calls
     assert proxy.methods == ["InferWhole" if proxy.whole_calls else "Infer"]
     assert [kind for raw in sent for kind in kinds(raw)] == ["header", "end"]
+
+
+def test_a_call_cancelled_by_a_worker_shutting_down_before_admission_goes_to_the_next_worker(worker, standard_sent):
+    """A worker's gRPC server that begins shutting down cancels the calls it had taken but not yet handed to the
+    servicer (a whole call is handed over only once its message has arrived): nothing of them was processed,
+    so the bridge tries the next worker, as for UNAVAILABLE (the container test once saw 1 request of 400
+    answered 499 while a worker stopped)."""
+    stopping = RecordingProxy(f"127.0.0.1:{worker.port}")
+    stopping.shutting_down = True
+    healthy = RecordingProxy(f"127.0.0.1:{worker.port}")
+    target = f"ipv4:127.0.0.1:{stopping.port},127.0.0.1:{healthy.port}"
+    bridge = create_server(BridgeConfig(routes={"/": target}, listen="127.0.0.1:0"))
+    url = f"http://127.0.0.1:{bridge.port}"
+    try:
+        wait_for(lambda: requests.get(url + "/metrics", timeout=5).text.count('bridge_ready_workers{route="/"} 2.0'),
+                 what="both workers ready")
+        paths = [i.path for i in standard_sent[:2]]
+        for _ in range(6):
+            post(url, paths)  # 200, or it raises
+        assert stopping.cancelled >= 1  # round robin sent it some
+        assert healthy.methods == ["InferWhole"] * 6
+    finally:
+        bridge.stop(0)
+        stopping.stop()
+        healthy.stop()
 
 
 def test_a_worker_that_predates_whole_calls_costs_one_wasted_call_a_pause(worker, standard_sent, monkeypatch,
