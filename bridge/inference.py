@@ -348,7 +348,7 @@ async def _binary_chunks(call) -> AsyncIterator:
                 yield _binary(each)
         except wire.NestedBundle:
             raise BadWorkerAnswer(["a bundle of binary chunks holds another bundle"]) from None
-        except wire.OverfullBundle as refused:
+        except wire.Refused as refused:
             raise BadWorkerAnswer([f"the worker's answer: {refused}"]) from None
 
 

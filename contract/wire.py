@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from contract import inference_pb2 as pb
-from contract.limits import BUNDLE_MESSAGES
+from contract.limits import BUNDLE_MESSAGES, MESSAGE_OBJECT_BYTES
 
 # Field tags (field number << 3 | wire type 2, length-delimited; wire type 0, varint).
 REQUEST_CHUNK = 0x1A  # InferRequest.chunk = 3
@@ -99,8 +99,12 @@ def _message_or_bundle(bundle_tag: int, frames: list[list]) -> bytes:
     return b"".join((bytes((bundle_tag,)), varint(sum(len(piece) for piece in pieces)), *pieces))
 
 
-class BadBundle(ValueError):
-    """A bundle the contract forbids; its message says why, for the sender."""
+class Refused(ValueError):
+    """A message the contract refuses, as `unbundle` finds it; its message says why, for the sender."""
+
+
+class BadBundle(Refused):
+    """A bundle the contract forbids."""
 
 
 class NestedBundle(BadBundle):
@@ -111,24 +115,19 @@ class OverfullBundle(BadBundle):
     """A bundle holds more than BUNDLE_MESSAGES messages."""
 
 
-OVERFULL = f"a bundle holds more than {BUNDLE_MESSAGES} messages; start another bundle"
-
-
-class _Overfull:
-    """What the deserializer returns for a bundle past BUNDLE_MESSAGES (it must not raise: gRPC would end the
-    call with its own message); `unbundle` raises OverfullBundle for it."""
-
-
-class Unreadable(ValueError):
+class Unreadable(Refused):
     """A request message that is not a valid InferRequest at all (protobuf could not read it)."""
 
 
-class _Unreadable:
-    """What the request deserializer returns for bytes protobuf cannot read (raising there, gRPC would answer a
-    unary call UNKNOWN and log its own traceback); `unbundle` raises Unreadable for it."""
+OVERFULL = f"a bundle holds more than {BUNDLE_MESSAGES} messages; start another bundle"
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+
+class _Refusal:
+    """What a deserializer returns instead of raising `error` (gRPC would end the call with its own status and
+    log its own traceback); `unbundle` raises it."""
+
+    def __init__(self, error: Refused) -> None:
+        self.error = error
 
 
 def unbundle(message) -> Iterator:
@@ -136,13 +135,11 @@ def unbundle(message) -> Iterator:
     protobuf read it). Each is taken out of the bundle as it is handed on: gRPC keeps the last message it read
     until the call's objects are garbage-collected, and would keep a bundle's chunks with it (a worker serving
     small studies at 8 clients: 90 -> 150 MB). Raises NestedBundle for a bundle inside a bundle, OverfullBundle
-    for one of more than BUNDLE_MESSAGES."""
+    for one of more than BUNDLE_MESSAGES, and what the deserializer refused (a Refused)."""
     if type(message) is list:
         inner = message
-    elif type(message) is _Overfull:
-        raise OverfullBundle(OVERFULL)
-    elif type(message) is _Unreadable:
-        raise Unreadable(f"a request message is not a valid InferRequest ({message.reason[:200]})")
+    elif type(message) is _Refusal:
+        raise message.error
     elif not isinstance(message, (memoryview, Binary)) and message.WhichOneof("message") == "bundle":
         if len(message.bundle.messages) > BUNDLE_MESSAGES:
             raise OverfullBundle(OVERFULL)
@@ -172,7 +169,21 @@ def parse_request(raw: bytes):
     try:
         return _parse(raw, REQUEST_BUNDLE, _request_at)
     except DecodeError as error:
-        return _Unreadable(str(error) or "protobuf could not decode it")
+        reason = (str(error) or "protobuf could not decode it")[:200]
+        return _Refusal(Unreadable(f"a request message is not a valid InferRequest ({reason})"))
+
+
+def held_bytes(request) -> int:
+    """The memory a request message as `parse_request` read it keeps: each inner message's bytes (part headers
+    included: their names are as long as the sender makes them) and the object each is read into
+    (MESSAGE_OBJECT_BYTES); a refused message, nothing. Pure."""
+    if type(request) is list:
+        return sum((len(m) if type(m) is memoryview else m.ByteSize()) + MESSAGE_OBJECT_BYTES for m in request)
+    if type(request) is memoryview:
+        return len(request)
+    if isinstance(request, pb.InferRequest):
+        return request.ByteSize() + len(request.bundle.messages) * MESSAGE_OBJECT_BYTES
+    return 0
 
 
 def _parse(raw: bytes, bundle_tag: int, read_message):
@@ -198,9 +209,9 @@ def _chunk_view(raw: bytes, start: int, end: int) -> memoryview | None:
     return memoryview(raw)[offset:end] if offset + size == end else None
 
 
-def _bundle_messages(raw: bytes, read_message) -> list | _Overfull | None:
+def _bundle_messages(raw: bytes, read_message) -> list | _Refusal | None:
     """The messages of the bundle serialised in `raw`, each read by `read_message(raw, start, end)`, or None
-    unless `raw` is exactly one bundle of length-delimited messages; _Overfull (read no further) past
+    unless `raw` is exactly one bundle of length-delimited messages; a refusal (read no further) past
     BUNDLE_MESSAGES."""
     try:
         size, offset = _read_varint(raw, 1)
@@ -209,7 +220,7 @@ def _bundle_messages(raw: bytes, read_message) -> list | _Overfull | None:
         messages = []
         while offset < len(raw):
             if len(messages) == BUNDLE_MESSAGES:
-                return _Overfull()
+                return _Refusal(OverfullBundle(OVERFULL))
             if raw[offset] != BUNDLE_MESSAGE:
                 return None
             size, offset = _read_varint(raw, offset + 1)

@@ -27,7 +27,7 @@ never admitted ahead of them. A parked call has sent only its header and costs a
 its study does (its stream, its header), so both share one bound: at most `max_receiving` calls receive
 their study or are parked, and a call that would pass it is refused at once. A parked InferWhole call holds
 its whole (small) study too, and counts as one call more per RECEIVING_CALL_BYTES of its message (part
-headers included: worker/serving/servicer.py `held_bytes`): the bound stays one of memory.
+headers included: contract/wire.py `held_bytes`): the bound stays one of memory.
 
 A parked call that is admitted keeps the place it was woken for while its study arrives (else every parked
 call would be admitted by the first place that frees, and all would then queue for the model beyond

@@ -104,7 +104,7 @@ async def unbundled(messages: AsyncIterator) -> AsyncIterator:
                 yield each
         except wire.NestedBundle:
             raise BadRequest("a bundle holds another bundle; bundle the messages themselves") from None
-        except (wire.OverfullBundle, wire.Unreadable) as refused:
+        except wire.Refused as refused:
             raise BadRequest(str(refused)) from None
 
 

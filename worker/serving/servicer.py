@@ -28,7 +28,7 @@ from contract import inference_pb2_grpc as pb_grpc
 from contract import metadata
 from contract import wire as contract_wire
 from contract.errors import short, status_message
-from contract.limits import BUNDLE_MESSAGES, CHUNK_BYTES, MESSAGE_OBJECT_BYTES
+from contract.limits import BUNDLE_MESSAGES, CHUNK_BYTES
 from contract.result_json import to_proto
 from service_runtime.grpc_aio import STREAM_BROKE
 from service_runtime.logs import clean_request_id, request_tags, set_tags, study_names_scope
@@ -118,7 +118,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         async def the_one_message():
             yield request
 
-        await self.Infer(the_one_message(), context, held_bytes(request))
+        await self.Infer(the_one_message(), context, contract_wire.held_bytes(request))
 
     async def Infer(self, request_iterator: AsyncIterator[pb.InferRequest], context, holds: int = 0) -> None:
         call = _Call(self, context, holds)
@@ -199,20 +199,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 return command
             return "other"
         return "unknown"
-
-
-def held_bytes(request) -> int:
-    """The bytes an InferWhole call's one message keeps while the call is parked: each message's, part headers
-    included (their names are as long as the sender makes them), and the object each is read into, as read
-    (contract/wire.py `parse_request`: a bundle as a list, a chunk alone as a view, else an InferRequest; an
-    overfull bundle or unreadable bytes, refused when read, hold nothing). Pure."""
-    if type(request) is list:
-        return sum((len(m) if type(m) is memoryview else m.ByteSize()) + MESSAGE_OBJECT_BYTES for m in request)
-    if type(request) is memoryview:
-        return len(request)
-    if isinstance(request, pb.InferRequest):
-        return request.ByteSize() + len(request.bundle.messages) * MESSAGE_OBJECT_BYTES
-    return 0
 
 
 class _Call:
